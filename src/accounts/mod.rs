@@ -1,0 +1,42 @@
+//! Accounts: the durable registry (sealing tokens on the way to the store) and the in-memory pool the
+//! proxy picks from, with single-flight token refresh.
+
+mod pool;
+mod registry;
+
+pub use pool::{Account, Credential, Pool};
+pub use registry::{AccountView, NewOAuth, Registry};
+
+use crate::oauth::OAuthError;
+use crate::secrets::CryptoError;
+use crate::store::StoreError;
+
+/// Why an account could not give a credential, or an account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("account {0:?} needs a new login (switchyard auth login --account {0})")]
+    NeedsLogin(String),
+    #[error("account {0:?} is paused")]
+    Paused(String),
+    #[error("refreshing account {name:?} failed: {source}")]
+    RefreshFailed { name: String, source: OAuthError },
+    #[error("account {name:?} may not refresh before {until}")]
+    RefreshCoolingDown { name: String, until: String },
+    #[error("no account named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl AccountError {
+    /// Whether trying the same account again later may help.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::RefreshFailed { source, .. } => source.retryable(),
+            Self::RefreshCoolingDown { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Durable account operations: seals tokens with the data key before they reach the store and opens them
+//! on the way back. Used by the CLI and by the pool.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::AccountError;
+use crate::secrets::Cipher;
+use crate::store::{
+    AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError,
+};
+
+/// A fresh OAuth login or import.
+#[derive(Debug)]
+pub struct NewOAuth {
+    pub access_token: Option<SecretString>,
+    pub refresh_token: SecretString,
+    /// Epoch ms; 0 when unknown, which makes the first use refresh.
+    pub expires_at_ms: i64,
+    pub email: Option<String>,
+    pub account_uuid: Option<String>,
+    pub org_uuid: Option<String>,
+    pub org_name: Option<String>,
+}
+
+/// An account as shown by `accounts list` and `auth status`: no secret, a masked suffix at most.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountView {
+    pub name: String,
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub email: Option<String>,
+    pub organization: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    /// Last characters of the credential the account uses, e.g. `…x9Qa`.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    cipher: Arc<Cipher>,
+}
+
+fn aad(id: &str, field: &str) -> String {
+    format!("account/{id}/{field}")
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, cipher: Arc<Cipher>) -> Self {
+        Self { store, cipher }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn seal(
+        &self,
+        id: &str,
+        field: &str,
+        secret: &SecretString,
+    ) -> Result<String, AccountError> {
+        Ok(self.cipher.seal(secret.expose_secret(), &aad(id, field))?)
+    }
+
+    pub fn open(&self, id: &str, field: &str, sealed: &str) -> Result<SecretString, AccountError> {
+        Ok(self.cipher.open(sealed, &aad(id, field))?)
+    }
+
+    pub async fn list(&self) -> Result<Vec<AccountRecord>, AccountError> {
+        Ok(self.store.list_accounts().await?)
+    }
+
+    /// Store an API-key account. With `replace`, an existing account of that name is overwritten.
+    pub async fn add_api_key(
+        &self,
+        name: &str,
+        key: &SecretString,
+        replace: bool,
+    ) -> Result<(), AccountError> {
+        let now = crate::now_ms();
+        let (id, created) = self.slot(name, replace).await?;
+        let record = AccountRecord {
+            api_key: Some(self.seal(&id, "api_key", key)?),
+            ..blank(id, name, AccountKind::ApiKey, created, now)
+        };
+        Ok(self.store.save_account(&record).await?)
+    }
+
+    /// Store an OAuth account. With `replace`, an existing account of that name gets the new tokens (a
+    /// re-login); otherwise a name clash is an error.
+    pub async fn save_oauth(
+        &self,
+        name: &str,
+        login: NewOAuth,
+        replace: bool,
+    ) -> Result<(), AccountError> {
+        let now = crate::now_ms();
+        let (id, created) = self.slot(name, replace).await?;
+        let access_token = match &login.access_token {
+            Some(at) => Some(self.seal(&id, "access_token", at)?),
+            None => None,
+        };
+        let record = AccountRecord {
+            access_token,
+            refresh_token: Some(self.seal(&id, "refresh_token", &login.refresh_token)?),
+            expires_at_ms: Some(if login.access_token.is_some() {
+                login.expires_at_ms
+            } else {
+                0
+            }),
+            email: login.email,
+            account_uuid: login.account_uuid,
+            org_uuid: login.org_uuid,
+            org_name: login.org_name,
+            ..blank(id, name, AccountKind::OAuth, created, now)
+        };
+        Ok(self.store.save_account(&record).await?)
+    }
+
+    /// The id and creation time to write `name` under: the existing row's when replacing.
+    async fn slot(&self, name: &str, replace: bool) -> Result<(String, i64), AccountError> {
+        match self.store.find_account(name).await? {
+            Some(existing) if replace => Ok((existing.id, existing.created_at_ms)),
+            Some(_) => Err(StoreError::Duplicate(name.to_owned()).into()),
+            None => Ok((new_id(), crate::now_ms())),
+        }
+    }
+
+    /// Commit a rotated pair; returns only once it is durable.
+    pub async fn save_tokens(
+        &self,
+        id: &str,
+        access: &SecretString,
+        refresh: &SecretString,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), AccountError> {
+        let tokens = SealedTokens {
+            access_token: self.seal(id, "access_token", access)?,
+            refresh_token: self.seal(id, "refresh_token", refresh)?,
+            expires_at_ms,
+        };
+        self.store.update_tokens(id, &tokens, now_ms).await?;
+        Ok(())
+    }
+
+    pub async fn set_status(&self, id: &str, status: AccountStatus) -> Result<(), AccountError> {
+        self.store.set_status(id, status, crate::now_ms()).await?;
+        Ok(())
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), AccountError> {
+        if self.store.remove_account(name).await? {
+            Ok(())
+        } else {
+            Err(AccountError::NotFound(name.to_owned()))
+        }
+    }
+
+    /// The listing view of a record; opening its credential also proves the key is right.
+    pub fn view(&self, r: &AccountRecord) -> Result<AccountView, AccountError> {
+        let (field, sealed) = match r.kind {
+            AccountKind::ApiKey => ("api_key", r.api_key.as_deref()),
+            AccountKind::OAuth => match r.access_token.as_deref() {
+                Some(at) => ("access_token", Some(at)),
+                None => ("refresh_token", r.refresh_token.as_deref()),
+            },
+        };
+        let credential = match sealed {
+            Some(s) => crate::secrets::masked(&self.open(&r.id, field, s)?),
+            None => "none".to_owned(),
+        };
+        Ok(AccountView {
+            name: r.name.clone(),
+            kind: r.kind.as_str(),
+            status: r.status.as_str(),
+            email: r.email.clone(),
+            organization: r.org_name.clone(),
+            expires_at_ms: if r.kind == AccountKind::OAuth {
+                r.expires_at_ms
+            } else {
+                None
+            },
+            credential,
+        })
+    }
+
+    /// Keep a login's PKCE verifier (sealed, bound to its state) until `expires_at_ms`.
+    pub async fn put_pending(
+        &self,
+        state: &str,
+        verifier: &SecretString,
+        redirect_uri: &str,
+        console: bool,
+        account: Option<&str>,
+        expires_at_ms: i64,
+    ) -> Result<(), AccountError> {
+        let pending = PendingLogin {
+            state: state.to_owned(),
+            verifier: self
+                .cipher
+                .seal(verifier.expose_secret(), &format!("pending/{state}"))?,
+            redirect_uri: redirect_uri.to_owned(),
+            console,
+            account: account.map(str::to_owned),
+            expires_at_ms,
+        };
+        Ok(self.store.put_pending_login(&pending).await?)
+    }
+
+    /// Take the pending login for `state` (once); returns the verifier and the stored login details.
+    pub async fn take_pending(
+        &self,
+        state: &str,
+    ) -> Result<Option<(SecretString, PendingLogin)>, AccountError> {
+        match self
+            .store
+            .take_pending_login(state, crate::now_ms())
+            .await?
+        {
+            Some(p) => {
+                let verifier = self.cipher.open(&p.verifier, &format!("pending/{state}"))?;
+                Ok(Some((verifier, p)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn blank(id: String, name: &str, kind: AccountKind, created_at_ms: i64, now: i64) -> AccountRecord {
+    AccountRecord {
+        id,
+        name: name.to_owned(),
+        kind,
+        status: AccountStatus::Active,
+        access_token: None,
+        refresh_token: None,
+        api_key: None,
+        expires_at_ms: None,
+        email: None,
+        account_uuid: None,
+        org_uuid: None,
+        org_name: None,
+        created_at_ms,
+        updated_at_ms: now,
+    }
+}

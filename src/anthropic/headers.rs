@@ -1,0 +1,115 @@
+//! Which client headers reach the upstream and which upstream headers return to the client.
+
+/// Whether a client request header may be forwarded upstream.
+///
+/// Credentials, cookies, hop-by-hop headers and anything that identifies the client's network are dropped;
+/// `content-length` is recomputed, and `accept-encoding` is dropped so the upstream answers uncompressed
+/// bytes that can be inspected while passing through.
+pub fn forward_request_header(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "accept-encoding",
+        "cookie",
+        "authorization",
+        "x-api-key",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "origin",
+        "referer",
+    ];
+    const DROP_PREFIX: &[&str] = &["x-forwarded-", "cf-", "x-switchyard-"];
+    let name = name.to_ascii_lowercase();
+    !DROP.contains(&name.as_str()) && !DROP_PREFIX.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether an upstream response header may be passed back to the client.
+///
+/// Everything the client may need passes (`request-id`, every `anthropic-ratelimit-*`, `retry-after`,
+/// `content-type`); hop-by-hop headers and upstream cookies, which belong to the account, do not.
+pub fn pass_back_response_header(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "alt-svc",
+    ];
+    !DROP.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// The client's comma-separated `anthropic-beta` list with `required` added once.
+pub fn merge_beta(client: Option<&str>, required: &str) -> String {
+    let mut flags: Vec<&str> = client
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    if !flags.contains(&required) {
+        flags.push(required);
+    }
+    flags.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beta_is_merged_once() {
+        assert_eq!(merge_beta(None, "oauth-2025-04-20"), "oauth-2025-04-20");
+        assert_eq!(
+            merge_beta(Some("a, b"), "oauth-2025-04-20"),
+            "a,b,oauth-2025-04-20"
+        );
+        assert_eq!(
+            merge_beta(Some("oauth-2025-04-20,a"), "oauth-2025-04-20"),
+            "oauth-2025-04-20,a"
+        );
+    }
+
+    #[test]
+    fn identifying_headers_stay_home() {
+        for h in [
+            "Authorization",
+            "x-api-key",
+            "Cookie",
+            "X-Forwarded-For",
+            "host",
+            "x-switchyard-account",
+        ] {
+            assert!(!forward_request_header(h), "{h} must not be forwarded");
+        }
+        for h in [
+            "anthropic-version",
+            "anthropic-beta",
+            "content-type",
+            "user-agent",
+            "x-stainless-os",
+        ] {
+            assert!(forward_request_header(h), "{h} must be forwarded");
+        }
+        assert!(pass_back_response_header(
+            "anthropic-ratelimit-unified-status"
+        ));
+        assert!(pass_back_response_header("request-id"));
+        assert!(!pass_back_response_header("set-cookie"));
+    }
+}

@@ -1,0 +1,185 @@
+//! The `system` prompt of a Messages request: recognising the Claude Code identity and placing it first.
+
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
+
+use super::KNOWN_IDENTITIES;
+
+/// What to do with the identity prompt for OAuth accounts (`SWITCHYARD_IDENTITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// Put the identity block first unless the request already carries a Claude identity.
+    Inject,
+    /// Send `system` exactly as the client wrote it.
+    PassThrough,
+}
+
+/// A JSON request body parsed only one level deep: each top-level value stays the client's exact bytes.
+#[derive(Debug)]
+pub struct MessageBody {
+    fields: IndexMap<String, Box<RawValue>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is not valid JSON: {0}")]
+    Json(String),
+}
+
+impl MessageBody {
+    /// Parse a request body; it must be a JSON object.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
+        let fields: IndexMap<String, Box<RawValue>> =
+            serde_json::from_slice(bytes).map_err(|e| {
+                if e.classify() == serde_json::error::Category::Data {
+                    BodyError::Json("expected a JSON object".to_owned())
+                } else {
+                    BodyError::Json(e.to_string())
+                }
+            })?;
+        Ok(Self { fields })
+    }
+
+    /// The `model` field, when it is a string.
+    pub fn model(&self) -> Option<String> {
+        self.fields
+            .get("model")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// Whether the client asked for a stream.
+    pub fn stream(&self) -> bool {
+        self.fields
+            .get("stream")
+            .is_some_and(|raw| raw.get() == "true")
+    }
+
+    /// The body with `identity` first in `system`, or `None` when it needs no change: the request already
+    /// opens with a Claude identity (or `identity` itself).
+    pub fn with_identity(&self, identity: &str) -> Option<Vec<u8>> {
+        let system: Option<serde_json::Value> = self
+            .fields
+            .get("system")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        if system
+            .as_ref()
+            .is_some_and(|s| carries_identity(s, identity))
+        {
+            return None;
+        }
+        let block = serde_json::json!({ "type": "text", "text": identity });
+        let new_system = match system {
+            None | Some(serde_json::Value::Null) => serde_json::json!([block]),
+            Some(serde_json::Value::String(s)) if s.is_empty() => serde_json::json!([block]),
+            Some(serde_json::Value::String(s)) => {
+                serde_json::json!([block, { "type": "text", "text": s }])
+            }
+            Some(serde_json::Value::Array(mut blocks)) => {
+                blocks.insert(0, block);
+                serde_json::Value::Array(blocks)
+            }
+            // Anything else is the client's error to hear from the upstream, untouched.
+            Some(_) => return None,
+        };
+        let raw = serde_json::value::to_raw_value(&new_system).ok()?;
+        let mut fields = self.fields.clone();
+        // An existing key keeps its place; a new one goes last.
+        fields.insert("system".to_owned(), raw);
+        serde_json::to_vec(&fields).ok()
+    }
+}
+
+/// Whether a `system` value already carries a Claude identity: one of the known sentences (or the
+/// configured one) opens the string, or opens one of the first three text blocks.
+pub fn carries_identity(system: &serde_json::Value, configured: &str) -> bool {
+    let opens = |text: &str| {
+        let text = text.trim_start();
+        text.starts_with(configured) || KNOWN_IDENTITIES.iter().any(|known| text.starts_with(known))
+    };
+    match system {
+        serde_json::Value::String(s) => opens(s),
+        serde_json::Value::Array(blocks) => blocks
+            .iter()
+            .take(3)
+            .any(|b| b.get("text").and_then(|t| t.as_str()).is_some_and(opens)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const ID: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
+
+    fn system_of(body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["system"].clone()
+    }
+
+    #[test]
+    fn string_system_becomes_two_blocks() {
+        let body =
+            MessageBody::parse(br#"{"model":"m","system":"Be brief.","messages":[]}"#).unwrap();
+        let out = body.with_identity(ID).unwrap();
+        assert_eq!(
+            system_of(&out),
+            serde_json::json!([{"type":"text","text":ID},{"type":"text","text":"Be brief."}])
+        );
+        // Field order and the other values are kept byte for byte.
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with(r#"{"model":"m","system":"#)
+        );
+    }
+
+    #[test]
+    fn block_list_gets_identity_prepended_once() {
+        let body = MessageBody::parse(
+            br#"{"system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}"#,
+        )
+        .unwrap();
+        let out = body.with_identity(ID).unwrap();
+        let sys = system_of(&out);
+        assert_eq!(sys[0]["text"], ID);
+        assert_eq!(sys[1]["cache_control"]["type"], "ephemeral");
+        // Running it again changes nothing: never duplicated.
+        assert!(
+            MessageBody::parse(&out)
+                .unwrap()
+                .with_identity(ID)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn missing_system_gets_identity() {
+        let body = MessageBody::parse(br#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert_eq!(
+            system_of(&body.with_identity(ID).unwrap()),
+            serde_json::json!([{"type":"text","text":ID}])
+        );
+    }
+
+    #[test]
+    fn claude_code_and_agent_sdk_are_recognised() {
+        let cc = br#"{"system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=2"},{"type":"text","text":"You are a Claude agent, built on Anthropic's Claude Agent SDK."}]}"#;
+        assert!(MessageBody::parse(cc).unwrap().with_identity(ID).is_none());
+        let s = br#"{"system":"You are Claude Code, Anthropic's official CLI for Claude. More."}"#;
+        assert!(MessageBody::parse(s).unwrap().with_identity(ID).is_none());
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        assert!(MessageBody::parse(b"{not json").is_err());
+        assert!(MessageBody::parse(b"[1,2]").is_err());
+        assert!(MessageBody::parse(b"").is_err());
+    }
+
+    #[test]
+    fn model_and_stream_are_read() {
+        let b = MessageBody::parse(br#"{"model":"claude-x","stream":true}"#).unwrap();
+        assert_eq!((b.model().as_deref(), b.stream()), (Some("claude-x"), true));
+    }
+}

@@ -1,0 +1,155 @@
+//! `switchyard accounts …`: import, add, list, remove.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::args::ImportArgs;
+use super::{format_ms, open_registry, secret_arg};
+use crate::accounts::{AccountView, NewOAuth};
+use crate::config::Config;
+use crate::secrets::SecretString;
+
+pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
+    let login = match &args.from_claude_code {
+        Some(path) => {
+            let path = match path {
+                Some(p) => p.clone(),
+                None => dirs::home_dir()
+                    .context("no home directory")?
+                    .join(".claude/.credentials.json"),
+            };
+            let login = read_claude_code(&path)?;
+            eprintln!(
+                "note: refreshing this account rotates Claude Code's own token out from under it; \
+                 log Claude Code in again afterwards or give Switchyard a login of its own"
+            );
+            login
+        }
+        None => {
+            let refresh = args
+                .refresh_token
+                .as_deref()
+                .context("--refresh-token is required")?;
+            let access_token = match &args.access_token {
+                Some(at) => Some(secret_arg(at, "access token")?),
+                None => None,
+            };
+            NewOAuth {
+                access_token,
+                refresh_token: secret_arg(refresh, "refresh token")?,
+                expires_at_ms: args.expires_at.unwrap_or(0),
+                email: None,
+                account_uuid: None,
+                org_uuid: None,
+                org_name: None,
+            }
+        }
+    };
+    let (registry, _) = open_registry(config).await?;
+    registry.save_oauth(&args.name, login, args.replace).await?;
+    println!("imported OAuth account {}", args.name);
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ClaudeCodeFile {
+    #[serde(rename = "claudeAiOauth")]
+    oauth: Option<ClaudeCodeOAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaudeCodeOAuth {
+    access_token: Option<SecretString>,
+    refresh_token: Option<SecretString>,
+    expires_at: Option<i64>,
+}
+
+fn read_claude_code(path: &PathBuf) -> anyhow::Result<NewOAuth> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: ClaudeCodeFile = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not Claude Code credentials JSON: {e}",
+            path.display()
+        )
+    })?;
+    let oauth = file
+        .oauth
+        .with_context(|| format!("{} has no claudeAiOauth entry", path.display()))?;
+    let refresh_token = oauth
+        .refresh_token
+        .with_context(|| format!("{} has no refreshToken", path.display()))?;
+    Ok(NewOAuth {
+        expires_at_ms: if oauth.access_token.is_some() {
+            oauth.expires_at.unwrap_or(0)
+        } else {
+            0
+        },
+        access_token: oauth.access_token,
+        refresh_token,
+        email: None,
+        account_uuid: None,
+        org_uuid: None,
+        org_name: None,
+    })
+}
+
+pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool) -> anyhow::Result<()> {
+    let key = secret_arg(api_key, "API key")?;
+    let (registry, _) = open_registry(config).await?;
+    registry.add_api_key(name, &key, replace).await?;
+    println!("added API-key account {name}");
+    Ok(())
+}
+
+pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let (registry, _) = open_registry(config).await?;
+    let views = registry
+        .list()
+        .await?
+        .iter()
+        .map(|r| registry.view(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else {
+        print_table(&views);
+    }
+    Ok(())
+}
+
+pub(super) fn print_table(views: &[AccountView]) {
+    if views.is_empty() {
+        println!("no accounts (add one with `switchyard auth login` or `switchyard accounts add`)");
+        return;
+    }
+    println!(
+        "NAME                 KIND     STATUS       EMAIL                            EXPIRES               CREDENTIAL"
+    );
+    for v in views {
+        let expires = match v.expires_at_ms {
+            Some(0) => "on first use".to_owned(),
+            Some(ms) => format_ms(ms),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<20} {:<8} {:<12} {:<32} {:<21} {}",
+            v.name,
+            v.kind,
+            v.status,
+            v.email.as_deref().unwrap_or("-"),
+            expires,
+            v.credential
+        );
+    }
+}
+
+pub async fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
+    let (registry, _) = open_registry(config).await?;
+    registry.remove(name).await?;
+    println!("removed account {name}");
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Command-line arguments (clap derive). Names here are public interface: keep them stable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A gateway for the Anthropic Claude API over many accounts"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: <home>/config.toml when it exists. Env: SWITCHYARD_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, key file). Env: SWITCHYARD_HOME.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Log accounts in and out.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Manage accounts.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind. Default 127.0.0.1. Env: SWITCHYARD_HOST.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind (0 picks a free one). Default 8080. Env: SWITCHYARD_PORT.
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Log a Claude account in with OAuth (PKCE).
+    Login(LoginArgs),
+    /// Remove an account and its tokens.
+    Logout {
+        /// Account to log out; may be left out when there is only one.
+        #[arg(long)]
+        account: Option<String>,
+        /// Log every account out.
+        #[arg(long, conflicts_with = "account")]
+        all: bool,
+    },
+    /// Show every account's login state (tokens masked).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Name to save the account under. Default: the account's email address.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Console login: create an API key and save it as an API-key account.
+    #[arg(long)]
+    pub console: bool,
+    /// Do not open a browser; paste the code instead.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Finish a pending login with the CODE#STATE shown after logging in.
+    #[arg(long, value_name = "CODE#STATE")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Import an OAuth account from its tokens or from Claude Code's credentials file.
+    Import(ImportArgs),
+    /// Add an Anthropic API-key account.
+    Add {
+        name: String,
+        /// The API key (`-` reads it from stdin).
+        #[arg(long, value_name = "KEY")]
+        api_key: String,
+        /// Overwrite an existing account of that name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List accounts (no secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account and its tokens.
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub name: String,
+    /// OAuth refresh token (`-` reads it from stdin).
+    #[arg(long, value_name = "RT", required_unless_present = "from_claude_code")]
+    pub refresh_token: Option<String>,
+    /// Current access token, if you have one.
+    #[arg(
+        long,
+        value_name = "AT",
+        requires = "refresh_token",
+        requires = "expires_at"
+    )]
+    pub access_token: Option<String>,
+    /// When the access token expires, epoch milliseconds.
+    #[arg(long, value_name = "EPOCH_MS", requires = "access_token")]
+    pub expires_at: Option<i64>,
+    /// Read Claude Code's credentials (default ~/.claude/.credentials.json).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, conflicts_with = "refresh_token")]
+    pub from_claude_code: Option<Option<PathBuf>>,
+    /// Overwrite an existing account of that name.
+    #[arg(long)]
+    pub replace: bool,
+}

@@ -1,0 +1,342 @@
+//! `switchyard auth …`: OAuth login (browser with loopback callback, or paste, or a pending login finished
+//! later with `--code`), logout and status.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::{Query, State};
+use axum::response::Html;
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+
+use super::args::LoginArgs;
+use super::{oauth_http, open_registry};
+use crate::accounts::{NewOAuth, Registry};
+use crate::config::Config;
+use crate::oauth::{OAuthClient, Pkce, authorize_url, new_state, split_pasted};
+
+/// How long a pending login (its PKCE verifier) is kept for `--code`.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// How long the browser flow waits for the callback.
+const BROWSER_WAIT: Duration = Duration::from_secs(600);
+
+pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
+    let (registry, _) = open_registry(config).await?;
+    let oauth = OAuthClient::new(oauth_http(config)?, config.oauth.clone());
+    if let Some(pasted) = &args.code {
+        let (code, state) = split_pasted(pasted)?;
+        let Some((verifier, pending)) = registry.take_pending(&state).await? else {
+            bail!(
+                "no pending login for this code (it expired after 10 minutes or was used); run `switchyard auth login` again"
+            );
+        };
+        let account = args.account.or(pending.account);
+        return finish(
+            &registry,
+            &oauth,
+            &code,
+            &state,
+            &verifier,
+            &pending.redirect_uri,
+            pending.console,
+            account,
+        )
+        .await;
+    }
+
+    let pkce = Pkce::generate();
+    let state = new_state();
+    let browser = !args.no_browser && display_available();
+    let callback = if browser {
+        match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!(
+                    "cannot listen for the browser callback ({e}); falling back to pasting the code"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let redirect_uri = match &callback {
+        Some(listener) => format!(
+            "http://localhost:{}/callback",
+            listener.local_addr()?.port()
+        ),
+        None => config.oauth.redirect_uri.to_string(),
+    };
+    let url = authorize_url(
+        &config.oauth,
+        args.console,
+        &redirect_uri,
+        &pkce.challenge,
+        &state,
+    );
+    if callback.is_none() {
+        let expires = crate::now_ms() + i64::try_from(PENDING_TTL.as_millis()).unwrap_or(600_000);
+        registry
+            .put_pending(
+                &state,
+                &pkce.verifier,
+                &redirect_uri,
+                args.console,
+                args.account.as_deref(),
+                expires,
+            )
+            .await?;
+    }
+
+    let mut out = std::io::stdout();
+    writeln!(out, "Open this URL in a browser to log in:")?;
+    writeln!(out, "{url}")?;
+    out.flush()?;
+
+    let code = match callback {
+        Some(listener) => {
+            if webbrowser::open(url.as_str()).is_err() {
+                eprintln!("could not open a browser; open the URL above yourself");
+            }
+            eprintln!("waiting for the browser to finish the login…");
+            wait_for_callback(listener, state.clone()).await?
+        }
+        None => {
+            eprint!("Paste the code shown after login (CODE#STATE): ");
+            let _ = std::io::stderr().flush();
+            match read_stdin_line().await? {
+                Some(line) => {
+                    let (code, pasted_state) = split_pasted(&line)?;
+                    if pasted_state != state {
+                        bail!(
+                            "state mismatch: this code belongs to a different login; nothing was saved"
+                        );
+                    }
+                    // Used now: it must not be usable again with --code.
+                    let _ = registry.take_pending(&state).await;
+                    code
+                }
+                None => {
+                    println!(
+                        "No code was read. The login stays pending for 10 minutes; finish it with:\n  \
+                         switchyard auth login --code 'CODE#STATE'"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
+    finish(
+        &registry,
+        &oauth,
+        &code,
+        &state,
+        &pkce.verifier,
+        &redirect_uri,
+        args.console,
+        args.account,
+    )
+    .await
+}
+
+/// Exchange the code and save the account; nothing is saved when any step fails.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    registry: &Registry,
+    oauth: &OAuthClient,
+    code: &str,
+    state: &str,
+    verifier: &SecretString,
+    redirect_uri: &str,
+    console: bool,
+    account: Option<String>,
+) -> anyhow::Result<()> {
+    let tokens = oauth
+        .exchange_code(code, state, verifier, redirect_uri)
+        .await
+        .context("login failed")?;
+    let email = tokens
+        .account
+        .as_ref()
+        .and_then(|a| a.email_address.clone());
+    let name = account.or_else(|| email.clone()).unwrap_or_else(|| {
+        if console {
+            "console".to_owned()
+        } else {
+            "default".to_owned()
+        }
+    });
+    if console {
+        let key = oauth
+            .create_api_key(&tokens.access_token)
+            .await
+            .context("creating the API key failed")?;
+        registry.add_api_key(&name, &key, true).await?;
+        println!("logged in; saved API-key account {name}");
+        return Ok(());
+    }
+    let expires_at_ms = tokens.expires_at_ms(crate::now_ms());
+    let refresh_token = tokens
+        .refresh_token
+        .context("login failed: the token answer carried no refresh token")?;
+    let login = NewOAuth {
+        expires_at_ms,
+        access_token: Some(tokens.access_token),
+        refresh_token,
+        email: email.clone(),
+        account_uuid: tokens.account.as_ref().and_then(|a| a.uuid.clone()),
+        org_uuid: tokens.organization.as_ref().and_then(|o| o.uuid.clone()),
+        org_name: tokens.organization.as_ref().and_then(|o| o.name.clone()),
+    };
+    registry.save_oauth(&name, login, true).await?;
+    match email {
+        Some(email) => println!("logged in as {email}; saved OAuth account {name}"),
+        None => println!("logged in; saved OAuth account {name}"),
+    }
+    Ok(())
+}
+
+/// Whether a browser can plausibly open here.
+fn display_available() -> bool {
+    if cfg!(any(target_os = "macos", target_os = "windows")) {
+        return true;
+    }
+    ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// One line from stdin, or `None` at end of input.
+async fn read_stdin_line() -> anyhow::Result<Option<String>> {
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) if line.trim().is_empty() => Ok(None),
+            Ok(_) => Ok(Some(line)),
+            Err(e) => Err(anyhow::anyhow!("cannot read stdin: {e}")),
+        }
+    })
+    .await?
+}
+
+#[derive(Clone)]
+struct CallbackState {
+    state: String,
+    done: mpsc::Sender<Result<String, String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn callback(
+    State(cb): State<CallbackState>,
+    Query(q): Query<CallbackQuery>,
+) -> (axum::http::StatusCode, Html<&'static str>) {
+    use axum::http::StatusCode;
+    if let Some(error) = q.error {
+        let description = q.error_description.unwrap_or_default();
+        let _ = cb
+            .done
+            .send(Err(format!("{error} {description}").trim().to_owned()))
+            .await;
+        return (
+            StatusCode::BAD_REQUEST,
+            Html("<h1>Login failed</h1><p>Return to the terminal.</p>"),
+        );
+    }
+    match (q.code, q.state) {
+        (Some(code), Some(state)) if state == cb.state => {
+            let _ = cb.done.send(Ok(code)).await;
+            (
+                StatusCode::OK,
+                Html("<h1>Switchyard login complete</h1><p>You can close this tab.</p>"),
+            )
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Html("<h1>Unexpected callback</h1><p>The state does not match this login.</p>"),
+        ),
+    }
+}
+
+/// Serve `/callback` on the loopback listener until the login comes back (or times out).
+async fn wait_for_callback(
+    listener: tokio::net::TcpListener,
+    state: String,
+) -> anyhow::Result<String> {
+    let (tx, mut rx) = mpsc::channel(1);
+    let app = axum::Router::new()
+        .route("/callback", axum::routing::get(callback))
+        .with_state(CallbackState { state, done: tx });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let result = tokio::time::timeout(BROWSER_WAIT, rx.recv()).await;
+    // Let the success page reach the browser before the listener goes away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.abort();
+    match result {
+        Ok(Some(Ok(code))) => Ok(code),
+        Ok(Some(Err(reason))) => bail!("login failed: the authorization server answered {reason}"),
+        Ok(None) => bail!("login failed: the callback listener stopped"),
+        Err(_) => bail!(
+            "login timed out after {} minutes",
+            BROWSER_WAIT.as_secs() / 60
+        ),
+    }
+}
+
+pub async fn logout(config: &Config, account: Option<String>, all: bool) -> anyhow::Result<()> {
+    let (registry, _) = open_registry(config).await?;
+    let names: Vec<String> = match account {
+        Some(name) => vec![name],
+        None => {
+            let all_names: Vec<String> =
+                registry.list().await?.into_iter().map(|r| r.name).collect();
+            if all || all_names.len() <= 1 {
+                all_names
+            } else {
+                bail!(
+                    "there are {} accounts; pass --account NAME or --all",
+                    all_names.len()
+                );
+            }
+        }
+    };
+    if names.is_empty() {
+        println!("no accounts to log out");
+    }
+    for name in names {
+        registry.remove(&name).await?;
+        println!("logged out {name}; its tokens are deleted");
+    }
+    Ok(())
+}
+
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let (registry, key_source) = open_registry(config).await?;
+    let views = registry
+        .list()
+        .await?
+        .iter()
+        .map(|r| registry.view(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    if json {
+        let out = serde_json::json!({
+            "home": config.home,
+            "key_source": key_source.to_string(),
+            "accounts": views,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("data directory: {}", config.home.display());
+    println!("encryption key: {key_source}");
+    super::accounts::print_table(&views);
+    Ok(())
+}

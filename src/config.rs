@@ -1,0 +1,466 @@
+//! Configuration: a TOML file, then `SWITCHYARD_*` environment variables, then flags, validated once into
+//! a [`Config`] the rest of the code trusts.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use crate::anthropic::IdentityMode;
+use crate::oauth::OAuthConfig;
+
+/// Default OAuth and API facts (see PROTOCOL.md); every one of them can be overridden.
+pub mod defaults {
+    pub const UPSTREAM_URL: &str = "https://api.anthropic.com";
+    pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+    pub const AUTHORIZE_URL: &str = "https://claude.com/cai/oauth/authorize";
+    pub const CONSOLE_AUTHORIZE_URL: &str = "https://platform.claude.com/oauth/authorize";
+    pub const TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+    pub const REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
+    pub const SCOPES: &str = "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload";
+    pub const IDENTITY_PROMPT: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
+    pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+    pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+    pub const HOST: &str = "127.0.0.1";
+    pub const PORT: u16 = 8080;
+    pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+    pub const REFRESH_MARGIN_SECS: u64 = 300;
+    pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+    pub const FIRST_BYTE_TIMEOUT_SECS: u64 = 600;
+    pub const IDLE_TIMEOUT_SECS: u64 = 600;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("no data directory: set SWITCHYARD_HOME")]
+    NoHome,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory: database, key file. `SWITCHYARD_HOME`, default the platform data dir.
+    pub home: PathBuf,
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    pub body_limit: usize,
+    /// API base; `/v1/…` and `/api/oauth/…` hang off it.
+    pub upstream_url: Url,
+    pub connect_timeout: Duration,
+    /// How long to wait for the upstream's response headers.
+    pub first_byte_timeout: Duration,
+    /// How long a response body may stay silent before the upstream is given up on.
+    pub idle_timeout: Duration,
+    pub identity: IdentityMode,
+    /// System prompt an OAuth account's requests must open with.
+    pub identity_prompt: String,
+    /// Beta flag an OAuth bearer token needs.
+    pub oauth_beta: String,
+    /// `anthropic-version` sent when the client sent none.
+    pub anthropic_version: String,
+    pub oauth: OAuthConfig,
+    /// Refresh an OAuth access token this long before it expires.
+    pub refresh_margin: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// `SWITCHYARD_ENCRYPTION_KEY`: base64 data key overriding the key file.
+    pub encryption_key: Option<SecretString>,
+}
+
+/// Values given as command-line flags; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawFile {
+    server: RawServer,
+    upstream: RawUpstream,
+    oauth: RawOAuth,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawServer {
+    host: Option<String>,
+    port: Option<u16>,
+    body_limit: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout_secs: Option<u64>,
+    first_byte_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    identity: Option<String>,
+    identity_prompt: Option<String>,
+    oauth_beta: Option<String>,
+    anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOAuth {
+    client_id: Option<String>,
+    authorize_url: Option<String>,
+    console_authorize_url: Option<String>,
+    token_url: Option<String>,
+    redirect_uri: Option<String>,
+    scopes: Option<String>,
+    refresh_margin_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// One setting: the file value, replaced by the environment variable when it is set.
+fn pick<T: FromStr>(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    file: Option<T>,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env(var).filter(|v| !v.is_empty()) {
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                name: var,
+                message: format!("{e}"),
+            }),
+        None => Ok(file),
+    }
+}
+
+fn parse_url(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|e| ConfigError::Invalid {
+        name,
+        message: format!("{e}: {raw}"),
+    })?;
+    match url.scheme() {
+        "https" | "http" => Ok(url),
+        other => Err(ConfigError::Invalid {
+            name,
+            message: format!("unsupported scheme {other}"),
+        }),
+    }
+}
+
+/// The data directory when none is configured.
+pub fn default_home() -> Option<PathBuf> {
+    dirs::data_dir()
+        .map(|d| d.join("switchyard"))
+        .or_else(|| dirs::home_dir().map(|h| h.join(".switchyard")))
+}
+
+impl Config {
+    /// Load from the real process environment.
+    pub fn load(flags: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with(flags, &|k| std::env::var(k).ok())
+    }
+
+    /// Load with an injected environment, so precedence can be tested without touching the process.
+    pub fn load_with(
+        flags: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let home = match flags.home.clone() {
+            Some(h) => h,
+            None => match env("SWITCHYARD_HOME").filter(|v| !v.is_empty()) {
+                Some(h) => PathBuf::from(h),
+                None => default_home().ok_or(ConfigError::NoHome)?,
+            },
+        };
+        let file_path = flags.config.clone().or_else(|| {
+            env("SWITCHYARD_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let raw = match file_path {
+            Some(path) => read_file(&path)?,
+            None => {
+                let path = home.join("config.toml");
+                if path.exists() {
+                    read_file(&path)?
+                } else {
+                    RawFile::default()
+                }
+            }
+        };
+
+        let host = flags
+            .host
+            .clone()
+            .or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
+        let port = flags
+            .port
+            .or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
+        let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
+        let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
+        let connect = pick(
+            env,
+            "SWITCHYARD_CONNECT_TIMEOUT_SECS",
+            raw.upstream.connect_timeout_secs,
+        )?;
+        let first_byte = pick(
+            env,
+            "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS",
+            raw.upstream.first_byte_timeout_secs,
+        )?;
+        let idle = pick(
+            env,
+            "SWITCHYARD_IDLE_TIMEOUT_SECS",
+            raw.upstream.idle_timeout_secs,
+        )?;
+        let identity: Option<String> = pick(env, "SWITCHYARD_IDENTITY", raw.upstream.identity)?;
+        let identity_prompt = pick(
+            env,
+            "SWITCHYARD_IDENTITY_PROMPT",
+            raw.upstream.identity_prompt,
+        )?;
+        let oauth_beta = pick(env, "SWITCHYARD_OAUTH_BETA", raw.upstream.oauth_beta)?;
+        let version = pick(
+            env,
+            "SWITCHYARD_ANTHROPIC_VERSION",
+            raw.upstream.anthropic_version,
+        )?;
+        let client_id = pick(env, "SWITCHYARD_CLIENT_ID", raw.oauth.client_id)?;
+        let authorize = pick(
+            env,
+            "SWITCHYARD_OAUTH_AUTHORIZE_URL",
+            raw.oauth.authorize_url,
+        )?;
+        let console = pick(
+            env,
+            "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL",
+            raw.oauth.console_authorize_url,
+        )?;
+        let token = pick(env, "SWITCHYARD_OAUTH_TOKEN_URL", raw.oauth.token_url)?;
+        let redirect = pick(env, "SWITCHYARD_OAUTH_REDIRECT_URI", raw.oauth.redirect_uri)?;
+        let scopes: Option<String> = pick(env, "SWITCHYARD_OAUTH_SCOPES", raw.oauth.scopes)?;
+        let margin = pick(
+            env,
+            "SWITCHYARD_REFRESH_MARGIN_SECS",
+            raw.oauth.refresh_margin_secs,
+        )?;
+        let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
+        let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
+
+        let identity = match identity.as_deref().unwrap_or("inject") {
+            "inject" => IdentityMode::Inject,
+            "pass-through" | "passthrough" => IdentityMode::PassThrough,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "SWITCHYARD_IDENTITY",
+                    message: format!("expected inject or pass-through, got {other}"),
+                });
+            }
+        };
+        let log_format = match log_format.as_deref().unwrap_or("pretty") {
+            "pretty" | "text" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "SWITCHYARD_LOG_FORMAT",
+                    message: format!("expected json or pretty, got {other}"),
+                });
+            }
+        };
+        let upstream_url = parse_url(
+            "SWITCHYARD_UPSTREAM_URL",
+            upstream.as_deref().unwrap_or(defaults::UPSTREAM_URL),
+        )?;
+        let scopes = scopes.unwrap_or_else(|| defaults::SCOPES.to_owned());
+        let oauth = OAuthConfig {
+            client_id: client_id.unwrap_or_else(|| defaults::CLIENT_ID.to_owned()),
+            authorize_url: parse_url(
+                "SWITCHYARD_OAUTH_AUTHORIZE_URL",
+                authorize.as_deref().unwrap_or(defaults::AUTHORIZE_URL),
+            )?,
+            console_authorize_url: parse_url(
+                "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL",
+                console
+                    .as_deref()
+                    .unwrap_or(defaults::CONSOLE_AUTHORIZE_URL),
+            )?,
+            token_url: parse_url(
+                "SWITCHYARD_OAUTH_TOKEN_URL",
+                token.as_deref().unwrap_or(defaults::TOKEN_URL),
+            )?,
+            redirect_uri: parse_url(
+                "SWITCHYARD_OAUTH_REDIRECT_URI",
+                redirect.as_deref().unwrap_or(defaults::REDIRECT_URI),
+            )?,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+            api_base: upstream_url.clone(),
+        };
+        let body_limit = body_limit.unwrap_or(defaults::BODY_LIMIT);
+        if body_limit == 0 {
+            return Err(ConfigError::Invalid {
+                name: "SWITCHYARD_BODY_LIMIT",
+                message: "must be above 0".into(),
+            });
+        }
+        let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        Ok(Config {
+            home,
+            host: host.unwrap_or_else(|| defaults::HOST.to_owned()),
+            port: port.unwrap_or(defaults::PORT),
+            body_limit,
+            upstream_url,
+            connect_timeout: secs(connect, defaults::CONNECT_TIMEOUT_SECS),
+            first_byte_timeout: secs(first_byte, defaults::FIRST_BYTE_TIMEOUT_SECS),
+            idle_timeout: secs(idle, defaults::IDLE_TIMEOUT_SECS),
+            identity,
+            identity_prompt: identity_prompt
+                .unwrap_or_else(|| defaults::IDENTITY_PROMPT.to_owned()),
+            oauth_beta: oauth_beta.unwrap_or_else(|| defaults::OAUTH_BETA.to_owned()),
+            anthropic_version: version.unwrap_or_else(|| defaults::ANTHROPIC_VERSION.to_owned()),
+            oauth,
+            refresh_margin: secs(margin, defaults::REFRESH_MARGIN_SECS),
+            log_level: log_level.unwrap_or_else(|| "info".to_owned()),
+            log_format,
+            encryption_key: env("SWITCHYARD_ENCRYPTION_KEY")
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from),
+        })
+    }
+
+    /// Path of the SQLite database.
+    pub fn database_path(&self) -> PathBuf {
+        self.home.join("switchyard.db")
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(flags: &Overrides, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(flags, &move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nhost = \"0.0.0.0\"\nport = 1000\n[log]\nlevel = \"debug\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let home = dir.path().to_str().unwrap();
+        let c = load(
+            &Overrides::default(),
+            &[("SWITCHYARD_CONFIG", path), ("SWITCHYARD_HOME", home)],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.log_level.as_str()),
+            ("0.0.0.0", 1000, "debug")
+        );
+        let vars = [
+            ("SWITCHYARD_CONFIG", path),
+            ("SWITCHYARD_HOME", home),
+            ("SWITCHYARD_PORT", "2000"),
+        ];
+        let c = load(&Overrides::default(), &vars).unwrap();
+        assert_eq!(c.port, 2000);
+        let flags = Overrides {
+            port: Some(3000),
+            ..Overrides::default()
+        };
+        assert_eq!(load(&flags, &vars).unwrap().port, 3000);
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_anthropic() {
+        let c = load(
+            &Overrides::default(),
+            &[("SWITCHYARD_HOME", "/nonexistent-sy")],
+        )
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8080));
+        assert_eq!(c.upstream_url.as_str(), "https://api.anthropic.com/");
+        assert_eq!(c.identity, IdentityMode::Inject);
+        assert_eq!(c.refresh_margin, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nprot = 1\n").unwrap();
+        let err = load(
+            &Overrides::default(),
+            &[("SWITCHYARD_CONFIG", file.to_str().unwrap())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let err = load(
+            &Overrides::default(),
+            &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_PORT", "http")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SWITCHYARD_PORT"), "{err}");
+        let err = load(
+            &Overrides::default(),
+            &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_IDENTITY", "x")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SWITCHYARD_IDENTITY"), "{err}");
+    }
+}

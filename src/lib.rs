@@ -1,0 +1,24 @@
+//! Switchyard: a gateway that spreads Anthropic API traffic over Claude OAuth and API-key accounts.
+//!
+//! Dependencies point one way: `server → forward → accounts → store, secrets`; `anthropic` and `oauth`
+//! are leaves. Nothing imports `cli`.
+
+pub mod accounts;
+pub mod anthropic;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod oauth;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch, the one clock unit used in storage and token expiries.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

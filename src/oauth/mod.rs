@@ -1,0 +1,428 @@
+//! OAuth 2.0 for Claude accounts: PKCE, the authorize URL, code exchange, refresh and the Console
+//! `create_api_key` call. A leaf: it speaks HTTP to the token endpoint and knows nothing of storage.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// Where and as whom to speak OAuth. Every value is configurable (see `config`).
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub client_id: String,
+    /// Claude Pro/Max authorize page.
+    pub authorize_url: Url,
+    /// Console authorize page (the login creates an API key).
+    pub console_authorize_url: Url,
+    /// Code exchange and refresh.
+    pub token_url: Url,
+    /// Redirect URI of the paste flow, whose page shows `CODE#STATE`.
+    pub redirect_uri: Url,
+    pub scopes: Vec<String>,
+    /// API base; `create_api_key` hangs off it.
+    pub api_base: Url,
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub struct Pkce {
+    pub verifier: SecretString,
+    pub challenge: String,
+}
+
+impl std::fmt::Debug for Pkce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkce")
+            .field("challenge", &self.challenge)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// S256 challenge of a verifier: base64url(SHA-256(verifier)).
+pub fn challenge_of(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+impl Pkce {
+    /// A fresh verifier from 32 bytes of OS randomness.
+    pub fn generate() -> Self {
+        let verifier = random_token();
+        let challenge = challenge_of(&verifier);
+        Self {
+            verifier: SecretString::from(verifier),
+            challenge,
+        }
+    }
+}
+
+/// A fresh `state`, independent of the verifier (which must never appear in a URL).
+pub fn new_state() -> String {
+    random_token()
+}
+
+/// The authorize URL the user opens in a browser.
+pub fn authorize_url(
+    cfg: &OAuthConfig,
+    console: bool,
+    redirect_uri: &str,
+    challenge: &str,
+    state: &str,
+) -> Url {
+    let mut url = if console {
+        cfg.console_authorize_url.clone()
+    } else {
+        cfg.authorize_url.clone()
+    };
+    url.query_pairs_mut()
+        .append_pair("code", "true")
+        .append_pair("client_id", &cfg.client_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("scope", &cfg.scopes.join(" "))
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", state);
+    url
+}
+
+/// Split a pasted `CODE#STATE`.
+pub fn split_pasted(input: &str) -> Result<(String, String), OAuthError> {
+    let input = input.trim();
+    match input.split_once('#') {
+        Some((code, state)) if !code.is_empty() && !state.is_empty() => {
+            Ok((code.to_owned(), state.to_owned()))
+        }
+        _ => Err(OAuthError::BadInput(
+            "expected CODE#STATE as shown on the login page".to_owned(),
+        )),
+    }
+}
+
+/// The token endpoint's answer.
+#[derive(Debug, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    /// Absent when the old refresh token stays valid.
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub account: Option<AccountInfo>,
+    #[serde(default)]
+    pub organization: Option<OrganizationInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountInfo {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub email_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrganizationInfo {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl TokenResponse {
+    /// Expiry as epoch milliseconds; an answer without `expires_in` is treated as expiring in an hour.
+    pub fn expires_at_ms(&self, now_ms: i64) -> i64 {
+        let secs = i64::try_from(self.expires_in.unwrap_or(3600)).unwrap_or(3600);
+        now_ms.saturating_add(secs.saturating_mul(1000))
+    }
+}
+
+/// Why an OAuth call failed. Messages never contain a token.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The code or refresh token is spent, expired or revoked: the account needs a new login.
+    #[error("the authorization server refused the grant (invalid_grant): {0}")]
+    InvalidGrant(String),
+    /// The token endpoint rate-limits us; wait before trying again.
+    #[error("the authorization server is rate limiting (retry after {}s)", .retry_after.map(|d| d.as_secs()).unwrap_or(0))]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the authorization server answered {status}: {message}")]
+    Rejected { status: u16, message: String },
+    #[error("cannot reach the authorization server: {0}")]
+    Transport(String),
+    #[error("unexpected answer from the authorization server: {0}")]
+    BadResponse(String),
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl OAuthError {
+    /// Whether trying again later may help (network, rate limit, 5xx).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Transport(_) => true,
+            Self::Rejected { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Mask anything that looks like an Anthropic secret and cap the length: error texts from the server are
+/// shown to users and logged.
+fn sanitize(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive(char::is_whitespace) {
+        if word.trim_start().starts_with("sk-ant-") {
+            out.push_str("[redacted]");
+            if word.ends_with(char::is_whitespace) {
+                out.push(' ');
+            }
+        } else {
+            out.push_str(word);
+        }
+    }
+    out.chars().take(300).collect()
+}
+
+/// Talks to the token endpoint.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+    cfg: OAuthConfig,
+}
+
+impl OAuthClient {
+    pub fn new(http: reqwest::Client, cfg: OAuthConfig) -> Self {
+        Self { http, cfg }
+    }
+
+    pub fn config(&self) -> &OAuthConfig {
+        &self.cfg
+    }
+
+    /// Exchange an authorization code (with its PKCE verifier) for tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        state: &str,
+        verifier: &SecretString,
+        redirect_uri: &str,
+    ) -> Result<TokenResponse, OAuthError> {
+        let body = serde_json::json!({
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": self.cfg.client_id,
+            "code_verifier": verifier.expose_secret(),
+            "state": state,
+        });
+        self.token_call(&body).await
+    }
+
+    /// Trade a refresh token for a new pair. Refresh tokens are single-use: the caller must persist the
+    /// answer before using it.
+    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenResponse, OAuthError> {
+        let body = serde_json::json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose_secret(),
+            "client_id": self.cfg.client_id,
+            "scope": self.cfg.scopes.join(" "),
+        });
+        self.token_call(&body).await
+    }
+
+    async fn token_call(&self, body: &serde_json::Value) -> Result<TokenResponse, OAuthError> {
+        let response = self
+            .http
+            .post(self.cfg.token_url.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| OAuthError::BadResponse(e.to_string()));
+        }
+        if status.as_u16() == 429 {
+            return Err(OAuthError::RateLimited { retry_after });
+        }
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let code = parsed.get("error").and_then(|e| {
+            e.as_str()
+                .map(str::to_owned)
+                .or_else(|| e.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        });
+        let description = parsed
+            .get("error_description")
+            .and_then(|d| d.as_str())
+            .or_else(|| parsed.pointer("/error/message").and_then(|d| d.as_str()))
+            .unwrap_or("");
+        if code.as_deref() == Some("invalid_grant") {
+            return Err(OAuthError::InvalidGrant(sanitize(
+                if description.is_empty() {
+                    "the code or refresh token is expired, used or revoked"
+                } else {
+                    description
+                },
+            )));
+        }
+        let message = match (code, description) {
+            (Some(c), "") => c,
+            (Some(c), d) => format!("{c}: {d}"),
+            (None, d) if !d.is_empty() => d.to_owned(),
+            (None, _) => String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+        };
+        Err(OAuthError::Rejected {
+            status: status.as_u16(),
+            message: sanitize(&message),
+        })
+    }
+
+    /// Console login: create an API key with the fresh bearer token.
+    pub async fn create_api_key(
+        &self,
+        access_token: &SecretString,
+    ) -> Result<SecretString, OAuthError> {
+        #[derive(Deserialize)]
+        struct Created {
+            raw_key: SecretString,
+        }
+        let url = self
+            .cfg
+            .api_base
+            .join("api/oauth/claude_cli/create_api_key")
+            .map_err(|e| OAuthError::BadInput(e.to_string()))?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(access_token.expose_secret())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Err(OAuthError::Rejected {
+                status: status.as_u16(),
+                message: sanitize(&text),
+            });
+        }
+        let created: Created =
+            serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()))?;
+        Ok(created.raw_key)
+    }
+}
+
+/// reqwest errors print their URL; ours carry no secrets in URLs, but keep messages short and uniform.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(&e) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cfg() -> OAuthConfig {
+        OAuthConfig {
+            client_id: "cid".into(),
+            authorize_url: Url::parse("https://claude.example/oauth/authorize").unwrap(),
+            console_authorize_url: Url::parse("https://console.example/oauth/authorize").unwrap(),
+            token_url: Url::parse("https://console.example/v1/oauth/token").unwrap(),
+            redirect_uri: Url::parse("https://console.example/oauth/code/callback").unwrap(),
+            scopes: vec!["user:inference".into(), "user:profile".into()],
+            api_base: Url::parse("https://api.example").unwrap(),
+        }
+    }
+
+    #[test]
+    fn pkce_challenge_is_s256_of_verifier() {
+        // RFC 7636 appendix B.
+        assert_eq!(
+            challenge_of("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        let p = Pkce::generate();
+        assert_eq!(p.verifier.expose_secret().len(), 43);
+        assert!(!format!("{p:?}").contains(p.verifier.expose_secret()));
+    }
+
+    #[test]
+    fn authorize_url_has_every_parameter_and_no_verifier() {
+        let p = Pkce::generate();
+        let state = new_state();
+        assert_ne!(state, p.verifier.expose_secret());
+        let url = authorize_url(&cfg(), false, "https://cb", &p.challenge, &state);
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["code"], "true");
+        assert_eq!(q["client_id"], "cid");
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["redirect_uri"], "https://cb");
+        assert_eq!(q["scope"], "user:inference user:profile");
+        assert_eq!(q["code_challenge"], p.challenge);
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["state"], state);
+        assert!(!url.as_str().contains(p.verifier.expose_secret()));
+        assert!(
+            authorize_url(&cfg(), true, "x", "c", "s")
+                .as_str()
+                .starts_with("https://console.example/")
+        );
+    }
+
+    #[test]
+    fn pasted_code_is_split() {
+        assert_eq!(
+            split_pasted(" abc#def\n").unwrap(),
+            ("abc".into(), "def".into())
+        );
+        assert!(split_pasted("abc").is_err());
+        assert!(split_pasted("#def").is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_server_messages() {
+        assert_eq!(
+            sanitize("bad token sk-ant-ort01-xyz here"),
+            "bad token [redacted] here"
+        );
+    }
+}

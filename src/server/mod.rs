@@ -1,0 +1,163 @@
+//! The HTTP front: routes, request reading and limits, background upkeep, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+
+use crate::accounts::Pool;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::forward::{Forwarder, Inbound};
+
+#[derive(Debug, Clone)]
+struct AppState {
+    forwarder: Arc<Forwarder>,
+}
+
+/// The router: the proxied Anthropic endpoints, `/health`, and JSON errors for everything else.
+pub fn router(forwarder: Arc<Forwarder>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/messages", post(proxy))
+        .route("/v1/messages/count_tokens", post(proxy))
+        .route("/v1/models", get(proxy))
+        .route("/v1/models/{id}", get(proxy))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(AppState { forwarder })
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(BytesRejection::FailedToBufferBody(e))
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            return ApiError::too_large("request body exceeds the configured limit")
+                .into_response();
+        }
+        Err(_) => {
+            return ApiError::invalid_request("could not read the request body").into_response();
+        }
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| uri.path().to_owned());
+    let inbound = Inbound {
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    match state.forwarder.forward(inbound).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(status = error.status.as_u16(), error = %error.message, "request failed");
+            error.into_response()
+        }
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
+        .into_response()
+}
+
+/// Everything `serve` runs, built from the configuration.
+pub struct Gateway {
+    pub pool: Arc<Pool>,
+    pub router: Router,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, pool: Arc<Pool>, http: reqwest::Client) -> Result<Self, ApiError> {
+        let forwarder = Arc::new(Forwarder::new(config, http, pool.clone())?);
+        Ok(Self {
+            pool,
+            router: router(forwarder, config.body_limit),
+        })
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, keeping the pool fresh in the background.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let upkeep = tokio::spawn(upkeep(self.pool.clone()));
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        upkeep.abort();
+        result
+    }
+}
+
+/// Off the hot path: pick up accounts changed by the CLI, refresh tokens that are about to expire.
+async fn upkeep(pool: Arc<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Err(e) = pool.reload().await {
+            tracing::error!(error = %e, "reloading accounts failed");
+        }
+        if rounds.is_multiple_of(12) {
+            pool.refresh_due().await;
+        }
+        rounds = rounds.wrapping_add(1);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

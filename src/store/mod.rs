@@ -1,0 +1,144 @@
+//! Durable state behind the [`Store`] trait: accounts (tokens already sealed by `secrets`) and pending
+//! logins. SQLite today; the trait is what a PostgreSQL backend will implement for shared state.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+/// What kind of credential an account holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// Claude Pro/Max subscription: OAuth access + refresh token.
+    OAuth,
+    /// Anthropic API key (`x-api-key`).
+    ApiKey,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OAuth => "oauth",
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "oauth" => Ok(Self::OAuth),
+            "api_key" => Ok(Self::ApiKey),
+            _ => Err(StoreError::Corrupt(format!("unknown account kind {s:?}"))),
+        }
+    }
+}
+
+/// Whether the router may use an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    /// The refresh token was refused (`invalid_grant`): only a new login helps.
+    NeedsLogin,
+    /// Taken out of rotation by the operator.
+    Paused,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsLogin => "needs-login",
+            Self::Paused => "paused",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(Self::Active),
+            "needs-login" => Ok(Self::NeedsLogin),
+            "paused" => Ok(Self::Paused),
+            _ => Err(StoreError::Corrupt(format!("unknown account status {s:?}"))),
+        }
+    }
+}
+
+/// An account row. Token fields hold `secrets::Cipher` envelopes, never plaintext.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: AccountKind,
+    pub status: AccountStatus,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub api_key: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub email: Option<String>,
+    pub account_uuid: Option<String>,
+    pub org_uuid: Option<String>,
+    pub org_name: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A rotated OAuth pair, sealed.
+#[derive(Debug, Clone)]
+pub struct SealedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at_ms: i64,
+}
+
+/// A login waiting for its `CODE#STATE`, keyed by state. The verifier is sealed.
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    pub state: String,
+    pub verifier: String,
+    pub redirect_uri: String,
+    pub console: bool,
+    pub account: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an account named {0:?} already exists")]
+    Duplicate(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("database content is invalid: {0}")]
+    Corrupt(String),
+    #[error("cannot prepare the database file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Durable storage. Every write returns only once it is committed: a crash after `Ok` loses nothing.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
+    async fn find_account(&self, name: &str) -> Result<Option<AccountRecord>, StoreError>;
+    /// Insert, or replace the row with the same id. A different account with the same name is `Duplicate`.
+    async fn save_account(&self, record: &AccountRecord) -> Result<(), StoreError>;
+    /// Replace an account's OAuth pair (and mark it active). Returns false when the account is gone.
+    async fn update_tokens(
+        &self,
+        id: &str,
+        tokens: &SealedTokens,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    async fn set_status(
+        &self,
+        id: &str,
+        status: AccountStatus,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Returns false when no account had that name.
+    async fn remove_account(&self, name: &str) -> Result<bool, StoreError>;
+    async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
+    /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
+    async fn take_pending_login(
+        &self,
+        state: &str,
+        now_ms: i64,
+    ) -> Result<Option<PendingLogin>, StoreError>;
+}

@@ -1,0 +1,366 @@
+//! SQLite implementation of [`Store`]: WAL, `synchronous=FULL`, 0600 files, schema versioned by
+//! `PRAGMA user_version`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{
+    AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError,
+};
+
+/// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    access_token TEXT,
+    refresh_token TEXT,
+    api_key TEXT,
+    expires_at_ms INTEGER,
+    email TEXT,
+    account_uuid TEXT,
+    org_uuid TEXT,
+    org_name TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE pending_logins (
+    state TEXT PRIMARY KEY,
+    verifier TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    console INTEGER NOT NULL,
+    account TEXT,
+    expires_at_ms INTEGER NOT NULL
+);
+"#];
+
+fn db(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate(String::new()),
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            // Created here first so SQLite's WAL and journal files inherit the 0600 mode.
+            crate::secrets::private_file(path)?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Rotated refresh tokens are single-use: a commit must survive power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        let result = async {
+            let version: i64 = sqlx::query("PRAGMA user_version")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?
+                .get(0);
+            let version = usize::try_from(version).unwrap_or(0);
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "database schema version {version} is newer than this switchyard understands"
+                )));
+            }
+            for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                let bump = format!("PRAGMA user_version = {}", step + 1);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(bump))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            Ok(())
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await.map_err(db)?;
+        result
+    }
+}
+
+fn account_from_row(row: &SqliteRow) -> Result<AccountRecord, StoreError> {
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(db);
+    let get_opt = |col: &str| row.try_get::<Option<String>, _>(col).map_err(db);
+    Ok(AccountRecord {
+        id: get_str("id")?,
+        name: get_str("name")?,
+        kind: AccountKind::parse(&get_str("kind")?)?,
+        status: AccountStatus::parse(&get_str("status")?)?,
+        access_token: get_opt("access_token")?,
+        refresh_token: get_opt("refresh_token")?,
+        api_key: get_opt("api_key")?,
+        expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
+        email: get_opt("email")?,
+        account_uuid: get_opt("account_uuid")?,
+        org_uuid: get_opt("org_uuid")?,
+        org_name: get_opt("org_name")?,
+        created_at_ms: row.try_get("created_at_ms").map_err(db)?,
+        updated_at_ms: row.try_get("updated_at_ms").map_err(db)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM accounts ORDER BY created_at_ms, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn find_account(&self, name: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM accounts WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn save_account(&self, r: &AccountRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (id, name, kind, status, access_token, refresh_token, api_key, expires_at_ms,
+                 email, account_uuid, org_uuid, org_name, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind, status = excluded.status,
+                 access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                 api_key = excluded.api_key, expires_at_ms = excluded.expires_at_ms, email = excluded.email,
+                 account_uuid = excluded.account_uuid, org_uuid = excluded.org_uuid, org_name = excluded.org_name,
+                 updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&r.id)
+        .bind(&r.name)
+        .bind(r.kind.as_str())
+        .bind(r.status.as_str())
+        .bind(&r.access_token)
+        .bind(&r.refresh_token)
+        .bind(&r.api_key)
+        .bind(r.expires_at_ms)
+        .bind(&r.email)
+        .bind(&r.account_uuid)
+        .bind(&r.org_uuid)
+        .bind(&r.org_name)
+        .bind(r.created_at_ms)
+        .bind(r.updated_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Duplicate(_) => StoreError::Duplicate(r.name.clone()),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn update_tokens(
+        &self,
+        id: &str,
+        t: &SealedTokens,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET access_token = ?, refresh_token = ?, expires_at_ms = ?, status = 'active',
+                 updated_at_ms = ? WHERE id = ?",
+        )
+        .bind(&t.access_token)
+        .bind(&t.refresh_token)
+        .bind(t.expires_at_ms)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_status(
+        &self,
+        id: &str,
+        status: AccountStatus,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE accounts SET status = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn remove_account(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM accounts WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO pending_logins (state, verifier, redirect_uri, console, account, expires_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.state)
+        .bind(&p.verifier)
+        .bind(&p.redirect_uri)
+        .bind(p.console)
+        .bind(&p.account)
+        .bind(p.expires_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn take_pending_login(
+        &self,
+        state: &str,
+        now_ms: i64,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("DELETE FROM pending_logins WHERE expires_at_ms <= ?")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let row = sqlx::query("DELETE FROM pending_logins WHERE state = ? RETURNING *")
+            .bind(state)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        row.map(|row| -> Result<PendingLogin, StoreError> {
+            Ok(PendingLogin {
+                state: row.try_get("state").map_err(db)?,
+                verifier: row.try_get("verifier").map_err(db)?,
+                redirect_uri: row.try_get("redirect_uri").map_err(db)?,
+                console: row.try_get("console").map_err(db)?,
+                account: row.try_get("account").map_err(db)?,
+                expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(id: &str, name: &str) -> AccountRecord {
+        AccountRecord {
+            id: id.into(),
+            name: name.into(),
+            kind: AccountKind::OAuth,
+            status: AccountStatus::Active,
+            access_token: Some("v1.a".into()),
+            refresh_token: Some("v1.r".into()),
+            api_key: None,
+            expires_at_ms: Some(5),
+            email: None,
+            account_uuid: None,
+            org_uuid: None,
+            org_name: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn accounts_survive_reopen_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let s = SqliteStore::open(&path).await.unwrap();
+            s.save_account(&record("1", "a")).await.unwrap();
+            assert!(
+                matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate(n)) if n == "a")
+            );
+            let t = SealedTokens {
+                access_token: "v1.a2".into(),
+                refresh_token: "v1.r2".into(),
+                expires_at_ms: 9,
+            };
+            assert!(s.update_tokens("1", &t, 2).await.unwrap());
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        let all = s.list_accounts().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].refresh_token.as_deref(), Some("v1.r2"));
+        assert!(s.remove_account("a").await.unwrap());
+        assert!(!s.remove_account("a").await.unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_logins_are_taken_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let p = PendingLogin {
+            state: "st".into(),
+            verifier: "v1.x".into(),
+            redirect_uri: "https://cb".into(),
+            console: false,
+            account: Some("a".into()),
+            expires_at_ms: 100,
+        };
+        s.put_pending_login(&p).await.unwrap();
+        assert!(s.take_pending_login("st", 50).await.unwrap().is_some());
+        assert!(s.take_pending_login("st", 50).await.unwrap().is_none());
+        s.put_pending_login(&p).await.unwrap();
+        assert!(s.take_pending_login("st", 100).await.unwrap().is_none());
+    }
+}
