@@ -1,0 +1,465 @@
+//! End-to-end proxying through the real binary: JSON and SSE round trips, identity injection, header
+//! handling, and every client-facing error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{Env, Fake, Script, error_type, message_body};
+
+/// A gateway with one API-key account.
+async fn api_key_gateway(fake: &Fake) -> (Env, support::Gateway) {
+    fake.add_api_key("sk-ant-api03-upstream-key");
+    let env = Env::new(fake);
+    env.ok(&[
+        "accounts",
+        "add",
+        "work",
+        "--api-key",
+        "sk-ant-api03-upstream-key",
+    ])
+    .await;
+    let gw = env.serve().await;
+    (env, gw)
+}
+
+/// A gateway with one OAuth account holding a valid access token.
+async fn oauth_gateway(fake: &Fake) -> (Env, support::Gateway) {
+    let env = Env::new(fake);
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    let expires = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    env.ok(&[
+        "accounts",
+        "import",
+        "max",
+        "--refresh-token",
+        &rt,
+        "--access-token",
+        &at,
+        "--expires-at",
+        &expires,
+    ])
+    .await;
+    let gw = env.serve().await;
+    (env, gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_round_trip_with_api_key_account() {
+    let fake = Fake::start().await;
+    let (_env, gw) = api_key_gateway(&fake).await;
+    let response = gw
+        .post("/v1/messages")
+        .header("x-api-key", "client-key-must-not-travel")
+        .header("authorization", "Bearer client-bearer")
+        .header("cookie", "session=abc")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("anthropic-beta", "tools-2024-04-04")
+        .header("user-agent", "my-sdk/1.0")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["request-id"], "req_fake_1");
+    assert_eq!(
+        response.headers()["anthropic-ratelimit-unified-status"],
+        "allowed"
+    );
+    assert_eq!(
+        response.headers()["anthropic-ratelimit-unified-5h-utilization"],
+        "0.25"
+    );
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "upstream cookies belong to the account"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["content"][0]["text"], "Hello");
+
+    let seen = fake.last_request();
+    assert_eq!(
+        seen.header("x-api-key").as_deref(),
+        Some("sk-ant-api03-upstream-key")
+    );
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("cookie"), None);
+    assert_eq!(seen.header("x-forwarded-for"), None);
+    assert_eq!(
+        seen.header("anthropic-beta").as_deref(),
+        Some("tools-2024-04-04"),
+        "no OAuth beta for API keys"
+    );
+    assert_eq!(
+        seen.header("anthropic-version").as_deref(),
+        Some("2023-06-01")
+    );
+    assert_eq!(seen.header("user-agent").as_deref(), Some("my-sdk/1.0"));
+    // API-key accounts get the client's body byte for byte, no identity.
+    assert_eq!(seen.body, serde_json::to_vec(&message_body(false)).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_account_gets_bearer_beta_and_identity() {
+    let fake = Fake::start().await;
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let mut body = message_body(false);
+    body["system"] = "Answer in French.".into();
+    let response = gw
+        .post("/v1/messages?beta=true")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .header("anthropic-version", "2026-10-21")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gw.logs());
+    let seen = fake.last_request();
+    assert_eq!(seen.path_and_query, "/v1/messages?beta=true");
+    assert!(
+        seen.header("authorization")
+            .unwrap()
+            .starts_with("Bearer sk-ant-oat01-fake-")
+    );
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(
+        seen.header("anthropic-beta").as_deref(),
+        Some("prompt-caching-2024-07-31,oauth-2025-04-20")
+    );
+    assert_eq!(
+        seen.header("anthropic-version").as_deref(),
+        Some("2026-10-21"),
+        "client's version passes unchanged"
+    );
+    assert_eq!(
+        seen.json()["system"],
+        serde_json::json!([
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+            {"type": "text", "text": "Answer in French."}
+        ])
+    );
+
+    // Block-list system: identity prepended, the client's blocks kept after it.
+    body["system"] = serde_json::json!([{"type":"text","text":"Be terse.","cache_control":{"type":"ephemeral"}}]);
+    gw.post("/v1/messages").json(&body).send().await.unwrap();
+    let system = fake.last_request().json()["system"].clone();
+    assert_eq!(system.as_array().unwrap().len(), 2);
+    assert_eq!(
+        system[0]["text"],
+        "You are Claude Code, Anthropic's official CLI for Claude."
+    );
+    assert_eq!(
+        system[1],
+        serde_json::json!({"type":"text","text":"Be terse.","cache_control":{"type":"ephemeral"}})
+    );
+
+    // count_tokens gets the same treatment; models gets the credential.
+    let r = gw
+        .post("/v1/messages/count_tokens")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        fake.last_request().json()["system"][0]["text"],
+        "You are Claude Code, Anthropic's official CLI for Claude."
+    );
+    let r = gw.get("/v1/models").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["data"][0]["id"],
+        "claude-fake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_requests_keep_their_system_exactly() {
+    let fake = Fake::start().await;
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let raw = r#"{"model":"claude-fake","max_tokens":64,"system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=2.1.330"},{"type":"text","text":"You are a Claude agent, built on Anthropic's Claude Agent SDK."}],"messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"{\"session_id\":\"s1\"}"}}"#;
+    let r = gw
+        .post("/v1/messages?beta=true")
+        .header("content-type", "application/json")
+        .header("x-app", "cli")
+        .header("x-claude-code-session-id", "s1")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = fake.last_request();
+    assert_eq!(
+        std::str::from_utf8(&seen.body).unwrap(),
+        raw,
+        "body must reach upstream byte for byte"
+    );
+    assert_eq!(seen.header("x-app").as_deref(), Some("cli"));
+    assert_eq!(
+        seen.header("x-claude-code-session-id").as_deref(),
+        Some("s1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_pass_through_mode_leaves_system_alone() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let rt = fake.issue_refresh_token();
+    env.ok(&["accounts", "import", "max", "--refresh-token", &rt])
+        .await;
+    let mut env = env;
+    env.set("SWITCHYARD_IDENTITY", "pass-through");
+    let gw = env.serve().await;
+    let mut body = message_body(false);
+    body["system"] = "Plain.".into();
+    assert_eq!(
+        gw.post("/v1/messages")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(fake.last_request().json()["system"], "Plain.");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_events_arrive_one_by_one_before_upstream_finishes() {
+    let fake = Fake::start().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    fake.lock().sse_gate = Some(gate.clone());
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let mut response = gw
+        .post("/v1/messages")
+        .json(&message_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(
+        response.headers()["anthropic-ratelimit-unified-status"],
+        "allowed"
+    );
+    let mut received = String::new();
+    for (i, event) in support::fake::SSE_EVENTS.iter().enumerate() {
+        // The upstream holds event i+1 until we have read event i: a buffering gateway would hang here.
+        while received.len() < support::fake::SSE_EVENTS[..=i].concat().len() {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("event {i} was held back by the gateway"))
+                .unwrap()
+                .expect("stream ended early");
+            received.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(
+            received.ends_with(event),
+            "event {i} arrived out of shape: {received}"
+        );
+        gate.add_permits(1);
+    }
+    assert!(response.chunk().await.unwrap().is_none());
+    assert_eq!(
+        received,
+        support::fake::SSE_EVENTS.concat(),
+        "stream must be byte-faithful"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_disconnect_cancels_the_upstream_stream() {
+    let fake = Fake::start().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    fake.lock().sse_gate = Some(gate.clone());
+    let (_env, gw) = api_key_gateway(&fake).await;
+    let mut response = gw
+        .post("/v1/messages")
+        .json(&message_body(true))
+        .send()
+        .await
+        .unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(
+        std::str::from_utf8(&first)
+            .unwrap()
+            .starts_with("event: message_start")
+    );
+    drop(response);
+    gate.add_permits(1);
+    for _ in 0..100 {
+        if fake.lock().streams_cancelled == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the upstream stream kept running after the client left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_upstream_stream_ends_with_an_sse_error_event() {
+    let fake = Fake::start().await;
+    let (_env, gw) = api_key_gateway(&fake).await;
+    fake.push(Script::BreakStream);
+    let text = gw
+        .post("/v1/messages")
+        .json(&message_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.starts_with(support::fake::SSE_EVENTS[0]));
+    assert!(
+        text.contains("event: error\ndata: {\"type\":\"error\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_errors_pass_through_with_status_and_headers() {
+    let fake = Fake::start().await;
+    let (_env, gw) = api_key_gateway(&fake).await;
+    fake.push(Script::Status {
+        status: 429,
+        body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}),
+        headers: vec![("retry-after".into(), "17".into()), ("anthropic-ratelimit-unified-status".into(), "rejected".into())],
+    });
+    let r = gw
+        .post("/v1/messages")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "17");
+    assert_eq!(
+        r.headers()["anthropic-ratelimit-unified-status"],
+        "rejected"
+    );
+    assert_eq!(error_type(r, 429).await.0, "rate_limit_error");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_client_input_gets_anthropic_errors() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_BODY_LIMIT", "1000");
+    fake.add_api_key("k");
+    env.ok(&["accounts", "add", "a", "--api-key", "k"]).await;
+    let gw = env.serve().await;
+    let cases = [
+        (
+            gw.post("/v1/messages")
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            gw.post("/v1/messages")
+                .header("content-type", "application/json")
+                .body("[1]"),
+            400,
+            "invalid_request_error",
+        ),
+        (gw.post("/v1/messages"), 400, "invalid_request_error"),
+        (gw.get("/v1/messages"), 405, "invalid_request_error"),
+        (gw.post("/v1/nothing").body("{}"), 404, "not_found_error"),
+        (gw.get("/"), 404, "not_found_error"),
+        (
+            gw.post("/v1/messages").body(vec![b' '; 5000]),
+            413,
+            "request_too_large",
+        ),
+    ];
+    for (request, status, kind) in cases {
+        let (t, _) = error_type(request.send().await.unwrap(), status).await;
+        assert_eq!(t, kind);
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "bad input must never reach the upstream"
+    );
+    let health: serde_json::Value = gw
+        .get("/health")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_account_is_a_clear_503() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let gw = env.serve().await;
+    let (t, message) = error_type(
+        gw.post("/v1/messages")
+            .json(&message_body(false))
+            .send()
+            .await
+            .unwrap(),
+        503,
+    )
+    .await;
+    assert_eq!(t, "api_error");
+    assert!(message.contains("no accounts configured"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_and_slow_upstreams_are_502_and_504() {
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "k"]).await;
+    env.set("SWITCHYARD_UPSTREAM_URL", &dead);
+    let gw = env.serve().await;
+    let (t, _) = error_type(
+        gw.post("/v1/messages")
+            .json(&message_body(false))
+            .send()
+            .await
+            .unwrap(),
+        502,
+    )
+    .await;
+    assert_eq!(t, "api_error");
+    drop(gw);
+
+    fake.add_api_key("k");
+    env.set("SWITCHYARD_UPSTREAM_URL", &fake.url());
+    env.set("SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", "1");
+    let gw = env.serve().await;
+    fake.push(Script::Delay(Duration::from_secs(3)));
+    let (t, message) = error_type(
+        gw.post("/v1/messages")
+            .json(&message_body(false))
+            .send()
+            .await
+            .unwrap(),
+        504,
+    )
+    .await;
+    assert_eq!(t, "api_error");
+    assert!(message.contains("did not answer"), "{message}");
+}

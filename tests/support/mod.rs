@@ -1,0 +1,193 @@
+//! Test harness: the fake upstream plus helpers that run the real `switchyard` binary against it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+pub mod fake;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use fake::{Fake, Script};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A data directory plus the environment that points the binary at a fake upstream.
+pub struct Env {
+    pub home: tempfile::TempDir,
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new(fake: &Fake) -> Env {
+        let home = tempfile::tempdir().unwrap();
+        let url = fake.url();
+        let vars = vec![
+            ("SWITCHYARD_UPSTREAM_URL".into(), url.clone()),
+            (
+                "SWITCHYARD_OAUTH_TOKEN_URL".into(),
+                format!("{url}/v1/oauth/token"),
+            ),
+            (
+                "SWITCHYARD_OAUTH_AUTHORIZE_URL".into(),
+                format!("{url}/oauth/authorize"),
+            ),
+            (
+                "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL".into(),
+                format!("{url}/console/oauth/authorize"),
+            ),
+            (
+                "SWITCHYARD_OAUTH_REDIRECT_URI".into(),
+                format!("{url}/oauth/code/callback"),
+            ),
+            ("SWITCHYARD_CLIENT_ID".into(), fake::CLIENT_ID.into()),
+            ("SWITCHYARD_LOG_LEVEL".into(), "debug".into()),
+        ];
+        Env { home, vars }
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.into(), value.into()));
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.env("SWITCHYARD_HOME", self.home.path())
+            .env("HOME", self.home.path());
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Run a CLI command to completion with `stdin` as input.
+    pub async fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("command hung")
+            .unwrap();
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Run a CLI command that must succeed.
+    pub async fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args, "").await;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "switchyard {args:?} failed:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        out
+    }
+
+    /// Start `switchyard serve --port 0` and wait for its listening line.
+    pub async fn serve(&self) -> Gateway {
+        let log = self.home.path().join("serve.log");
+        let mut child = self
+            .command(&["serve", "--port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("gateway did not start in time")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!(
+                    "gateway exited: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let url = line
+            .strip_prefix("switchyard listening on ")
+            .expect("listening line")
+            .trim()
+            .to_owned();
+        Gateway {
+            child,
+            url,
+            log,
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.url))
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A minimal Messages request body.
+pub fn message_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-fake",
+        "max_tokens": 64,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    })
+}
+
+/// Assert an Anthropic-shaped error and return its `error.type`.
+pub async fn error_type(response: reqwest::Response, status: u16) -> (String, String) {
+    assert_eq!(response.status().as_u16(), status);
+    let body: serde_json::Value = response.json().await.expect("error body must be JSON");
+    assert_eq!(body["type"], "error", "{body}");
+    (
+        body["error"]["type"].as_str().unwrap().to_owned(),
+        body["error"]["message"].as_str().unwrap().to_owned(),
+    )
+}
