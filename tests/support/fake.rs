@@ -76,6 +76,8 @@ pub struct Inner {
     /// Streams whose body was dropped before it finished (client went away).
     pub streams_cancelled: usize,
     pub streams_finished: usize,
+    /// Every token and key this fake ever handed out, to search for leaks.
+    pub issued: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -132,6 +134,7 @@ impl Fake {
         inner.seq += 1;
         let rt = format!("sk-ant-ort01-fake-{}", inner.seq);
         inner.valid_refresh.insert(rt.clone());
+        inner.issued.push(rt.clone());
         rt
     }
 
@@ -141,6 +144,7 @@ impl Fake {
         inner.seq += 1;
         let at = format!("sk-ant-oat01-fake-{}", inner.seq);
         inner.valid_access.insert(at.clone());
+        inner.issued.push(at.clone());
         at
     }
 
@@ -178,6 +182,7 @@ fn issue_pair(inner: &mut Inner) -> serde_json::Value {
     let refresh = format!("sk-ant-ort01-fake-{n}");
     inner.valid_access.insert(access.clone());
     inner.valid_refresh.insert(refresh.clone());
+    inner.issued.extend([access.clone(), refresh.clone()]);
     serde_json::json!({
         "token_type": "Bearer",
         "access_token": access,
@@ -281,6 +286,7 @@ async fn create_api_key(State(inner): State<Shared>, headers: HeaderMap) -> Resp
             inner.seq += 1;
             let key = format!("sk-ant-api03-console-{}", inner.seq);
             inner.api_keys.insert(key.clone());
+            inner.issued.push(key.clone());
             axum::Json(serde_json::json!({ "raw_key": key })).into_response()
         }
         _ => anthropic_error(401, "authentication_error", "invalid bearer token"),

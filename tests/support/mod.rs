@@ -1,5 +1,11 @@
 //! Test harness: the fake upstream plus helpers that run the real `switchyard` binary against it.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err
+)]
 
 pub mod fake;
 
@@ -139,6 +145,101 @@ impl Env {
             url,
             log,
             client: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A running CLI command that has printed a URL and may want input.
+pub struct Interactive {
+    pub child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pub printed: String,
+    pub url: url::Url,
+}
+
+impl Env {
+    /// Start a command (e.g. `auth login`) and wait until it prints a URL.
+    pub async fn start_interactive(&self, args: &[&str], extra: &[(&str, &str)]) -> Interactive {
+        let mut cmd = self.command(args);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed = String::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+                .await
+                .expect("no URL printed")
+                .unwrap()
+                .expect("command ended before printing a URL");
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("http") {
+                let url = url::Url::parse(line.trim()).unwrap();
+                return Interactive {
+                    child,
+                    stdin,
+                    stdout,
+                    printed,
+                    url,
+                };
+            }
+        }
+    }
+}
+
+impl Interactive {
+    pub fn param(&self, key: &str) -> String {
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    }
+
+    pub async fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Close stdin and wait for the command to end.
+    pub async fn finish(mut self) -> Output {
+        drop(self.stdin.take());
+        let mut stdout = self.printed.clone();
+        let rest = async {
+            while let Some(line) = self.stdout.next_line().await.unwrap() {
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            let mut stderr = String::new();
+            tokio::io::AsyncReadExt::read_to_string(
+                self.child.stderr.as_mut().unwrap(),
+                &mut stderr,
+            )
+            .await
+            .unwrap();
+            let status = self.child.wait().await.unwrap();
+            (status, stderr)
+        };
+        let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), rest)
+            .await
+            .expect("command hung");
+        Output {
+            code: status.code(),
+            stdout,
+            stderr,
         }
     }
 }
