@@ -184,3 +184,24 @@ async fn bad_configuration_is_named() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("hots"), "{}", out.stderr);
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_gateway_cleanly() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let mut gw = env.serve().await;
+    assert_eq!(gw.get("/health").send().await.unwrap().status(), 200);
+    let pid = gw.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), gw.child.wait())
+        .await
+        .expect("gateway did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(gw.logs().contains("shutting down"));
+}

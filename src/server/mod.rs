@@ -104,23 +104,48 @@ impl Gateway {
         })
     }
 
-    /// Serve on `listener` until `shutdown` resolves, keeping the pool fresh in the background.
+    /// Serve on `listener` until `shutdown` resolves, keeping the pool fresh in the background. Running
+    /// requests get [`DRAIN`] to finish after the signal; streams still open then are cut.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let upkeep = tokio::spawn(upkeep(self.pool.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        // SSE events are small writes that must leave at once, not wait for Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let deadline = async {
+            stopped(stop_rx).await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        let result = tokio::select! {
+            result = server => result,
+            () = deadline => {
+                tracing::warn!("requests still running after {}s; stopping anyway", DRAIN.as_secs());
+                Ok(())
+            }
+        };
         upkeep.abort();
         result
     }
 }
+
+/// How long running requests may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI, refresh tokens that are about to expire.
 async fn upkeep(pool: Arc<Pool>) {
