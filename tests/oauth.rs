@@ -81,18 +81,19 @@ async fn paste_flow_logs_in_with_pkce() {
     assert_eq!(accounts[0]["email"], "user@example.com");
     assert_eq!(accounts[0]["organization"], "Fake Org");
 
-    // The saved tokens work, without a refresh.
+    // The saved tokens work, without a refresh. Logs at their most verbose must still hold no secret.
+    let mut env = env;
+    env.set("SWITCHYARD_LOG_LEVEL", "trace");
     let gw = env.serve().await;
-    assert_eq!(
-        gw.post("/v1/messages")
-            .json(&message_body(false))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let send = |stream: bool| gw.post("/v1/messages").json(&message_body(stream)).send();
+    assert_eq!(send(false).await.unwrap().status(), 200);
+    let streamed = send(true).await.unwrap().text().await.unwrap();
+    assert!(streamed.contains("message_stop"));
     assert_eq!(fake.refresh_calls(), 0);
+    // Force a refresh so a token-endpoint round trip is logged too.
+    fake.lock().valid_access.clear();
+    assert_eq!(send(false).await.unwrap().status(), 200);
+    assert_eq!(fake.refresh_calls(), 1);
 
     // Nothing secret anywhere: data directory, logs, CLI output.
     let status = env.ok(&["auth", "status", "--json"]).await;
@@ -102,7 +103,12 @@ async fn paste_flow_logs_in_with_pkce() {
         assert_no_secret_in(&bytes, &issued, &path.display().to_string());
     }
     assert_no_secret_in(status.stdout.as_bytes(), &issued, "auth status");
-    assert_no_secret_in(gw.logs().as_bytes(), &issued, "serve log");
+    let logs = gw.logs();
+    assert!(
+        logs.contains("refreshed OAuth token") && logs.contains("TRACE"),
+        "trace logs were written: {logs}"
+    );
+    assert_no_secret_in(logs.as_bytes(), &issued, "serve log");
 }
 
 #[tokio::test(flavor = "multi_thread")]

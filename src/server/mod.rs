@@ -41,7 +41,7 @@ async fn proxy(
     State(state): State<AppState>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -56,6 +56,19 @@ async fn proxy(
             return ApiError::invalid_request("could not read the request body").into_response();
         }
     };
+    for name in [
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "proxy-authorization",
+    ] {
+        if let axum::http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                // Client credentials stay out of any Debug or trace output.
+                value.set_sensitive(true);
+            }
+        }
+    }
     let path_and_query = uri
         .path_and_query()
         .map(|p| p.as_str().to_owned())
