@@ -342,18 +342,7 @@ async fn twenty_concurrent_requests_on_an_expired_token_refresh_once() {
     // An access token that expired a minute ago.
     let at = fake.issue_access_token();
     let expired = (now_ms() - 60_000).to_string();
-    env.ok(&[
-        "accounts",
-        "import",
-        "max",
-        "--refresh-token",
-        &rt,
-        "--access-token",
-        &at,
-        "--expires-at",
-        &expired,
-    ])
-    .await;
+    env.import_oauth("max", &rt, &at, &expired).await;
     let gw = env.serve().await;
     let requests = (0..20).map(|_| gw.post("/v1/messages").json(&message_body(false)).send());
     for response in futures_util::future::join_all(requests).await {
@@ -406,18 +395,7 @@ async fn token_near_expiry_is_refreshed_before_use() {
     let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
     // Valid for two more minutes: inside the default five-minute margin.
     let soon = (now_ms() + 120_000).to_string();
-    env.ok(&[
-        "accounts",
-        "import",
-        "max",
-        "--refresh-token",
-        &rt,
-        "--access-token",
-        &at,
-        "--expires-at",
-        &soon,
-    ])
-    .await;
+    env.import_oauth("max", &rt, &at, &soon).await;
     let gw = env.serve().await;
     assert_eq!(
         gw.post("/v1/messages")
@@ -442,18 +420,8 @@ async fn upstream_401_refreshes_once_and_retries() {
     let rt = fake.issue_refresh_token();
     let far = (now_ms() + 3_600_000).to_string();
     // An access token the upstream has revoked although it has not expired.
-    env.ok(&[
-        "accounts",
-        "import",
-        "max",
-        "--refresh-token",
-        &rt,
-        "--access-token",
-        "sk-ant-oat01-revoked",
-        "--expires-at",
-        &far,
-    ])
-    .await;
+    env.import_oauth("max", &rt, "sk-ant-oat01-revoked", &far)
+        .await;
     let gw = env.serve().await;
     let response = gw
         .post("/v1/messages")

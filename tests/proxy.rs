@@ -35,18 +35,7 @@ async fn oauth_gateway(fake: &Fake) -> (Env, support::Gateway) {
         .as_millis()
         + 3_600_000)
         .to_string();
-    env.ok(&[
-        "accounts",
-        "import",
-        "max",
-        "--refresh-token",
-        &rt,
-        "--access-token",
-        &at,
-        "--expires-at",
-        &expires,
-    ])
-    .await;
+    env.import_oauth("max", &rt, &at, &expires).await;
     let gw = env.serve().await;
     (env, gw)
 }

@@ -167,6 +167,11 @@ impl Registry {
         }
     }
 
+    /// Every account as listed to users.
+    pub async fn views(&self) -> Result<Vec<AccountView>, AccountError> {
+        self.list().await?.iter().map(|r| self.view(r)).collect()
+    }
+
     /// The listing view of a record; opening its credential also proves the key is right.
     pub fn view(&self, r: &AccountRecord) -> Result<AccountView, AccountError> {
         let (field, sealed) = match r.kind {

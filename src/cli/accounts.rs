@@ -107,12 +107,7 @@ pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool) -> a
 
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let (registry, _) = open_registry(config).await?;
-    let views = registry
-        .list()
-        .await?
-        .iter()
-        .map(|r| registry.view(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let views = registry.views().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
     } else {

@@ -320,12 +320,7 @@ pub async fn logout(config: &Config, account: Option<String>, all: bool) -> anyh
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let (registry, key_source) = open_registry(config).await?;
-    let views = registry
-        .list()
-        .await?
-        .iter()
-        .map(|r| registry.view(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let views = registry.views().await?;
     if json {
         let out = serde_json::json!({
             "home": config.home,

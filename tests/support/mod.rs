@@ -113,6 +113,22 @@ impl Env {
         out
     }
 
+    /// Import an OAuth account with both tokens and an expiry (epoch ms).
+    pub async fn import_oauth(&self, name: &str, refresh: &str, access: &str, expires_at: &str) {
+        let args = [
+            "accounts",
+            "import",
+            name,
+            "--refresh-token",
+            refresh,
+            "--access-token",
+            access,
+            "--expires-at",
+            expires_at,
+        ];
+        self.ok(&args).await;
+    }
+
     /// Start `switchyard serve --port 0` and wait for its listening line.
     pub async fn serve(&self) -> Gateway {
         let log = self.home.path().join("serve.log");
