@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::accounts::Strategy;
 use crate::anthropic::IdentityMode;
 use crate::oauth::OAuthConfig;
 
@@ -20,7 +21,8 @@ pub mod defaults {
     pub const CONSOLE_AUTHORIZE_URL: &str = "https://platform.claude.com/oauth/authorize";
     pub const TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
     pub const REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
-    pub const SCOPES: &str = "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload";
+    pub const SCOPES: &str =
+        "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload";
     pub const IDENTITY_PROMPT: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
     pub const OAUTH_BETA: &str = "oauth-2025-04-20";
     pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -31,15 +33,17 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_SECS: u64 = 10;
     pub const FIRST_BYTE_TIMEOUT_SECS: u64 = 600;
     pub const IDLE_TIMEOUT_SECS: u64 = 600;
+    pub const SESSION_DURATION_MS: u64 = 5 * 3600 * 1000;
+    pub const RETRY_ATTEMPTS: u32 = 3;
+    pub const RETRY_DELAY_MS: u64 = 1000;
+    pub const RETRY_BACKOFF: f64 = 2.0;
+    pub const USAGE_POLL_SECS: u64 = 300;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{name}: {message}")]
@@ -85,6 +89,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `SWITCHYARD_ENCRYPTION_KEY`: base64 data key overriding the key file.
     pub encryption_key: Option<SecretString>,
+    /// How the router picks the first account.
+    pub strategy: Strategy,
+    /// Session strategy: stay on one account this long at most.
+    pub session_duration: Duration,
+    /// Extra upstream attempts (on other accounts) after the first fails before any byte is sent.
+    pub retry_attempts: u32,
+    /// Pause before the first retry after an overload, server error or connection failure.
+    pub retry_delay: Duration,
+    /// Factor the pause grows by with each retry.
+    pub retry_backoff: f64,
+    /// How often each OAuth account's usage endpoint is polled; zero turns polling off.
+    pub usage_poll: Duration,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
@@ -100,6 +116,7 @@ pub struct Overrides {
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
     server: RawServer,
+    routing: RawRouting,
     upstream: RawUpstream,
     oauth: RawOAuth,
     log: RawLog,
@@ -140,6 +157,17 @@ struct RawOAuth {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+struct RawRouting {
+    strategy: Option<String>,
+    session_duration_ms: Option<u64>,
+    retry_attempts: Option<u32>,
+    retry_delay_ms: Option<u64>,
+    retry_backoff: Option<f64>,
+    usage_poll_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
     format: Option<String>,
@@ -155,37 +183,24 @@ where
     T::Err: std::fmt::Display,
 {
     match env(var).filter(|v| !v.is_empty()) {
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| ConfigError::Invalid {
-                name: var,
-                message: format!("{e}"),
-            }),
+        Some(raw) => {
+            raw.trim().parse().map(Some).map_err(|e| ConfigError::Invalid { name: var, message: format!("{e}") })
+        }
         None => Ok(file),
     }
 }
 
 fn parse_url(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(raw).map_err(|e| ConfigError::Invalid {
-        name,
-        message: format!("{e}: {raw}"),
-    })?;
+    let url = Url::parse(raw).map_err(|e| ConfigError::Invalid { name, message: format!("{e}: {raw}") })?;
     match url.scheme() {
         "https" | "http" => Ok(url),
-        other => Err(ConfigError::Invalid {
-            name,
-            message: format!("unsupported scheme {other}"),
-        }),
+        other => Err(ConfigError::Invalid { name, message: format!("unsupported scheme {other}") }),
     }
 }
 
 /// The data directory when none is configured.
 pub fn default_home() -> Option<PathBuf> {
-    dirs::data_dir()
-        .map(|d| d.join("switchyard"))
-        .or_else(|| dirs::home_dir().map(|h| h.join(".switchyard")))
+    dirs::data_dir().map(|d| d.join("switchyard")).or_else(|| dirs::home_dir().map(|h| h.join(".switchyard")))
 }
 
 impl Config {
@@ -195,10 +210,7 @@ impl Config {
     }
 
     /// Load with an injected environment, so precedence can be tested without touching the process.
-    pub fn load_with(
-        flags: &Overrides,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let home = match flags.home.clone() {
             Some(h) => h,
             None => match env("SWITCHYARD_HOME").filter(|v| !v.is_empty()) {
@@ -206,78 +218,40 @@ impl Config {
                 None => default_home().ok_or(ConfigError::NoHome)?,
             },
         };
-        let file_path = flags.config.clone().or_else(|| {
-            env("SWITCHYARD_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
+        let file_path =
+            flags.config.clone().or_else(|| env("SWITCHYARD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
         let raw = match file_path {
             Some(path) => read_file(&path)?,
             None => {
                 let path = home.join("config.toml");
-                if path.exists() {
-                    read_file(&path)?
-                } else {
-                    RawFile::default()
-                }
+                if path.exists() { read_file(&path)? } else { RawFile::default() }
             }
         };
 
-        let host = flags
-            .host
-            .clone()
-            .or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
-        let port = flags
-            .port
-            .or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
+        let host = flags.host.clone().or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
+        let port = flags.port.or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
         let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
         let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
-        let connect = pick(
-            env,
-            "SWITCHYARD_CONNECT_TIMEOUT_SECS",
-            raw.upstream.connect_timeout_secs,
-        )?;
-        let first_byte = pick(
-            env,
-            "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS",
-            raw.upstream.first_byte_timeout_secs,
-        )?;
-        let idle = pick(
-            env,
-            "SWITCHYARD_IDLE_TIMEOUT_SECS",
-            raw.upstream.idle_timeout_secs,
-        )?;
+        let connect = pick(env, "SWITCHYARD_CONNECT_TIMEOUT_SECS", raw.upstream.connect_timeout_secs)?;
+        let first_byte = pick(env, "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", raw.upstream.first_byte_timeout_secs)?;
+        let idle = pick(env, "SWITCHYARD_IDLE_TIMEOUT_SECS", raw.upstream.idle_timeout_secs)?;
         let identity: Option<String> = pick(env, "SWITCHYARD_IDENTITY", raw.upstream.identity)?;
-        let identity_prompt = pick(
-            env,
-            "SWITCHYARD_IDENTITY_PROMPT",
-            raw.upstream.identity_prompt,
-        )?;
+        let identity_prompt = pick(env, "SWITCHYARD_IDENTITY_PROMPT", raw.upstream.identity_prompt)?;
         let oauth_beta = pick(env, "SWITCHYARD_OAUTH_BETA", raw.upstream.oauth_beta)?;
-        let version = pick(
-            env,
-            "SWITCHYARD_ANTHROPIC_VERSION",
-            raw.upstream.anthropic_version,
-        )?;
+        let version = pick(env, "SWITCHYARD_ANTHROPIC_VERSION", raw.upstream.anthropic_version)?;
         let client_id = pick(env, "SWITCHYARD_CLIENT_ID", raw.oauth.client_id)?;
-        let authorize = pick(
-            env,
-            "SWITCHYARD_OAUTH_AUTHORIZE_URL",
-            raw.oauth.authorize_url,
-        )?;
-        let console = pick(
-            env,
-            "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL",
-            raw.oauth.console_authorize_url,
-        )?;
+        let authorize = pick(env, "SWITCHYARD_OAUTH_AUTHORIZE_URL", raw.oauth.authorize_url)?;
+        let console = pick(env, "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL", raw.oauth.console_authorize_url)?;
         let token = pick(env, "SWITCHYARD_OAUTH_TOKEN_URL", raw.oauth.token_url)?;
         let redirect = pick(env, "SWITCHYARD_OAUTH_REDIRECT_URI", raw.oauth.redirect_uri)?;
         let scopes: Option<String> = pick(env, "SWITCHYARD_OAUTH_SCOPES", raw.oauth.scopes)?;
-        let margin = pick(
-            env,
-            "SWITCHYARD_REFRESH_MARGIN_SECS",
-            raw.oauth.refresh_margin_secs,
-        )?;
+        let margin = pick(env, "SWITCHYARD_REFRESH_MARGIN_SECS", raw.oauth.refresh_margin_secs)?;
+        let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
+        let session_ms = pick(env, "SWITCHYARD_SESSION_DURATION_MS", raw.routing.session_duration_ms)?;
+        let retry_attempts = pick(env, "SWITCHYARD_RETRY_ATTEMPTS", raw.routing.retry_attempts)?;
+        let retry_delay_ms = pick(env, "SWITCHYARD_RETRY_DELAY_MS", raw.routing.retry_delay_ms)?;
+        let retry_backoff = pick(env, "SWITCHYARD_RETRY_BACKOFF", raw.routing.retry_backoff)?;
+        let usage_poll = pick(env, "SWITCHYARD_USAGE_POLL_SECS", raw.routing.usage_poll_secs)?;
         let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
         let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
 
@@ -301,10 +275,7 @@ impl Config {
                 });
             }
         };
-        let upstream_url = parse_url(
-            "SWITCHYARD_UPSTREAM_URL",
-            upstream.as_deref().unwrap_or(defaults::UPSTREAM_URL),
-        )?;
+        let upstream_url = parse_url("SWITCHYARD_UPSTREAM_URL", upstream.as_deref().unwrap_or(defaults::UPSTREAM_URL))?;
         let scopes = scopes.unwrap_or_else(|| defaults::SCOPES.to_owned());
         let oauth = OAuthConfig {
             client_id: client_id.unwrap_or_else(|| defaults::CLIENT_ID.to_owned()),
@@ -314,14 +285,9 @@ impl Config {
             )?,
             console_authorize_url: parse_url(
                 "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL",
-                console
-                    .as_deref()
-                    .unwrap_or(defaults::CONSOLE_AUTHORIZE_URL),
+                console.as_deref().unwrap_or(defaults::CONSOLE_AUTHORIZE_URL),
             )?,
-            token_url: parse_url(
-                "SWITCHYARD_OAUTH_TOKEN_URL",
-                token.as_deref().unwrap_or(defaults::TOKEN_URL),
-            )?,
+            token_url: parse_url("SWITCHYARD_OAUTH_TOKEN_URL", token.as_deref().unwrap_or(defaults::TOKEN_URL))?,
             redirect_uri: parse_url(
                 "SWITCHYARD_OAUTH_REDIRECT_URI",
                 redirect.as_deref().unwrap_or(defaults::REDIRECT_URI),
@@ -331,12 +297,20 @@ impl Config {
         };
         let body_limit = body_limit.unwrap_or(defaults::BODY_LIMIT);
         if body_limit == 0 {
-            return Err(ConfigError::Invalid {
-                name: "SWITCHYARD_BODY_LIMIT",
-                message: "must be above 0".into(),
-            });
+            return Err(ConfigError::Invalid { name: "SWITCHYARD_BODY_LIMIT", message: "must be above 0".into() });
         }
         let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        let strategy = match strategy {
+            Some(s) => s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_LB_STRATEGY", message })?,
+            None => Strategy::Session,
+        };
+        let retry_backoff = retry_backoff.unwrap_or(defaults::RETRY_BACKOFF);
+        if !(1.0..=10.0).contains(&retry_backoff) {
+            return Err(ConfigError::Invalid {
+                name: "SWITCHYARD_RETRY_BACKOFF",
+                message: "must be between 1 and 10".into(),
+            });
+        }
         Ok(Config {
             home,
             host: host.unwrap_or_else(|| defaults::HOST.to_owned()),
@@ -347,17 +321,20 @@ impl Config {
             first_byte_timeout: secs(first_byte, defaults::FIRST_BYTE_TIMEOUT_SECS),
             idle_timeout: secs(idle, defaults::IDLE_TIMEOUT_SECS),
             identity,
-            identity_prompt: identity_prompt
-                .unwrap_or_else(|| defaults::IDENTITY_PROMPT.to_owned()),
+            identity_prompt: identity_prompt.unwrap_or_else(|| defaults::IDENTITY_PROMPT.to_owned()),
             oauth_beta: oauth_beta.unwrap_or_else(|| defaults::OAUTH_BETA.to_owned()),
             anthropic_version: version.unwrap_or_else(|| defaults::ANTHROPIC_VERSION.to_owned()),
             oauth,
             refresh_margin: secs(margin, defaults::REFRESH_MARGIN_SECS),
             log_level: log_level.unwrap_or_else(|| "info".to_owned()),
             log_format,
-            encryption_key: env("SWITCHYARD_ENCRYPTION_KEY")
-                .filter(|v| !v.is_empty())
-                .map(SecretString::from),
+            strategy,
+            session_duration: Duration::from_millis(session_ms.unwrap_or(defaults::SESSION_DURATION_MS)),
+            retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
+            retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
+            retry_backoff,
+            usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
+            encryption_key: env("SWITCHYARD_ENCRYPTION_KEY").filter(|v| !v.is_empty()).map(SecretString::from),
         })
     }
 
@@ -368,14 +345,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
 
 #[cfg(test)]
@@ -385,10 +356,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(flags: &Overrides, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load_with(flags, &move |k| map.get(k).cloned())
     }
 
@@ -396,43 +364,21 @@ mod tests {
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "[server]\nhost = \"0.0.0.0\"\nport = 1000\n[log]\nlevel = \"debug\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "[server]\nhost = \"0.0.0.0\"\nport = 1000\n[log]\nlevel = \"debug\"\n").unwrap();
         let path = file.to_str().unwrap();
         let home = dir.path().to_str().unwrap();
-        let c = load(
-            &Overrides::default(),
-            &[("SWITCHYARD_CONFIG", path), ("SWITCHYARD_HOME", home)],
-        )
-        .unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.port, c.log_level.as_str()),
-            ("0.0.0.0", 1000, "debug")
-        );
-        let vars = [
-            ("SWITCHYARD_CONFIG", path),
-            ("SWITCHYARD_HOME", home),
-            ("SWITCHYARD_PORT", "2000"),
-        ];
+        let c = load(&Overrides::default(), &[("SWITCHYARD_CONFIG", path), ("SWITCHYARD_HOME", home)]).unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.log_level.as_str()), ("0.0.0.0", 1000, "debug"));
+        let vars = [("SWITCHYARD_CONFIG", path), ("SWITCHYARD_HOME", home), ("SWITCHYARD_PORT", "2000")];
         let c = load(&Overrides::default(), &vars).unwrap();
         assert_eq!(c.port, 2000);
-        let flags = Overrides {
-            port: Some(3000),
-            ..Overrides::default()
-        };
+        let flags = Overrides { port: Some(3000), ..Overrides::default() };
         assert_eq!(load(&flags, &vars).unwrap().port, 3000);
     }
 
     #[test]
     fn defaults_are_loopback_and_anthropic() {
-        let c = load(
-            &Overrides::default(),
-            &[("SWITCHYARD_HOME", "/nonexistent-sy")],
-        )
-        .unwrap();
+        let c = load(&Overrides::default(), &[("SWITCHYARD_HOME", "/nonexistent-sy")]).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8080));
         assert_eq!(c.upstream_url.as_str(), "https://api.anthropic.com/");
         assert_eq!(c.identity, IdentityMode::Inject);
@@ -444,23 +390,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[server]\nprot = 1\n").unwrap();
-        let err = load(
-            &Overrides::default(),
-            &[("SWITCHYARD_CONFIG", file.to_str().unwrap())],
-        )
-        .unwrap_err();
+        let err = load(&Overrides::default(), &[("SWITCHYARD_CONFIG", file.to_str().unwrap())]).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
-        let err = load(
-            &Overrides::default(),
-            &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_PORT", "http")],
-        )
-        .unwrap_err();
+        let err = load(&Overrides::default(), &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("SWITCHYARD_PORT"), "{err}");
-        let err = load(
-            &Overrides::default(),
-            &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_IDENTITY", "x")],
-        )
-        .unwrap_err();
+        let err = load(&Overrides::default(), &[("SWITCHYARD_HOME", "/x"), ("SWITCHYARD_IDENTITY", "x")]).unwrap_err();
         assert!(err.to_string().contains("SWITCHYARD_IDENTITY"), "{err}");
     }
 }

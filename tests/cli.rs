@@ -10,42 +10,17 @@ use support::{Env, Fake};
 async fn accounts_are_added_listed_and_removed() {
     let fake = Fake::start().await;
     let env = Env::new(&fake);
-    let out = env
-        .ok(&[
-            "accounts",
-            "add",
-            "k1",
-            "--api-key",
-            "sk-ant-api03-secret-value-1234",
-        ])
-        .await;
-    assert!(
-        out.stderr.contains("created a new encryption key"),
-        "{}",
-        out.stderr
-    );
-    env.run(
-        &["accounts", "add", "k2", "--api-key", "-"],
-        "sk-ant-api03-from-stdin-5678\n",
-    )
-    .await;
-    let dup = env
-        .run(&["accounts", "add", "k1", "--api-key", "x"], "")
-        .await;
+    let out = env.ok(&["accounts", "add", "k1", "--api-key", "sk-ant-api03-secret-value-1234"]).await;
+    assert!(out.stderr.contains("created a new encryption key"), "{}", out.stderr);
+    env.run(&["accounts", "add", "k2", "--api-key", "-"], "sk-ant-api03-from-stdin-5678\n").await;
+    let dup = env.run(&["accounts", "add", "k1", "--api-key", "x"], "").await;
     assert_eq!(dup.code, Some(1));
     assert!(dup.stderr.contains("already exists"), "{}", dup.stderr);
 
     let list = env.ok(&["accounts", "list"]).await.stdout;
-    assert!(
-        list.contains("k1")
-            && list.contains("k2")
-            && list.contains("…1234")
-            && list.contains("…5678"),
-        "{list}"
-    );
+    assert!(list.contains("k1") && list.contains("k2") && list.contains("…1234") && list.contains("…5678"), "{list}");
     assert!(!list.contains("secret-value"));
-    let json: serde_json::Value =
-        serde_json::from_str(&env.ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
     assert_eq!(json[1]["credential"], "…5678");
 
@@ -61,32 +36,17 @@ async fn accounts_are_added_listed_and_removed() {
     let gone = env.run(&["accounts", "remove", "k1"], "").await;
     assert_eq!(gone.code, Some(1));
     assert!(gone.stderr.contains("no account named"), "{}", gone.stderr);
-    assert!(
-        env.ok(&["accounts", "list"])
-            .await
-            .stdout
-            .contains("no accounts")
-    );
+    assert!(env.ok(&["accounts", "list"]).await.stdout.contains("no accounts"));
 
-    for (path, bytes) in [
-        ("switchyard.db", "secret-value"),
-        ("switchyard.db-wal", "from-stdin"),
-    ] {
+    for (path, bytes) in [("switchyard.db", "secret-value"), ("switchyard.db-wal", "from-stdin")] {
         let data = std::fs::read(env.home().join(path)).unwrap_or_default();
-        assert!(
-            !data.windows(bytes.len()).any(|w| w == bytes.as_bytes()),
-            "{path} holds a plaintext key"
-        );
+        assert!(!data.windows(bytes.len()).any(|w| w == bytes.as_bytes()), "{path} holds a plaintext key");
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["switchyard.db", "secret.key"] {
-            let mode = std::fs::metadata(env.home().join(f))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = std::fs::metadata(env.home().join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }
@@ -96,33 +56,13 @@ async fn accounts_are_added_listed_and_removed() {
 async fn wrong_encryption_key_is_a_clear_error() {
     let fake = Fake::start().await;
     let mut env = Env::new(&fake);
-    env.set(
-        "SWITCHYARD_ENCRYPTION_KEY",
-        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
-    );
-    env.ok(&[
-        "accounts",
-        "add",
-        "k1",
-        "--api-key",
-        "sk-ant-api03-abcdefgh",
-    ])
-    .await;
-    assert!(
-        !env.home().join("secret.key").exists(),
-        "an env key needs no key file"
-    );
-    env.set(
-        "SWITCHYARD_ENCRYPTION_KEY",
-        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
-    );
+    env.set("SWITCHYARD_ENCRYPTION_KEY", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    env.ok(&["accounts", "add", "k1", "--api-key", "sk-ant-api03-abcdefgh"]).await;
+    assert!(!env.home().join("secret.key").exists(), "an env key needs no key file");
+    env.set("SWITCHYARD_ENCRYPTION_KEY", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
     let out = env.run(&["accounts", "list"], "").await;
     assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr.contains("encryption key differs"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("encryption key differs"), "{}", out.stderr);
     let mut cmd = env.command(&["serve", "--port", "0"]);
     let serve = cmd.output().await.unwrap();
     assert_eq!(serve.status.code(), Some(1));
@@ -139,27 +79,10 @@ async fn serve_picks_up_accounts_added_while_running() {
     let env = Env::new(&fake);
     let gw = env.serve().await;
     let body = support::message_body(false);
-    assert_eq!(
-        gw.post("/v1/messages")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    env.ok(&["accounts", "add", "late", "--api-key", "sk-ant-api03-late"])
-        .await;
+    assert_eq!(gw.post("/v1/messages").json(&body).send().await.unwrap().status(), 503);
+    env.ok(&["accounts", "add", "late", "--api-key", "sk-ant-api03-late"]).await;
     for _ in 0..40 {
-        if gw
-            .post("/v1/messages")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if gw.post("/v1/messages").json(&body).send().await.unwrap().status() == 200 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -178,9 +101,7 @@ async fn bad_configuration_is_named() {
     let file = env.home().join("bad.toml");
     std::fs::write(&file, "[server]\nhots = \"x\"\n").unwrap();
     env.set("SWITCHYARD_PORT", "0");
-    let out = env
-        .run(&["--config", file.to_str().unwrap(), "serve"], "")
-        .await;
+    let out = env.run(&["--config", file.to_str().unwrap(), "serve"], "").await;
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("hots"), "{}", out.stderr);
 }
@@ -193,10 +114,7 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let mut gw = env.serve().await;
     assert_eq!(gw.get("/health").send().await.unwrap().status(), 200);
     let pid = gw.child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), gw.child.wait())
         .await

@@ -13,14 +13,7 @@ use support::{Env, Fake, Script, error_type, message_body};
 async fn api_key_gateway(fake: &Fake) -> (Env, support::Gateway) {
     fake.add_api_key("sk-ant-api03-upstream-key");
     let env = Env::new(fake);
-    env.ok(&[
-        "accounts",
-        "add",
-        "work",
-        "--api-key",
-        "sk-ant-api03-upstream-key",
-    ])
-    .await;
+    env.ok(&["accounts", "add", "work", "--api-key", "sk-ant-api03-upstream-key"]).await;
     let gw = env.serve().await;
     (env, gw)
 }
@@ -29,11 +22,7 @@ async fn api_key_gateway(fake: &Fake) -> (Env, support::Gateway) {
 async fn oauth_gateway(fake: &Fake) -> (Env, support::Gateway) {
     let env = Env::new(fake);
     let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
-    let expires = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 3_600_000)
+    let expires = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 3_600_000)
         .to_string();
     env.import_oauth("max", &rt, &at, &expires).await;
     let gw = env.serve().await;
@@ -58,38 +47,19 @@ async fn json_round_trip_with_api_key_account() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["request-id"], "req_fake_1");
-    assert_eq!(
-        response.headers()["anthropic-ratelimit-unified-status"],
-        "allowed"
-    );
-    assert_eq!(
-        response.headers()["anthropic-ratelimit-unified-5h-utilization"],
-        "0.25"
-    );
-    assert!(
-        response.headers().get("set-cookie").is_none(),
-        "upstream cookies belong to the account"
-    );
+    assert_eq!(response.headers()["anthropic-ratelimit-unified-status"], "allowed");
+    assert_eq!(response.headers()["anthropic-ratelimit-unified-5h-utilization"], "0.25");
+    assert!(response.headers().get("set-cookie").is_none(), "upstream cookies belong to the account");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["content"][0]["text"], "Hello");
 
     let seen = fake.last_request();
-    assert_eq!(
-        seen.header("x-api-key").as_deref(),
-        Some("sk-ant-api03-upstream-key")
-    );
+    assert_eq!(seen.header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-key"));
     assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.header("cookie"), None);
     assert_eq!(seen.header("x-forwarded-for"), None);
-    assert_eq!(
-        seen.header("anthropic-beta").as_deref(),
-        Some("tools-2024-04-04"),
-        "no OAuth beta for API keys"
-    );
-    assert_eq!(
-        seen.header("anthropic-version").as_deref(),
-        Some("2023-06-01")
-    );
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some("tools-2024-04-04"), "no OAuth beta for API keys");
+    assert_eq!(seen.header("anthropic-version").as_deref(), Some("2023-06-01"));
     assert_eq!(seen.header("user-agent").as_deref(), Some("my-sdk/1.0"));
     // API-key accounts get the client's body byte for byte, no identity.
     assert_eq!(seen.body, serde_json::to_vec(&message_body(false)).unwrap());
@@ -112,21 +82,10 @@ async fn oauth_account_gets_bearer_beta_and_identity() {
     assert_eq!(response.status(), 200, "{}", gw.logs());
     let seen = fake.last_request();
     assert_eq!(seen.path_and_query, "/v1/messages?beta=true");
-    assert!(
-        seen.header("authorization")
-            .unwrap()
-            .starts_with("Bearer sk-ant-oat01-fake-")
-    );
+    assert!(seen.header("authorization").unwrap().starts_with("Bearer sk-ant-oat01-fake-"));
     assert_eq!(seen.header("x-api-key"), None);
-    assert_eq!(
-        seen.header("anthropic-beta").as_deref(),
-        Some("prompt-caching-2024-07-31,oauth-2025-04-20")
-    );
-    assert_eq!(
-        seen.header("anthropic-version").as_deref(),
-        Some("2026-10-21"),
-        "client's version passes unchanged"
-    );
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some("prompt-caching-2024-07-31,oauth-2025-04-20"));
+    assert_eq!(seen.header("anthropic-version").as_deref(), Some("2026-10-21"), "client's version passes unchanged");
     assert_eq!(
         seen.json()["system"],
         serde_json::json!([
@@ -140,22 +99,11 @@ async fn oauth_account_gets_bearer_beta_and_identity() {
     gw.post("/v1/messages").json(&body).send().await.unwrap();
     let system = fake.last_request().json()["system"].clone();
     assert_eq!(system.as_array().unwrap().len(), 2);
-    assert_eq!(
-        system[0]["text"],
-        "You are Claude Code, Anthropic's official CLI for Claude."
-    );
-    assert_eq!(
-        system[1],
-        serde_json::json!({"type":"text","text":"Be terse.","cache_control":{"type":"ephemeral"}})
-    );
+    assert_eq!(system[0]["text"], "You are Claude Code, Anthropic's official CLI for Claude.");
+    assert_eq!(system[1], serde_json::json!({"type":"text","text":"Be terse.","cache_control":{"type":"ephemeral"}}));
 
     // count_tokens gets the same treatment; models gets the credential.
-    let r = gw
-        .post("/v1/messages/count_tokens")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/v1/messages/count_tokens").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
         fake.last_request().json()["system"][0]["text"],
@@ -163,10 +111,7 @@ async fn oauth_account_gets_bearer_beta_and_identity() {
     );
     let r = gw.get("/v1/models").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["data"][0]["id"],
-        "claude-fake"
-    );
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["data"][0]["id"], "claude-fake");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,16 +130,9 @@ async fn claude_code_requests_keep_their_system_exactly() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = fake.last_request();
-    assert_eq!(
-        std::str::from_utf8(&seen.body).unwrap(),
-        raw,
-        "body must reach upstream byte for byte"
-    );
+    assert_eq!(std::str::from_utf8(&seen.body).unwrap(), raw, "body must reach upstream byte for byte");
     assert_eq!(seen.header("x-app").as_deref(), Some("cli"));
-    assert_eq!(
-        seen.header("x-claude-code-session-id").as_deref(),
-        Some("s1")
-    );
+    assert_eq!(seen.header("x-claude-code-session-id").as_deref(), Some("s1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,22 +140,13 @@ async fn identity_pass_through_mode_leaves_system_alone() {
     let fake = Fake::start().await;
     let env = Env::new(&fake);
     let rt = fake.issue_refresh_token();
-    env.ok(&["accounts", "import", "max", "--refresh-token", &rt])
-        .await;
+    env.ok(&["accounts", "import", "max", "--refresh-token", &rt]).await;
     let mut env = env;
     env.set("SWITCHYARD_IDENTITY", "pass-through");
     let gw = env.serve().await;
     let mut body = message_body(false);
     body["system"] = "Plain.".into();
-    assert_eq!(
-        gw.post("/v1/messages")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.post("/v1/messages").json(&body).send().await.unwrap().status(), 200);
     assert_eq!(fake.last_request().json()["system"], "Plain.");
 }
 
@@ -227,23 +156,10 @@ async fn sse_events_arrive_one_by_one_before_upstream_finishes() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     fake.lock().sse_gate = Some(gate.clone());
     let (_env, gw) = oauth_gateway(&fake).await;
-    let mut response = gw
-        .post("/v1/messages")
-        .json(&message_body(true))
-        .send()
-        .await
-        .unwrap();
+    let mut response = gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
-    assert_eq!(
-        response.headers()["anthropic-ratelimit-unified-status"],
-        "allowed"
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert_eq!(response.headers()["anthropic-ratelimit-unified-status"], "allowed");
     let mut received = String::new();
     for (i, event) in support::fake::SSE_EVENTS.iter().enumerate() {
         // The upstream holds event i+1 until we have read event i: a buffering gateway would hang here.
@@ -255,18 +171,11 @@ async fn sse_events_arrive_one_by_one_before_upstream_finishes() {
                 .expect("stream ended early");
             received.push_str(std::str::from_utf8(&chunk).unwrap());
         }
-        assert!(
-            received.ends_with(event),
-            "event {i} arrived out of shape: {received}"
-        );
+        assert!(received.ends_with(event), "event {i} arrived out of shape: {received}");
         gate.add_permits(1);
     }
     assert!(response.chunk().await.unwrap().is_none());
-    assert_eq!(
-        received,
-        support::fake::SSE_EVENTS.concat(),
-        "stream must be byte-faithful"
-    );
+    assert_eq!(received, support::fake::SSE_EVENTS.concat(), "stream must be byte-faithful");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,18 +184,9 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     fake.lock().sse_gate = Some(gate.clone());
     let (_env, gw) = api_key_gateway(&fake).await;
-    let mut response = gw
-        .post("/v1/messages")
-        .json(&message_body(true))
-        .send()
-        .await
-        .unwrap();
+    let mut response = gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap();
     let first = response.chunk().await.unwrap().unwrap();
-    assert!(
-        std::str::from_utf8(&first)
-            .unwrap()
-            .starts_with("event: message_start")
-    );
+    assert!(std::str::from_utf8(&first).unwrap().starts_with("event: message_start"));
     drop(response);
     gate.add_permits(1);
     for _ in 0..100 {
@@ -303,20 +203,9 @@ async fn broken_upstream_stream_ends_with_an_sse_error_event() {
     let fake = Fake::start().await;
     let (_env, gw) = api_key_gateway(&fake).await;
     fake.push(Script::BreakStream);
-    let text = gw
-        .post("/v1/messages")
-        .json(&message_body(true))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap().text().await.unwrap();
     assert!(text.starts_with(support::fake::SSE_EVENTS[0]));
-    assert!(
-        text.contains("event: error\ndata: {\"type\":\"error\""),
-        "{text}"
-    );
+    assert!(text.contains("event: error\ndata: {\"type\":\"error\""), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -326,19 +215,14 @@ async fn upstream_errors_pass_through_with_status_and_headers() {
     fake.push(Script::Status {
         status: 429,
         body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}),
-        headers: vec![("retry-after".into(), "17".into()), ("anthropic-ratelimit-unified-status".into(), "rejected".into())],
+        headers: vec![
+            ("retry-after".into(), "17".into()),
+            ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+        ],
     });
-    let r = gw
-        .post("/v1/messages")
-        .json(&message_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
     assert_eq!(r.headers()["retry-after"], "17");
-    assert_eq!(
-        r.headers()["anthropic-ratelimit-unified-status"],
-        "rejected"
-    );
+    assert_eq!(r.headers()["anthropic-ratelimit-unified-status"], "rejected");
     assert_eq!(error_type(r, 429).await.0, "rate_limit_error");
 }
 
@@ -352,45 +236,23 @@ async fn bad_client_input_gets_anthropic_errors() {
     let gw = env.serve().await;
     let cases = [
         (
-            gw.post("/v1/messages")
-                .header("content-type", "application/json")
-                .body("{not json"),
+            gw.post("/v1/messages").header("content-type", "application/json").body("{not json"),
             400,
             "invalid_request_error",
         ),
-        (
-            gw.post("/v1/messages")
-                .header("content-type", "application/json")
-                .body("[1]"),
-            400,
-            "invalid_request_error",
-        ),
+        (gw.post("/v1/messages").header("content-type", "application/json").body("[1]"), 400, "invalid_request_error"),
         (gw.post("/v1/messages"), 400, "invalid_request_error"),
         (gw.get("/v1/messages"), 405, "invalid_request_error"),
         (gw.post("/v1/nothing").body("{}"), 404, "not_found_error"),
         (gw.get("/"), 404, "not_found_error"),
-        (
-            gw.post("/v1/messages").body(vec![b' '; 5000]),
-            413,
-            "request_too_large",
-        ),
+        (gw.post("/v1/messages").body(vec![b' '; 5000]), 413, "request_too_large"),
     ];
     for (request, status, kind) in cases {
         let (t, _) = error_type(request.send().await.unwrap(), status).await;
         assert_eq!(t, kind);
     }
-    assert!(
-        fake.requests().is_empty(),
-        "bad input must never reach the upstream"
-    );
-    let health: serde_json::Value = gw
-        .get("/health")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(fake.requests().is_empty(), "bad input must never reach the upstream");
+    let health: serde_json::Value = gw.get("/health").send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
 }
 
@@ -399,15 +261,7 @@ async fn no_account_is_a_clear_503() {
     let fake = Fake::start().await;
     let env = Env::new(&fake);
     let gw = env.serve().await;
-    let (t, message) = error_type(
-        gw.post("/v1/messages")
-            .json(&message_body(false))
-            .send()
-            .await
-            .unwrap(),
-        503,
-    )
-    .await;
+    let (t, message) = error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 503).await;
     assert_eq!(t, "api_error");
     assert!(message.contains("no accounts configured"), "{message}");
 }
@@ -422,16 +276,10 @@ async fn unreachable_and_slow_upstreams_are_502_and_504() {
     let mut env = Env::new(&fake);
     env.ok(&["accounts", "add", "a", "--api-key", "k"]).await;
     env.set("SWITCHYARD_UPSTREAM_URL", &dead);
+    // No retries: this is about how a single failure is reported.
+    env.set("SWITCHYARD_RETRY_ATTEMPTS", "0");
     let gw = env.serve().await;
-    let (t, _) = error_type(
-        gw.post("/v1/messages")
-            .json(&message_body(false))
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let (t, _) = error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 502).await;
     assert_eq!(t, "api_error");
     drop(gw);
 
@@ -440,15 +288,7 @@ async fn unreachable_and_slow_upstreams_are_502_and_504() {
     env.set("SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", "1");
     let gw = env.serve().await;
     fake.push(Script::Delay(Duration::from_secs(3)));
-    let (t, message) = error_type(
-        gw.post("/v1/messages")
-            .json(&message_body(false))
-            .send()
-            .await
-            .unwrap(),
-        504,
-    )
-    .await;
+    let (t, message) = error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 504).await;
     assert_eq!(t, "api_error");
     assert!(message.contains("did not answer"), "{message}");
 }

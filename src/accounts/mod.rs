@@ -1,11 +1,15 @@
 //! Accounts: the durable registry (sealing tokens on the way to the store) and the in-memory pool the
 //! proxy picks from, with single-flight token refresh.
 
+mod limits;
 mod pool;
 mod registry;
+mod router;
 
+pub use limits::{Limits, UsageWindow};
 pub use pool::{Account, Credential, Pool};
 pub use registry::{AccountView, NewOAuth, Registry};
+pub use router::{Router, Strategy, Unavailable, Want};
 
 use crate::oauth::OAuthError;
 use crate::secrets::CryptoError;

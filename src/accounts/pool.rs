@@ -3,12 +3,16 @@
 //! account at a time, the rotated pair committed to the store before the new access token is used).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::limits::Limits;
+use super::router::{Router, Unavailable, Unusable, Want};
 use super::{AccountError, Registry};
+use crate::anthropic::{RateLimitInfo, Verdict};
 use crate::oauth::{OAuthClient, OAuthError};
 use crate::store::{AccountKind, AccountRecord, AccountStatus};
 
@@ -24,16 +28,15 @@ pub enum Credential {
 #[derive(Debug, Clone)]
 enum Creds {
     ApiKey(Arc<SecretString>),
-    OAuth {
-        access: Arc<SecretString>,
-        refresh: Arc<SecretString>,
-        expires_at_ms: i64,
-    },
+    OAuth { access: Arc<SecretString>, refresh: Arc<SecretString>, expires_at_ms: i64 },
 }
 
 #[derive(Debug, Clone)]
 struct State {
     status: AccountStatus,
+    priority: i64,
+    weight: i64,
+    plan: Option<String>,
     creds: Creds,
     /// Store's `updated_at_ms` of what we hold; a newer row replaces it on reload.
     updated_at_ms: i64,
@@ -51,6 +54,11 @@ pub struct Account {
     pub kind: AccountKind,
     state: RwLock<State>,
     refresh_lock: tokio::sync::Mutex<()>,
+    limits: Mutex<Limits>,
+    /// Limits changed since the last flush to the store.
+    dirty: AtomicBool,
+    /// When the usage endpoint may be polled next, and the current poll interval (backs off on 429).
+    usage_poll: Mutex<(i64, Duration)>,
 }
 
 impl Account {
@@ -71,6 +79,125 @@ impl Account {
     pub fn status(&self) -> AccountStatus {
         self.state().status
     }
+
+    pub fn priority(&self) -> i64 {
+        self.state().priority
+    }
+
+    pub fn weight(&self) -> u64 {
+        u64::try_from(self.state().weight).unwrap_or(1)
+    }
+
+    pub fn plan(&self) -> Option<String> {
+        self.state().plan
+    }
+
+    /// A copy of the routing state.
+    pub fn limits(&self) -> Limits {
+        self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn change_limits<T>(&self, f: impl FnOnce(&mut Limits) -> T) -> T {
+        let out = f(&mut self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.dirty.store(true, Ordering::Release);
+        out
+    }
+
+    /// Why the account cannot take a request for `family` now, or `None` when it can.
+    pub fn unusable(&self, family: Option<&str>, now_ms: i64) -> Option<Unusable> {
+        let state = self.state();
+        if state.status != AccountStatus::Active {
+            return Some(Unusable::Status(state.status));
+        }
+        let limits = self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut until = limits.blocked_until(family, now_ms);
+        // An expired token that may not be refreshed yet is as good as limited.
+        if let Creds::OAuth { expires_at_ms, .. } = state.creds
+            && expires_at_ms <= now_ms
+            && state.refresh_blocked_until_ms > now_ms
+        {
+            until = Some(until.unwrap_or(0).max(state.refresh_blocked_until_ms));
+        }
+        until.map(Unusable::LimitedUntil)
+    }
+
+    /// Take in an upstream answer's status and rate-limit headers.
+    pub fn observe(&self, status: u16, info: &RateLimitInfo, family: Option<&str>) -> Verdict {
+        let now = crate::now_ms();
+        let verdict = self.change_limits(|l| l.observe(status, info, family, now));
+        match &verdict {
+            Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. } => {
+                let limits = self.limits();
+                tracing::warn!(
+                    account = %self.name,
+                    until = %super::router::format_ms(limits.blocked_until(family, now).unwrap_or(now)),
+                    scope = if matches!(verdict, Verdict::ModelLimited { .. }) { "model" } else { "account" },
+                    "rate limited; out of rotation"
+                );
+            }
+            Verdict::RequestScoped => tracing::info!(account = %self.name, "429 without rate-limit headers"),
+            Verdict::Allowed { .. } => {}
+        }
+        verdict
+    }
+
+    /// Count a request this account answered (`failed`: it did not end well).
+    pub fn record(&self, failed: bool) {
+        let now = crate::now_ms();
+        self.change_limits(|l| {
+            l.record_use(now);
+            if failed {
+                l.failures += 1;
+            }
+        });
+    }
+
+    /// A stream this account answered failed after its first byte.
+    pub fn stream_failed(&self) {
+        self.change_limits(|l| l.failures += 1);
+    }
+
+    /// Store the latest usage poll: utilization as fractions, resets in epoch ms.
+    pub fn set_usage(
+        &self,
+        five_hour: Option<super::limits::UsageWindow>,
+        seven_day: Option<super::limits::UsageWindow>,
+    ) {
+        self.change_limits(|l| {
+            if five_hour.is_some() {
+                l.five_hour = five_hour;
+            }
+            if seven_day.is_some() {
+                l.seven_day = seven_day;
+            }
+        });
+    }
+
+    pub fn set_plan(&self, plan: &str) {
+        self.update(|s| s.plan = Some(plan.to_owned()));
+    }
+
+    /// Whether the usage endpoint is due for this account; `next` pushes the next poll out.
+    pub fn usage_due(&self, now_ms: i64) -> bool {
+        self.usage_poll.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 <= now_ms
+    }
+
+    /// Schedule the next usage poll `interval` (plus jitter) from now; `backoff` doubles the interval.
+    pub fn schedule_usage(&self, base: Duration, backoff: bool) {
+        let mut poll = self.usage_poll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let interval = if backoff { (poll.1 * 2).clamp(base, Duration::from_secs(3600)) } else { base };
+        let jitter = rand::Rng::random_range(&mut rand::rng(), 0..=interval.as_millis() as u64 / 10);
+        poll.1 = interval;
+        poll.0 = crate::now_ms() + i64::try_from(interval.as_millis() as u64 + jitter).unwrap_or(i64::MAX);
+    }
+
+    /// The OAuth access token, if the account is OAuth (for the usage and profile endpoints).
+    pub fn access_token(&self) -> Option<Arc<SecretString>> {
+        match self.state().creds {
+            Creds::OAuth { access, expires_at_ms, .. } if expires_at_ms > crate::now_ms() => Some(access),
+            _ => None,
+        }
+    }
 }
 
 /// All accounts the proxy may use, in preference order.
@@ -80,39 +207,30 @@ pub struct Pool {
     oauth: OAuthClient,
     margin_ms: i64,
     accounts: RwLock<Vec<Arc<Account>>>,
+    router: Router,
 }
 
 fn open_record(registry: &Registry, r: &AccountRecord) -> Result<State, AccountError> {
     let creds = match r.kind {
         AccountKind::ApiKey => {
-            let sealed = r
-                .api_key
-                .as_deref()
-                .ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
+            let sealed = r.api_key.as_deref().ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
             Creds::ApiKey(Arc::new(registry.open(&r.id, "api_key", sealed)?))
         }
         AccountKind::OAuth => {
-            let sealed = r
-                .refresh_token
-                .as_deref()
-                .ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
+            let sealed = r.refresh_token.as_deref().ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
             let refresh = Arc::new(registry.open(&r.id, "refresh_token", sealed)?);
             let (access, expires_at_ms) = match r.access_token.as_deref() {
-                Some(at) => (
-                    registry.open(&r.id, "access_token", at)?,
-                    r.expires_at_ms.unwrap_or(0),
-                ),
+                Some(at) => (registry.open(&r.id, "access_token", at)?, r.expires_at_ms.unwrap_or(0)),
                 None => (SecretString::from(String::new()), 0),
             };
-            Creds::OAuth {
-                access: Arc::new(access),
-                refresh,
-                expires_at_ms,
-            }
+            Creds::OAuth { access: Arc::new(access), refresh, expires_at_ms }
         }
     };
     Ok(State {
         status: r.status,
+        priority: r.priority,
+        weight: r.weight,
+        plan: r.plan.clone(),
         creds,
         updated_at_ms: r.updated_at_ms,
         unsaved: false,
@@ -126,12 +244,14 @@ impl Pool {
         registry: Registry,
         oauth: OAuthClient,
         margin: Duration,
+        router: Router,
     ) -> Result<Self, AccountError> {
         let pool = Self {
             registry,
             oauth,
             margin_ms: i64::try_from(margin.as_millis()).unwrap_or(i64::MAX),
             accounts: RwLock::new(Vec::new()),
+            router,
         };
         pool.reload().await?;
         Ok(pool)
@@ -141,11 +261,8 @@ impl Pool {
     /// wins over an older row, so a refresh in flight is never undone.
     pub async fn reload(&self) -> Result<(), AccountError> {
         let records = self.registry.list().await?;
-        let current: HashMap<String, Arc<Account>> = self
-            .snapshot()
-            .into_iter()
-            .map(|a| (a.id.clone(), a))
-            .collect();
+        let mut saved_limits: Option<HashMap<String, String>> = None;
+        let current: HashMap<String, Arc<Account>> = self.snapshot().into_iter().map(|a| (a.id.clone(), a)).collect();
         let mut next = Vec::with_capacity(records.len());
         for r in &records {
             match current.get(&r.id) {
@@ -157,13 +274,26 @@ impl Pool {
                     }
                     next.push(existing.clone());
                 }
-                None => next.push(Arc::new(Account {
-                    id: r.id.clone(),
-                    name: r.name.clone(),
-                    kind: r.kind,
-                    state: RwLock::new(open_record(&self.registry, r)?),
-                    refresh_lock: tokio::sync::Mutex::new(()),
-                })),
+                None => {
+                    if saved_limits.is_none() {
+                        saved_limits = Some(self.registry.store().load_states().await?.into_iter().collect());
+                    }
+                    let limits = saved_limits
+                        .as_ref()
+                        .and_then(|m| m.get(&r.id))
+                        .and_then(|json| serde_json::from_str(json).ok())
+                        .unwrap_or_default();
+                    next.push(Arc::new(Account {
+                        id: r.id.clone(),
+                        name: r.name.clone(),
+                        kind: r.kind,
+                        state: RwLock::new(open_record(&self.registry, r)?),
+                        refresh_lock: tokio::sync::Mutex::new(()),
+                        limits: Mutex::new(limits),
+                        dirty: AtomicBool::new(false),
+                        usage_poll: Mutex::new((0, Duration::ZERO)),
+                    }))
+                }
             }
         }
         match self.accounts.write() {
@@ -180,29 +310,51 @@ impl Pool {
         }
     }
 
-    /// Accounts that may serve a request, first choice first; or why there are none.
-    pub fn candidates(&self) -> Result<Vec<Arc<Account>>, String> {
-        let all = self.snapshot();
-        if all.is_empty() {
-            return Err("no accounts configured: add one with `switchyard auth login` or `switchyard accounts add`".into());
+    /// Accounts that may serve a request, first choice first, skipping ids in `exclude`; or why there are none.
+    pub fn candidates(&self, want: &Want, exclude: &[String]) -> Result<Vec<Arc<Account>>, Unavailable> {
+        self.router.order(&self.snapshot(), want, exclude, crate::now_ms())
+    }
+
+    /// Tell the router which account served, for affinity and sessions.
+    pub fn served(&self, account: &Account, want: &Want) {
+        self.router.served(account, want, crate::now_ms());
+    }
+
+    /// Write changed routing states to the store (off the hot path; called by the upkeep task).
+    pub async fn flush_states(&self) -> Result<(), AccountError> {
+        let mut batch = Vec::new();
+        for account in self.snapshot() {
+            if account.dirty.swap(false, Ordering::AcqRel) {
+                match serde_json::to_string(&account.limits()) {
+                    Ok(json) => batch.push((account.id.clone(), json)),
+                    Err(e) => tracing::error!(account = %account.name, error = %e, "cannot encode routing state"),
+                }
+            }
         }
-        let usable: Vec<_> = all
-            .iter()
-            .filter(|a| a.status() == AccountStatus::Active)
-            .cloned()
-            .collect();
-        if !usable.is_empty() {
-            return Ok(usable);
+        if batch.is_empty() {
+            return Ok(());
         }
-        let reasons: Vec<String> = all
-            .iter()
-            .map(|a| match a.status() {
-                AccountStatus::NeedsLogin => format!("{} needs a new login", a.name),
-                AccountStatus::Paused => format!("{} is paused", a.name),
-                AccountStatus::Active => format!("{} is unavailable", a.name),
-            })
-            .collect();
-        Err(format!("no usable account: {}", reasons.join(", ")))
+        if let Err(e) = self.registry.store().save_states(&batch, crate::now_ms()).await {
+            // Try again next round.
+            for account in self.snapshot() {
+                if batch.iter().any(|(id, _)| id == &account.id) {
+                    account.dirty.store(true, Ordering::Release);
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Record a plan learned from the profile endpoint, in memory and in the store.
+    pub async fn save_plan(&self, account: &Account, plan: &str) -> Result<(), AccountError> {
+        account.set_plan(plan);
+        self.registry.store().set_plan(&account.id, plan).await?;
+        Ok(())
+    }
+
+    pub fn oauth(&self) -> &OAuthClient {
+        &self.oauth
     }
 
     /// The credential to use now, refreshing an OAuth token that is about to expire.
@@ -217,13 +369,8 @@ impl Pool {
         }
         match state.creds {
             Creds::ApiKey(key) => Ok(Credential::ApiKey(key)),
-            Creds::OAuth {
-                access,
-                expires_at_ms,
-                ..
-            } => {
-                if !state.unsaved && expires_at_ms.saturating_sub(crate::now_ms()) > self.margin_ms
-                {
+            Creds::OAuth { access, expires_at_ms, .. } => {
+                if !state.unsaved && expires_at_ms.saturating_sub(crate::now_ms()) > self.margin_ms {
                     Ok(Credential::Bearer(access))
                 } else {
                     self.refresh(account, &access).await
@@ -242,29 +389,18 @@ impl Pool {
     }
 
     /// Refresh the account's token if it is still `seen`; callers that queued behind a refresh get its result.
-    async fn refresh(
-        &self,
-        account: &Account,
-        seen: &Arc<SecretString>,
-    ) -> Result<Credential, AccountError> {
+    async fn refresh(&self, account: &Account, seen: &Arc<SecretString>) -> Result<Credential, AccountError> {
         let _single_flight = account.refresh_lock.lock().await;
         let state = account.state();
         if state.status == AccountStatus::NeedsLogin {
             return Err(AccountError::NeedsLogin(account.name.clone()));
         }
-        let Creds::OAuth {
-            access,
-            refresh,
-            expires_at_ms,
-        } = state.creds
-        else {
+        let Creds::OAuth { access, refresh, expires_at_ms } = state.creds else {
             return self.credential_now(account);
         };
         let now = crate::now_ms();
         if state.unsaved {
-            self.registry
-                .save_tokens(&account.id, &access, &refresh, expires_at_ms, now)
-                .await?;
+            self.registry.save_tokens(&account.id, &access, &refresh, expires_at_ms, now).await?;
             account.update(|s| {
                 s.unsaved = false;
                 s.updated_at_ms = now;
@@ -276,14 +412,9 @@ impl Pool {
         if now < state.refresh_blocked_until_ms {
             let until = humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH
-                    + Duration::from_millis(
-                        u64::try_from(state.refresh_blocked_until_ms).unwrap_or(0),
-                    ),
+                    + Duration::from_millis(u64::try_from(state.refresh_blocked_until_ms).unwrap_or(0)),
             );
-            return Err(AccountError::RefreshCoolingDown {
-                name: account.name.clone(),
-                until: until.to_string(),
-            });
+            return Err(AccountError::RefreshCoolingDown { name: account.name.clone(), until: until.to_string() });
         }
         match self.oauth.refresh(&refresh).await {
             Ok(answer) => {
@@ -292,18 +423,11 @@ impl Pool {
                 let access = Arc::new(answer.access_token);
                 // No refresh_token in the answer: the old one stays valid.
                 let refresh = answer.refresh_token.map(Arc::new).unwrap_or(refresh);
-                let saved = self
-                    .registry
-                    .save_tokens(&account.id, &access, &refresh, expires_at_ms, now)
-                    .await;
+                let saved = self.registry.save_tokens(&account.id, &access, &refresh, expires_at_ms, now).await;
                 // Held in memory even if the commit failed: the old refresh token is spent, so this pair is
                 // the only copy; it is committed before use on the next call.
                 account.update(|s| {
-                    s.creds = Creds::OAuth {
-                        access: access.clone(),
-                        refresh,
-                        expires_at_ms,
-                    };
+                    s.creds = Creds::OAuth { access: access.clone(), refresh, expires_at_ms };
                     s.updated_at_ms = now;
                     s.unsaved = saved.is_err();
                 });
@@ -314,19 +438,14 @@ impl Pool {
             Err(OAuthError::InvalidGrant(reason)) => {
                 tracing::warn!(account = %account.name, %reason, "refresh token refused; account needs a new login");
                 account.update(|s| s.status = AccountStatus::NeedsLogin);
-                if let Err(e) = self
-                    .registry
-                    .set_status(&account.id, AccountStatus::NeedsLogin)
-                    .await
-                {
+                if let Err(e) = self.registry.set_status(&account.id, AccountStatus::NeedsLogin).await {
                     tracing::error!(account = %account.name, error = %e, "could not record needs-login");
                 }
                 Err(AccountError::NeedsLogin(account.name.clone()))
             }
             Err(OAuthError::RateLimited { retry_after }) => {
                 let wait = retry_after.unwrap_or(Duration::from_secs(60));
-                let until = crate::now_ms()
-                    .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                let until = crate::now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                 account.update(|s| s.refresh_blocked_until_ms = until);
                 tracing::warn!(account = %account.name, wait_secs = wait.as_secs(), "token endpoint rate limited refresh");
                 Err(AccountError::RefreshFailed {
@@ -336,10 +455,7 @@ impl Pool {
             }
             Err(source) => {
                 tracing::warn!(account = %account.name, error = %source, "token refresh failed");
-                Err(AccountError::RefreshFailed {
-                    name: account.name.clone(),
-                    source,
-                })
+                Err(AccountError::RefreshFailed { name: account.name.clone(), source })
             }
         }
     }
@@ -357,9 +473,7 @@ impl Pool {
         for account in self.snapshot() {
             let state = account.state();
             let due = match state.creds {
-                Creds::OAuth { expires_at_ms, .. } => {
-                    expires_at_ms.saturating_sub(crate::now_ms()) <= self.margin_ms
-                }
+                Creds::OAuth { expires_at_ms, .. } => expires_at_ms.saturating_sub(crate::now_ms()) <= self.margin_ms,
                 Creds::ApiKey(_) => false,
             };
             if due

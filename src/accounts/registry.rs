@@ -8,9 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::AccountError;
 use crate::secrets::Cipher;
-use crate::store::{
-    AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError,
-};
+use crate::store::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError};
 
 /// A fresh OAuth login or import.
 #[derive(Debug)]
@@ -63,12 +61,7 @@ impl Registry {
         &self.store
     }
 
-    pub fn seal(
-        &self,
-        id: &str,
-        field: &str,
-        secret: &SecretString,
-    ) -> Result<String, AccountError> {
+    pub fn seal(&self, id: &str, field: &str, secret: &SecretString) -> Result<String, AccountError> {
         Ok(self.cipher.seal(secret.expose_secret(), &aad(id, field))?)
     }
 
@@ -81,12 +74,7 @@ impl Registry {
     }
 
     /// Store an API-key account. With `replace`, an existing account of that name is overwritten.
-    pub async fn add_api_key(
-        &self,
-        name: &str,
-        key: &SecretString,
-        replace: bool,
-    ) -> Result<(), AccountError> {
+    pub async fn add_api_key(&self, name: &str, key: &SecretString, replace: bool) -> Result<(), AccountError> {
         let now = crate::now_ms();
         let (id, created) = self.slot(name, replace).await?;
         let record = AccountRecord {
@@ -98,12 +86,7 @@ impl Registry {
 
     /// Store an OAuth account. With `replace`, an existing account of that name gets the new tokens (a
     /// re-login); otherwise a name clash is an error.
-    pub async fn save_oauth(
-        &self,
-        name: &str,
-        login: NewOAuth,
-        replace: bool,
-    ) -> Result<(), AccountError> {
+    pub async fn save_oauth(&self, name: &str, login: NewOAuth, replace: bool) -> Result<(), AccountError> {
         let now = crate::now_ms();
         let (id, created) = self.slot(name, replace).await?;
         let access_token = match &login.access_token {
@@ -113,11 +96,7 @@ impl Registry {
         let record = AccountRecord {
             access_token,
             refresh_token: Some(self.seal(&id, "refresh_token", &login.refresh_token)?),
-            expires_at_ms: Some(if login.access_token.is_some() {
-                login.expires_at_ms
-            } else {
-                0
-            }),
+            expires_at_ms: Some(if login.access_token.is_some() { login.expires_at_ms } else { 0 }),
             email: login.email,
             account_uuid: login.account_uuid,
             org_uuid: login.org_uuid,
@@ -160,11 +139,7 @@ impl Registry {
     }
 
     pub async fn remove(&self, name: &str) -> Result<(), AccountError> {
-        if self.store.remove_account(name).await? {
-            Ok(())
-        } else {
-            Err(AccountError::NotFound(name.to_owned()))
-        }
+        if self.store.remove_account(name).await? { Ok(()) } else { Err(AccountError::NotFound(name.to_owned())) }
     }
 
     /// Every account as listed to users.
@@ -191,11 +166,7 @@ impl Registry {
             status: r.status.as_str(),
             email: r.email.clone(),
             organization: r.org_name.clone(),
-            expires_at_ms: if r.kind == AccountKind::OAuth {
-                r.expires_at_ms
-            } else {
-                None
-            },
+            expires_at_ms: if r.kind == AccountKind::OAuth { r.expires_at_ms } else { None },
             credential,
         })
     }
@@ -212,9 +183,7 @@ impl Registry {
     ) -> Result<(), AccountError> {
         let pending = PendingLogin {
             state: state.to_owned(),
-            verifier: self
-                .cipher
-                .seal(verifier.expose_secret(), &format!("pending/{state}"))?,
+            verifier: self.cipher.seal(verifier.expose_secret(), &format!("pending/{state}"))?,
             redirect_uri: redirect_uri.to_owned(),
             console,
             account: account.map(str::to_owned),
@@ -224,15 +193,8 @@ impl Registry {
     }
 
     /// Take the pending login for `state` (once); returns the verifier and the stored login details.
-    pub async fn take_pending(
-        &self,
-        state: &str,
-    ) -> Result<Option<(SecretString, PendingLogin)>, AccountError> {
-        match self
-            .store
-            .take_pending_login(state, crate::now_ms())
-            .await?
-        {
+    pub async fn take_pending(&self, state: &str) -> Result<Option<(SecretString, PendingLogin)>, AccountError> {
+        match self.store.take_pending_login(state, crate::now_ms()).await? {
             Some(p) => {
                 let verifier = self.cipher.open(&p.verifier, &format!("pending/{state}"))?;
                 Ok(Some((verifier, p)))
@@ -258,5 +220,8 @@ fn blank(id: String, name: &str, kind: AccountKind, created_at_ms: i64, now: i64
         org_name: None,
         created_at_ms,
         updated_at_ms: now,
+        priority: 0,
+        weight: 1,
+        plan: None,
     }
 }

@@ -56,12 +56,7 @@ pub fn pass_back_response_header(name: &str) -> bool {
 
 /// The client's comma-separated `anthropic-beta` list with `required` added once.
 pub fn merge_beta(client: Option<&str>, required: &str) -> String {
-    let mut flags: Vec<&str> = client
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-        .collect();
+    let mut flags: Vec<&str> = client.unwrap_or("").split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
     if !flags.contains(&required) {
         flags.push(required);
     }
@@ -75,40 +70,19 @@ mod tests {
     #[test]
     fn beta_is_merged_once() {
         assert_eq!(merge_beta(None, "oauth-2025-04-20"), "oauth-2025-04-20");
-        assert_eq!(
-            merge_beta(Some("a, b"), "oauth-2025-04-20"),
-            "a,b,oauth-2025-04-20"
-        );
-        assert_eq!(
-            merge_beta(Some("oauth-2025-04-20,a"), "oauth-2025-04-20"),
-            "oauth-2025-04-20,a"
-        );
+        assert_eq!(merge_beta(Some("a, b"), "oauth-2025-04-20"), "a,b,oauth-2025-04-20");
+        assert_eq!(merge_beta(Some("oauth-2025-04-20,a"), "oauth-2025-04-20"), "oauth-2025-04-20,a");
     }
 
     #[test]
     fn identifying_headers_stay_home() {
-        for h in [
-            "Authorization",
-            "x-api-key",
-            "Cookie",
-            "X-Forwarded-For",
-            "host",
-            "x-switchyard-account",
-        ] {
+        for h in ["Authorization", "x-api-key", "Cookie", "X-Forwarded-For", "host", "x-switchyard-account"] {
             assert!(!forward_request_header(h), "{h} must not be forwarded");
         }
-        for h in [
-            "anthropic-version",
-            "anthropic-beta",
-            "content-type",
-            "user-agent",
-            "x-stainless-os",
-        ] {
+        for h in ["anthropic-version", "anthropic-beta", "content-type", "user-agent", "x-stainless-os"] {
             assert!(forward_request_header(h), "{h} must be forwarded");
         }
-        assert!(pass_back_response_header(
-            "anthropic-ratelimit-unified-status"
-        ));
+        assert!(pass_back_response_header("anthropic-ratelimit-unified-status"));
         assert!(pass_back_response_header("request-id"));
         assert!(!pass_back_response_header("set-cookie"));
     }

@@ -29,42 +29,38 @@ pub enum BodyError {
 impl MessageBody {
     /// Parse a request body; it must be a JSON object.
     pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
-        let fields: IndexMap<String, Box<RawValue>> =
-            serde_json::from_slice(bytes).map_err(|e| {
-                if e.classify() == serde_json::error::Category::Data {
-                    BodyError::Json("expected a JSON object".to_owned())
-                } else {
-                    BodyError::Json(e.to_string())
-                }
-            })?;
+        let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(bytes).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                BodyError::Json("expected a JSON object".to_owned())
+            } else {
+                BodyError::Json(e.to_string())
+            }
+        })?;
         Ok(Self { fields })
     }
 
     /// The `model` field, when it is a string.
     pub fn model(&self) -> Option<String> {
-        self.fields
-            .get("model")
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        self.fields.get("model").and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// `metadata.user_id`: Claude Code sends one per session; the router keeps a conversation on one account.
+    pub fn user_id(&self) -> Option<String> {
+        let metadata: serde_json::Value = serde_json::from_str(self.fields.get("metadata")?.get()).ok()?;
+        metadata.get("user_id")?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
     }
 
     /// Whether the client asked for a stream.
     pub fn stream(&self) -> bool {
-        self.fields
-            .get("stream")
-            .is_some_and(|raw| raw.get() == "true")
+        self.fields.get("stream").is_some_and(|raw| raw.get() == "true")
     }
 
     /// The body with `identity` first in `system`, or `None` when it needs no change: the request already
     /// opens with a Claude identity (or `identity` itself).
     pub fn with_identity(&self, identity: &str) -> Option<Vec<u8>> {
-        let system: Option<serde_json::Value> = self
-            .fields
-            .get("system")
-            .and_then(|raw| serde_json::from_str(raw.get()).ok());
-        if system
-            .as_ref()
-            .is_some_and(|s| carries_identity(s, identity))
-        {
+        let system: Option<serde_json::Value> =
+            self.fields.get("system").and_then(|raw| serde_json::from_str(raw.get()).ok());
+        if system.as_ref().is_some_and(|s| carries_identity(s, identity)) {
             return None;
         }
         let block = serde_json::json!({ "type": "text", "text": identity });
@@ -98,10 +94,9 @@ pub fn carries_identity(system: &serde_json::Value, configured: &str) -> bool {
     };
     match system {
         serde_json::Value::String(s) => opens(s),
-        serde_json::Value::Array(blocks) => blocks
-            .iter()
-            .take(3)
-            .any(|b| b.get("text").and_then(|t| t.as_str()).is_some_and(opens)),
+        serde_json::Value::Array(blocks) => {
+            blocks.iter().take(3).any(|b| b.get("text").and_then(|t| t.as_str()).is_some_and(opens))
+        }
         _ => false,
     }
 }
@@ -119,47 +114,30 @@ mod tests {
 
     #[test]
     fn string_system_becomes_two_blocks() {
-        let body =
-            MessageBody::parse(br#"{"model":"m","system":"Be brief.","messages":[]}"#).unwrap();
+        let body = MessageBody::parse(br#"{"model":"m","system":"Be brief.","messages":[]}"#).unwrap();
         let out = body.with_identity(ID).unwrap();
-        assert_eq!(
-            system_of(&out),
-            serde_json::json!([{"type":"text","text":ID},{"type":"text","text":"Be brief."}])
-        );
+        assert_eq!(system_of(&out), serde_json::json!([{"type":"text","text":ID},{"type":"text","text":"Be brief."}]));
         // Field order and the other values are kept byte for byte.
-        assert!(
-            String::from_utf8(out)
-                .unwrap()
-                .starts_with(r#"{"model":"m","system":"#)
-        );
+        assert!(String::from_utf8(out).unwrap().starts_with(r#"{"model":"m","system":"#));
     }
 
     #[test]
     fn block_list_gets_identity_prepended_once() {
-        let body = MessageBody::parse(
-            br#"{"system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}"#,
-        )
-        .unwrap();
+        let body =
+            MessageBody::parse(br#"{"system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}"#)
+                .unwrap();
         let out = body.with_identity(ID).unwrap();
         let sys = system_of(&out);
         assert_eq!(sys[0]["text"], ID);
         assert_eq!(sys[1]["cache_control"]["type"], "ephemeral");
         // Running it again changes nothing: never duplicated.
-        assert!(
-            MessageBody::parse(&out)
-                .unwrap()
-                .with_identity(ID)
-                .is_none()
-        );
+        assert!(MessageBody::parse(&out).unwrap().with_identity(ID).is_none());
     }
 
     #[test]
     fn missing_system_gets_identity() {
         let body = MessageBody::parse(br#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        assert_eq!(
-            system_of(&body.with_identity(ID).unwrap()),
-            serde_json::json!([{"type":"text","text":ID}])
-        );
+        assert_eq!(system_of(&body.with_identity(ID).unwrap()), serde_json::json!([{"type":"text","text":ID}]));
     }
 
     #[test]

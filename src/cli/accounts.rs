@@ -16,9 +16,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
         Some(path) => {
             let path = match path {
                 Some(p) => p.clone(),
-                None => dirs::home_dir()
-                    .context("no home directory")?
-                    .join(".claude/.credentials.json"),
+                None => dirs::home_dir().context("no home directory")?.join(".claude/.credentials.json"),
             };
             let login = read_claude_code(&path)?;
             eprintln!(
@@ -28,10 +26,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
             login
         }
         None => {
-            let refresh = args
-                .refresh_token
-                .as_deref()
-                .context("--refresh-token is required")?;
+            let refresh = args.refresh_token.as_deref().context("--refresh-token is required")?;
             let access_token = match &args.access_token {
                 Some(at) => Some(secret_arg(at, "access token")?),
                 None => None,
@@ -68,26 +63,13 @@ struct ClaudeCodeOAuth {
 }
 
 fn read_claude_code(path: &PathBuf) -> anyhow::Result<NewOAuth> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: ClaudeCodeFile = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not Claude Code credentials JSON: {e}",
-            path.display()
-        )
-    })?;
-    let oauth = file
-        .oauth
-        .with_context(|| format!("{} has no claudeAiOauth entry", path.display()))?;
-    let refresh_token = oauth
-        .refresh_token
-        .with_context(|| format!("{} has no refreshToken", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: ClaudeCodeFile = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not Claude Code credentials JSON: {e}", path.display()))?;
+    let oauth = file.oauth.with_context(|| format!("{} has no claudeAiOauth entry", path.display()))?;
+    let refresh_token = oauth.refresh_token.with_context(|| format!("{} has no refreshToken", path.display()))?;
     Ok(NewOAuth {
-        expires_at_ms: if oauth.access_token.is_some() {
-            oauth.expires_at.unwrap_or(0)
-        } else {
-            0
-        },
+        expires_at_ms: if oauth.access_token.is_some() { oauth.expires_at.unwrap_or(0) } else { 0 },
         access_token: oauth.access_token,
         refresh_token,
         email: None,

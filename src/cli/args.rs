@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "A gateway for the Anthropic Claude API over many accounts"
-)]
+#[command(name = "switchyard", version, about = "A gateway for the Anthropic Claude API over many accounts")]
 pub struct Cli {
     /// Configuration file (TOML). Default: <home>/config.toml when it exists. Env: SWITCHYARD_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
@@ -113,12 +109,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "RT", required_unless_present = "from_claude_code")]
     pub refresh_token: Option<String>,
     /// Current access token, if you have one.
-    #[arg(
-        long,
-        value_name = "AT",
-        requires = "refresh_token",
-        requires = "expires_at"
-    )]
+    #[arg(long, value_name = "AT", requires = "refresh_token", requires = "expires_at")]
     pub access_token: Option<String>,
     /// When the access token expires, epoch milliseconds.
     #[arg(long, value_name = "EPOCH_MS", requires = "access_token")]

@@ -32,17 +32,8 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
             );
         };
         let account = args.account.or(pending.account);
-        return finish(
-            &registry,
-            &oauth,
-            &code,
-            &state,
-            &verifier,
-            &pending.redirect_uri,
-            pending.console,
-            account,
-        )
-        .await;
+        return finish(&registry, &oauth, &code, &state, &verifier, &pending.redirect_uri, pending.console, account)
+            .await;
     }
 
     let pkce = Pkce::generate();
@@ -52,9 +43,7 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
         match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
             Ok(listener) => Some(listener),
             Err(e) => {
-                eprintln!(
-                    "cannot listen for the browser callback ({e}); falling back to pasting the code"
-                );
+                eprintln!("cannot listen for the browser callback ({e}); falling back to pasting the code");
                 None
             }
         }
@@ -62,30 +51,14 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
         None
     };
     let redirect_uri = match &callback {
-        Some(listener) => format!(
-            "http://localhost:{}/callback",
-            listener.local_addr()?.port()
-        ),
+        Some(listener) => format!("http://localhost:{}/callback", listener.local_addr()?.port()),
         None => config.oauth.redirect_uri.to_string(),
     };
-    let url = authorize_url(
-        &config.oauth,
-        args.console,
-        &redirect_uri,
-        &pkce.challenge,
-        &state,
-    );
+    let url = authorize_url(&config.oauth, args.console, &redirect_uri, &pkce.challenge, &state);
     if callback.is_none() {
         let expires = crate::now_ms() + i64::try_from(PENDING_TTL.as_millis()).unwrap_or(600_000);
         registry
-            .put_pending(
-                &state,
-                &pkce.verifier,
-                &redirect_uri,
-                args.console,
-                args.account.as_deref(),
-                expires,
-            )
+            .put_pending(&state, &pkce.verifier, &redirect_uri, args.console, args.account.as_deref(), expires)
             .await?;
     }
 
@@ -109,9 +82,7 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
                 Some(line) => {
                     let (code, pasted_state) = split_pasted(&line)?;
                     if pasted_state != state {
-                        bail!(
-                            "state mismatch: this code belongs to a different login; nothing was saved"
-                        );
+                        bail!("state mismatch: this code belongs to a different login; nothing was saved");
                     }
                     // Used now: it must not be usable again with --code.
                     let _ = registry.take_pending(&state).await;
@@ -127,17 +98,7 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
             }
         }
     };
-    finish(
-        &registry,
-        &oauth,
-        &code,
-        &state,
-        &pkce.verifier,
-        &redirect_uri,
-        args.console,
-        args.account,
-    )
-    .await
+    finish(&registry, &oauth, &code, &state, &pkce.verifier, &redirect_uri, args.console, args.account).await
 }
 
 /// Exchange the code and save the account; nothing is saved when any step fails.
@@ -152,34 +113,19 @@ async fn finish(
     console: bool,
     account: Option<String>,
 ) -> anyhow::Result<()> {
-    let tokens = oauth
-        .exchange_code(code, state, verifier, redirect_uri)
-        .await
-        .context("login failed")?;
-    let email = tokens
-        .account
-        .as_ref()
-        .and_then(|a| a.email_address.clone());
-    let name = account.or_else(|| email.clone()).unwrap_or_else(|| {
-        if console {
-            "console".to_owned()
-        } else {
-            "default".to_owned()
-        }
-    });
+    let tokens = oauth.exchange_code(code, state, verifier, redirect_uri).await.context("login failed")?;
+    let email = tokens.account.as_ref().and_then(|a| a.email_address.clone());
+    let name = account
+        .or_else(|| email.clone())
+        .unwrap_or_else(|| if console { "console".to_owned() } else { "default".to_owned() });
     if console {
-        let key = oauth
-            .create_api_key(&tokens.access_token)
-            .await
-            .context("creating the API key failed")?;
+        let key = oauth.create_api_key(&tokens.access_token).await.context("creating the API key failed")?;
         registry.add_api_key(&name, &key, true).await?;
         println!("logged in; saved API-key account {name}");
         return Ok(());
     }
     let expires_at_ms = tokens.expires_at_ms(crate::now_ms());
-    let refresh_token = tokens
-        .refresh_token
-        .context("login failed: the token answer carried no refresh token")?;
+    let refresh_token = tokens.refresh_token.context("login failed: the token answer carried no refresh token")?;
     let login = NewOAuth {
         expires_at_ms,
         access_token: Some(tokens.access_token),
@@ -202,9 +148,7 @@ fn display_available() -> bool {
     if cfg!(any(target_os = "macos", target_os = "windows")) {
         return true;
     }
-    ["DISPLAY", "WAYLAND_DISPLAY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 /// One line from stdin, or `None` at end of input.
@@ -242,35 +186,20 @@ async fn callback(
     use axum::http::StatusCode;
     if let Some(error) = q.error {
         let description = q.error_description.unwrap_or_default();
-        let _ = cb
-            .done
-            .send(Err(format!("{error} {description}").trim().to_owned()))
-            .await;
-        return (
-            StatusCode::BAD_REQUEST,
-            Html("<h1>Login failed</h1><p>Return to the terminal.</p>"),
-        );
+        let _ = cb.done.send(Err(format!("{error} {description}").trim().to_owned())).await;
+        return (StatusCode::BAD_REQUEST, Html("<h1>Login failed</h1><p>Return to the terminal.</p>"));
     }
     match (q.code, q.state) {
         (Some(code), Some(state)) if state == cb.state => {
             let _ = cb.done.send(Ok(code)).await;
-            (
-                StatusCode::OK,
-                Html("<h1>Switchyard login complete</h1><p>You can close this tab.</p>"),
-            )
+            (StatusCode::OK, Html("<h1>Switchyard login complete</h1><p>You can close this tab.</p>"))
         }
-        _ => (
-            StatusCode::BAD_REQUEST,
-            Html("<h1>Unexpected callback</h1><p>The state does not match this login.</p>"),
-        ),
+        _ => (StatusCode::BAD_REQUEST, Html("<h1>Unexpected callback</h1><p>The state does not match this login.</p>")),
     }
 }
 
 /// Serve `/callback` on the loopback listener until the login comes back (or times out).
-async fn wait_for_callback(
-    listener: tokio::net::TcpListener,
-    state: String,
-) -> anyhow::Result<String> {
+async fn wait_for_callback(listener: tokio::net::TcpListener, state: String) -> anyhow::Result<String> {
     let (tx, mut rx) = mpsc::channel(1);
     let app = axum::Router::new()
         .route("/callback", axum::routing::get(callback))
@@ -284,10 +213,7 @@ async fn wait_for_callback(
         Ok(Some(Ok(code))) => Ok(code),
         Ok(Some(Err(reason))) => bail!("login failed: the authorization server answered {reason}"),
         Ok(None) => bail!("login failed: the callback listener stopped"),
-        Err(_) => bail!(
-            "login timed out after {} minutes",
-            BROWSER_WAIT.as_secs() / 60
-        ),
+        Err(_) => bail!("login timed out after {} minutes", BROWSER_WAIT.as_secs() / 60),
     }
 }
 
@@ -296,15 +222,11 @@ pub async fn logout(config: &Config, account: Option<String>, all: bool) -> anyh
     let names: Vec<String> = match account {
         Some(name) => vec![name],
         None => {
-            let all_names: Vec<String> =
-                registry.list().await?.into_iter().map(|r| r.name).collect();
+            let all_names: Vec<String> = registry.list().await?.into_iter().map(|r| r.name).collect();
             if all || all_names.len() <= 1 {
                 all_names
             } else {
-                bail!(
-                    "there are {} accounts; pass --account NAME or --all",
-                    all_names.len()
-                );
+                bail!("there are {} accounts; pass --account NAME or --all", all_names.len());
             }
         }
     };

@@ -21,10 +21,7 @@ use args::{AccountsCommand, AuthCommand, Command};
 /// Entry point of the binary: parse, run, print a one-line error on failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -42,11 +39,7 @@ pub fn main() -> ExitCode {
 
 /// Run one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut overrides = Overrides {
-        config: cli.config.clone(),
-        home: cli.home.clone(),
-        ..Overrides::default()
-    };
+    let mut overrides = Overrides { config: cli.config.clone(), home: cli.home.clone(), ..Overrides::default() };
     if let Command::Serve(args) = &cli.command {
         overrides.host = args.host.clone();
         overrides.port = args.port;
@@ -62,11 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Accounts { command } => match command {
             AccountsCommand::Import(args) => accounts::import(&config, args).await,
-            AccountsCommand::Add {
-                name,
-                api_key,
-                replace,
-            } => accounts::add(&config, &name, &api_key, replace).await,
+            AccountsCommand::Add { name, api_key, replace } => accounts::add(&config, &name, &api_key, replace).await,
             AccountsCommand::List { json } => accounts::list(&config, json).await,
             AccountsCommand::Remove { name } => accounts::remove(&config, &name).await,
         },
@@ -75,26 +64,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Open the data directory: create it private, load (or create) the data key, open the database.
 pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, KeySource)> {
-    private_dir(&config.home)
-        .with_context(|| format!("cannot create data directory {}", config.home.display()))?;
+    private_dir(&config.home).with_context(|| format!("cannot create data directory {}", config.home.display()))?;
     let (key, source) = load_or_create_key(&config.home, config.encryption_key.as_ref())?;
-    if let KeySource::File {
-        path,
-        created: true,
-    } = &source
-    {
-        eprintln!(
-            "created a new encryption key in {} (mode 0600); back it up with the database",
-            path.display()
-        );
+    if let KeySource::File { path, created: true } = &source {
+        eprintln!("created a new encryption key in {} (mode 0600); back it up with the database", path.display());
     }
     let store = SqliteStore::open(&config.database_path())
         .await
         .with_context(|| format!("cannot open database {}", config.database_path().display()))?;
-    Ok((
-        Registry::new(Arc::new(store), Arc::new(Cipher::new(&key))),
-        source,
-    ))
+    Ok((Registry::new(Arc::new(store), Arc::new(Cipher::new(&key))), source))
 }
 
 /// The HTTP client for the token endpoint: short timeouts, no redirects.
@@ -110,9 +88,7 @@ pub(crate) fn oauth_http(config: &Config) -> anyhow::Result<reqwest::Client> {
 pub(crate) fn secret_arg(value: &str, what: &str) -> anyhow::Result<crate::secrets::SecretString> {
     let text = if value == "-" {
         let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .with_context(|| format!("cannot read {what} from stdin"))?;
+        std::io::stdin().read_line(&mut line).with_context(|| format!("cannot read {what} from stdin"))?;
         line.trim().to_owned()
     } else {
         value.trim().to_owned()
@@ -124,6 +100,5 @@ pub(crate) fn secret_arg(value: &str, what: &str) -> anyhow::Result<crate::secre
 /// Epoch ms as a readable UTC time.
 pub(crate) fn format_ms(ms: i64) -> String {
     let secs = u64::try_from(ms / 1000).unwrap_or(0);
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 
-use crate::accounts::{Account, Credential, Pool};
+use crate::accounts::{Account, Credential, Pool, Unavailable, Want};
 use crate::anthropic::{
-    IdentityMode, MessageBody, forward_request_header, merge_beta, pass_back_response_header,
+    IdentityMode, MessageBody, RateLimitInfo, Verdict, forward_request_header, merge_beta, model_family,
+    pass_back_response_header,
 };
 use crate::config::Config;
 use crate::error::ApiError;
@@ -39,6 +40,53 @@ pub struct Forwarder {
     oauth_beta: String,
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
+    retry: Retry,
+}
+
+/// Failover budget: how many upstream attempts a request may make and how long to wait between them.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    max_attempts: u32,
+    delay: Duration,
+    backoff: f64,
+}
+
+/// The last failed attempt, answered to the client when nothing better comes.
+enum Failure {
+    Upstream { response: reqwest::Response, transient: bool },
+    Gateway(ApiError),
+}
+
+impl Failure {
+    /// Not the account's fault (overload, server error, network): the same account may be tried again.
+    fn transient(&self) -> bool {
+        match self {
+            Self::Upstream { transient, .. } => *transient,
+            Self::Gateway(_) => true,
+        }
+    }
+
+    fn into_answer(self) -> Result<Response, ApiError> {
+        match self {
+            Self::Upstream { response, .. } => Ok(stream_back(response, None)),
+            Self::Gateway(error) => Err(error),
+        }
+    }
+}
+
+/// The client's answer when no account can take the request: 429 when waiting helps, else 503.
+fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError {
+    let mut message = unavailable.message();
+    if !reasons.is_empty() {
+        message = format!("{message}; {}", reasons.join("; "));
+    }
+    match unavailable {
+        Unavailable::AllLimited { until_ms, .. } => {
+            let secs = (until_ms - crate::now_ms()).max(0) / 1000 + 1;
+            ApiError::all_limited(message, u64::try_from(secs).unwrap_or(1))
+        }
+        _ => ApiError::no_account(message),
+    }
 }
 
 /// The HTTP client for upstream calls: no decompression (bytes pass through untouched), bounded connect
@@ -64,76 +112,156 @@ impl Forwarder {
         Ok(Self {
             http,
             pool,
-            base: config
-                .upstream_url
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned(),
+            base: config.upstream_url.as_str().trim_end_matches('/').to_owned(),
             identity: config.identity,
             identity_prompt: config.identity_prompt.clone(),
             oauth_beta: config.oauth_beta.clone(),
-            anthropic_version: HeaderValue::from_str(&config.anthropic_version).map_err(|_| {
-                ApiError::internal("configured anthropic-version is not a valid header value")
-            })?,
+            anthropic_version: HeaderValue::from_str(&config.anthropic_version)
+                .map_err(|_| ApiError::internal("configured anthropic-version is not a valid header value"))?,
             first_byte_timeout: config.first_byte_timeout,
+            retry: Retry {
+                max_attempts: config.retry_attempts.saturating_add(1),
+                delay: config.retry_delay,
+                backoff: config.retry_backoff,
+            },
         })
     }
 
-    /// Forward `req` through the first account that can take it.
+    /// Forward `req` through the first account that can take it, failing over to the next on a limit, an
+    /// overload, a server error or a connection failure — all before the first byte reaches the client.
     pub async fn forward(&self, req: Inbound) -> Result<Response, ApiError> {
         let started = Instant::now();
         let parsed = if req.method == Method::POST {
             if req.body.is_empty() {
-                return Err(ApiError::invalid_request(
-                    "request body is empty; expected a JSON object",
-                ));
+                return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
             }
-            Some(
-                MessageBody::parse(&req.body)
-                    .map_err(|e| ApiError::invalid_request(e.to_string()))?,
-            )
+            Some(MessageBody::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?)
         } else {
             None
         };
-        let candidates = self.pool.candidates().map_err(ApiError::no_account)?;
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let want = Want {
+            family: parsed.as_ref().and_then(MessageBody::model).map(|m| model_family(&m)),
+            affinity: parsed.as_ref().and_then(MessageBody::user_id).or_else(|| header("x-claude-code-session-id")),
+            pinned: header("x-switchyard-account"),
+        };
+        let family = want.family.as_deref();
         // Computed at most once, and only if an OAuth account is used.
         let mut oauth_body: Option<Bytes> = None;
-        let mut skipped = Vec::new();
-        for account in candidates {
+        // Accounts that answered badly (may be tried again for transient failures) and accounts that
+        // could not produce a credential (never tried again for this request).
+        let mut tried: Vec<String> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
+        let mut attempts: u32 = 0;
+        let mut delay = self.retry.delay;
+        let mut last: Option<Failure> = None;
+        loop {
+            let exclude: Vec<String> = tried.iter().chain(&skipped).cloned().collect();
+            let account = match self.pool.candidates(&want, &exclude) {
+                Ok(mut candidates) => candidates.swap_remove(0),
+                Err(unavailable) => {
+                    // Every account failed transiently: go round again while attempts remain.
+                    if last.as_ref().is_some_and(Failure::transient)
+                        && attempts < self.retry.max_attempts
+                        && !tried.is_empty()
+                    {
+                        tried.clear();
+                        continue;
+                    }
+                    return match last {
+                        Some(failure) => failure.into_answer(),
+                        None => Err(unavailable_error(&unavailable, &reasons)),
+                    };
+                }
+            };
             let credential = match self.pool.credential(&account).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(account = %account.name, error = %e, "account skipped");
-                    skipped.push(e.to_string());
+                    reasons.push(e.to_string());
+                    skipped.push(account.id.clone());
                     continue;
                 }
             };
             let body = match credential {
                 Credential::ApiKey(_) => req.body.clone(),
-                Credential::Bearer(_) => oauth_body
-                    .get_or_insert_with(|| self.oauth_body(&req.body, parsed.as_ref()))
-                    .clone(),
+                Credential::Bearer(_) => {
+                    oauth_body.get_or_insert_with(|| self.oauth_body(&req.body, parsed.as_ref())).clone()
+                }
             };
-            let mut response = self.send(&req, &credential, body.clone()).await?;
-            if let (StatusCode::UNAUTHORIZED, Credential::Bearer(rejected)) =
-                (response.status(), &credential)
+            attempts += 1;
+            let mut sent = self.send(&req, &credential, body.clone()).await;
+            if let (Ok(response), Credential::Bearer(rejected)) = (&sent, &credential)
+                && response.status() == StatusCode::UNAUTHORIZED
             {
                 tracing::info!(account = %account.name, "upstream refused the access token; refreshing");
                 match self.pool.refresh_rejected(&account, rejected).await {
-                    Ok(fresh) => response = self.send(&req, &fresh, body).await?,
+                    Ok(fresh) => sent = self.send(&req, &fresh, body).await,
                     Err(e) => {
-                        skipped.push(e.to_string());
+                        reasons.push(e.to_string());
+                        skipped.push(account.id.clone());
+                        attempts -= 1;
                         continue;
                     }
                 }
             }
-            log_answer(&req, &account, response.status(), started);
-            return Ok(stream_back(response));
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(account = %account.name, error = %error.message, "upstream attempt failed");
+                    account.record(true);
+                    tried.push(account.id.clone());
+                    if attempts >= self.retry.max_attempts {
+                        return Err(error);
+                    }
+                    last = Some(Failure::Gateway(error));
+                    self.back_off(&mut delay).await;
+                    continue;
+                }
+            };
+            let status = response.status();
+            let info = RateLimitInfo::parse(response.headers());
+            let verdict = account.observe(status.as_u16(), &info, family);
+            let fail_over = match status.as_u16() {
+                429 | 500 | 502 | 503 | 504 | 529 => true,
+                // The account's credential is refused even after a refresh: another account may do.
+                401 | 403 => true,
+                _ => false,
+            };
+            if fail_over {
+                log_answer(&req, &account, status, started, attempts);
+                account.record(true);
+                tried.push(account.id.clone());
+                reasons.push(format!("{} answered {}", account.name, status.as_u16()));
+                if attempts >= self.retry.max_attempts {
+                    return Ok(stream_back(response, None));
+                }
+                let transient = !matches!(status.as_u16(), 401 | 403 | 429);
+                last = Some(Failure::Upstream { response, transient });
+                // A limit is the account's, not Anthropic's: the next account needs no pause.
+                if transient || matches!(verdict, Verdict::RequestScoped) {
+                    self.back_off(&mut delay).await;
+                }
+                continue;
+            }
+            log_answer(&req, &account, status, started, attempts);
+            account.record(!status.is_success());
+            self.pool.served(&account, &want);
+            return Ok(stream_back(response, Some(account)));
         }
-        Err(ApiError::no_account(format!(
-            "no usable account: {}",
-            skipped.join("; ")
-        )))
+    }
+
+    async fn back_off(&self, delay: &mut Duration) {
+        tokio::time::sleep(*delay).await;
+        *delay = delay.mul_f64(self.retry.backoff).min(Duration::from_secs(60));
     }
 
     /// The body an OAuth account sends: the identity first in `system` (Messages endpoints only).
@@ -147,36 +275,21 @@ impl Forwarder {
         }
     }
 
-    async fn send(
-        &self,
-        req: &Inbound,
-        credential: &Credential,
-        body: Bytes,
-    ) -> Result<reqwest::Response, ApiError> {
+    async fn send(&self, req: &Inbound, credential: &Credential, body: Bytes) -> Result<reqwest::Response, ApiError> {
         let mut headers = HeaderMap::with_capacity(req.headers.len() + 3);
         for (name, value) in &req.headers {
             if forward_request_header(name.as_str()) && name != "anthropic-beta" {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let client_beta: Vec<&str> = req
-            .headers
-            .get_all("anthropic-beta")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let client_beta: Vec<&str> =
+            req.headers.get_all("anthropic-beta").iter().filter_map(|v| v.to_str().ok()).collect();
         let client_beta = (!client_beta.is_empty()).then(|| client_beta.join(","));
         match credential {
             Credential::ApiKey(key) => {
-                headers.insert(
-                    HeaderName::from_static("x-api-key"),
-                    header_value(key.expose_secret())?,
-                );
+                headers.insert(HeaderName::from_static("x-api-key"), header_value(key.expose_secret())?);
                 if let Some(beta) = client_beta {
-                    headers.insert(
-                        HeaderName::from_static("anthropic-beta"),
-                        header_value(&beta)?,
-                    );
+                    headers.insert(HeaderName::from_static("anthropic-beta"), header_value(&beta)?);
                 }
             }
             Credential::Bearer(token) => {
@@ -185,38 +298,21 @@ impl Forwarder {
                     header_value(&format!("Bearer {}", token.expose_secret()))?,
                 );
                 let beta = merge_beta(client_beta.as_deref(), &self.oauth_beta);
-                headers.insert(
-                    HeaderName::from_static("anthropic-beta"),
-                    header_value(&beta)?,
-                );
+                headers.insert(HeaderName::from_static("anthropic-beta"), header_value(&beta)?);
             }
         }
         if !headers.contains_key("anthropic-version") {
-            headers.insert(
-                HeaderName::from_static("anthropic-version"),
-                self.anthropic_version.clone(),
-            );
+            headers.insert(HeaderName::from_static("anthropic-version"), self.anthropic_version.clone());
         }
         if !body.is_empty() && !headers.contains_key(axum::http::header::CONTENT_TYPE) {
-            headers.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         let url = format!("{}{}", self.base, req.path_and_query);
-        let request = self
-            .http
-            .request(req.method.clone(), url)
-            .headers(headers)
-            .body(body);
+        let request = self.http.request(req.method.clone(), url).headers(headers).body(body);
         match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_timeout() => {
-                Err(ApiError::gateway_timeout("the upstream timed out"))
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                Err(ApiError::bad_gateway("cannot connect to the upstream"))
-            }
+            Ok(Err(e)) if e.is_timeout() => Err(ApiError::gateway_timeout("the upstream timed out")),
+            Ok(Err(e)) if e.is_connect() => Err(ApiError::bad_gateway("cannot connect to the upstream")),
             Ok(Err(_)) => Err(ApiError::bad_gateway("the upstream connection failed")),
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the upstream did not answer within {}s",
@@ -226,21 +322,23 @@ impl Forwarder {
     }
 }
 
-fn log_answer(req: &Inbound, account: &Account, status: StatusCode, started: Instant) {
+fn log_answer(req: &Inbound, account: &Account, status: StatusCode, started: Instant, attempt: u32) {
     let path = req.path_and_query.split('?').next().unwrap_or("");
     tracing::info!(
         method = %req.method,
         path,
         account = %account.name,
         status = status.as_u16(),
+        attempt,
         first_byte_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "forwarded"
     );
 }
 
 /// Hand the upstream answer to the client as it arrives: status, headers and each chunk unchanged.
-/// A stream that breaks after the first byte ends with an SSE `error` event instead of silently stopping.
-fn stream_back(upstream: reqwest::Response) -> Response {
+/// A stream that breaks after the first byte ends with an SSE `error` event instead of silently stopping;
+/// either that or an upstream `error` event counts as a failure of `account`.
+fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>) -> Response {
     let status = upstream.status();
     let is_sse = upstream
         .headers()
@@ -256,18 +354,27 @@ fn stream_back(upstream: reqwest::Response) -> Response {
     let chunks = upstream.bytes_stream();
     let body = if is_sse {
         headers.remove(axum::http::header::CONTENT_LENGTH);
-        Body::from_stream(chunks.scan(false, |ended, item| {
+        let mut failed = false;
+        Body::from_stream(chunks.scan(false, move |ended, item| {
             let next = match item {
                 _ if *ended => None,
-                Ok(bytes) => Some(Ok::<Bytes, std::io::Error>(bytes)),
+                Ok(bytes) => {
+                    if !failed && memchr::memmem::find(&bytes, b"event: error").is_some() {
+                        failed = true;
+                        if let Some(account) = &account {
+                            account.stream_failed();
+                        }
+                    }
+                    Some(Ok::<Bytes, std::io::Error>(bytes))
+                }
                 Err(e) => {
                     *ended = true;
                     tracing::warn!(error = %e, "upstream stream broke mid-way");
+                    if !failed && let Some(account) = &account {
+                        account.stream_failed();
+                    }
                     let error = ApiError::bad_gateway("the upstream connection broke mid-stream");
-                    Some(Ok(Bytes::from(format!(
-                        "event: error\ndata: {}\n\n",
-                        error.body()
-                    ))))
+                    Some(Ok(Bytes::from(format!("event: error\ndata: {}\n\n", error.body()))))
                 }
             };
             futures_util::future::ready(next)

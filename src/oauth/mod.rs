@@ -36,9 +36,7 @@ pub struct Pkce {
 
 impl std::fmt::Debug for Pkce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkce")
-            .field("challenge", &self.challenge)
-            .finish_non_exhaustive()
+        f.debug_struct("Pkce").field("challenge", &self.challenge).finish_non_exhaustive()
     }
 }
 
@@ -58,10 +56,7 @@ impl Pkce {
     pub fn generate() -> Self {
         let verifier = random_token();
         let challenge = challenge_of(&verifier);
-        Self {
-            verifier: SecretString::from(verifier),
-            challenge,
-        }
+        Self { verifier: SecretString::from(verifier), challenge }
     }
 }
 
@@ -71,18 +66,8 @@ pub fn new_state() -> String {
 }
 
 /// The authorize URL the user opens in a browser.
-pub fn authorize_url(
-    cfg: &OAuthConfig,
-    console: bool,
-    redirect_uri: &str,
-    challenge: &str,
-    state: &str,
-) -> Url {
-    let mut url = if console {
-        cfg.console_authorize_url.clone()
-    } else {
-        cfg.authorize_url.clone()
-    };
+pub fn authorize_url(cfg: &OAuthConfig, console: bool, redirect_uri: &str, challenge: &str, state: &str) -> Url {
+    let mut url = if console { cfg.console_authorize_url.clone() } else { cfg.authorize_url.clone() };
     url.query_pairs_mut()
         .append_pair("code", "true")
         .append_pair("client_id", &cfg.client_id)
@@ -99,12 +84,8 @@ pub fn authorize_url(
 pub fn split_pasted(input: &str) -> Result<(String, String), OAuthError> {
     let input = input.trim();
     match input.split_once('#') {
-        Some((code, state)) if !code.is_empty() && !state.is_empty() => {
-            Ok((code.to_owned(), state.to_owned()))
-        }
-        _ => Err(OAuthError::BadInput(
-            "expected CODE#STATE as shown on the login page".to_owned(),
-        )),
+        Some((code, state)) if !code.is_empty() && !state.is_empty() => Ok((code.to_owned(), state.to_owned())),
+        _ => Err(OAuthError::BadInput("expected CODE#STATE as shown on the login page".to_owned())),
     }
 }
 
@@ -258,22 +239,16 @@ impl OAuthClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let bytes = response.bytes().await.map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| OAuthError::BadResponse(e.to_string()));
+            return serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()));
         }
         if status.as_u16() == 429 {
             return Err(OAuthError::RateLimited { retry_after });
         }
         let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let code = parsed.get("error").and_then(|e| {
-            e.as_str()
-                .map(str::to_owned)
-                .or_else(|| e.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            e.as_str().map(str::to_owned).or_else(|| e.get("type").and_then(|t| t.as_str()).map(str::to_owned))
         });
         let description = parsed
             .get("error_description")
@@ -281,13 +256,11 @@ impl OAuthClient {
             .or_else(|| parsed.pointer("/error/message").and_then(|d| d.as_str()))
             .unwrap_or("");
         if code.as_deref() == Some("invalid_grant") {
-            return Err(OAuthError::InvalidGrant(sanitize(
-                if description.is_empty() {
-                    "the code or refresh token is expired, used or revoked"
-                } else {
-                    description
-                },
-            )));
+            return Err(OAuthError::InvalidGrant(sanitize(if description.is_empty() {
+                "the code or refresh token is expired, used or revoked"
+            } else {
+                description
+            })));
         }
         let message = match (code, description) {
             (Some(c), "") => c,
@@ -295,17 +268,11 @@ impl OAuthClient {
             (None, d) if !d.is_empty() => d.to_owned(),
             (None, _) => String::from_utf8_lossy(&bytes).chars().take(200).collect(),
         };
-        Err(OAuthError::Rejected {
-            status: status.as_u16(),
-            message: sanitize(&message),
-        })
+        Err(OAuthError::Rejected { status: status.as_u16(), message: sanitize(&message) })
     }
 
     /// Console login: create an API key with the fresh bearer token.
-    pub async fn create_api_key(
-        &self,
-        access_token: &SecretString,
-    ) -> Result<SecretString, OAuthError> {
+    pub async fn create_api_key(&self, access_token: &SecretString) -> Result<SecretString, OAuthError> {
         #[derive(Deserialize)]
         struct Created {
             raw_key: SecretString,
@@ -324,20 +291,113 @@ impl OAuthClient {
             .await
             .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let bytes = response.bytes().await.map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
         if !status.is_success() {
             let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-            return Err(OAuthError::Rejected {
-                status: status.as_u16(),
-                message: sanitize(&text),
-            });
+            return Err(OAuthError::Rejected { status: status.as_u16(), message: sanitize(&text) });
         }
-        let created: Created =
-            serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()))?;
+        let created: Created = serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()))?;
         Ok(created.raw_key)
+    }
+}
+
+/// `GET /api/oauth/usage`: utilization per window, in percent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageReport {
+    #[serde(default)]
+    pub five_hour: Option<UsageEntry>,
+    #[serde(default)]
+    pub seven_day: Option<UsageEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UsageEntry {
+    /// Percent, 0–100.
+    #[serde(default)]
+    pub utilization: Option<f64>,
+    /// ISO 8601.
+    #[serde(default)]
+    pub resets_at: Option<String>,
+}
+
+/// `GET /api/oauth/profile`, the parts Switchyard shows.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Profile {
+    #[serde(default)]
+    pub account: ProfileAccount,
+    #[serde(default)]
+    pub organization: ProfileOrganization,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProfileAccount {
+    #[serde(default)]
+    pub has_claude_max: bool,
+    #[serde(default)]
+    pub has_claude_pro: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProfileOrganization {
+    #[serde(default)]
+    pub organization_type: Option<String>,
+    #[serde(default)]
+    pub rate_limit_tier: Option<String>,
+}
+
+impl Profile {
+    /// `max`, `pro`, or the organization type; with the rate-limit tier when known.
+    pub fn plan(&self) -> String {
+        let base = if self.account.has_claude_max {
+            "max".to_owned()
+        } else if self.account.has_claude_pro {
+            "pro".to_owned()
+        } else {
+            self.organization.organization_type.clone().unwrap_or_else(|| "unknown".to_owned())
+        };
+        match &self.organization.rate_limit_tier {
+            Some(tier) => format!("{base} ({tier})"),
+            None => base,
+        }
+    }
+}
+
+impl OAuthClient {
+    /// The account's current usage; `RateLimited` asks the caller to poll less.
+    pub async fn usage(&self, access_token: &SecretString, beta: &str) -> Result<UsageReport, OAuthError> {
+        self.account_get("api/oauth/usage", access_token, beta).await
+    }
+
+    /// The account's plan and organization.
+    pub async fn profile(&self, access_token: &SecretString, beta: &str) -> Result<Profile, OAuthError> {
+        self.account_get("api/oauth/profile", access_token, beta).await
+    }
+
+    async fn account_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        access_token: &SecretString,
+        beta: &str,
+    ) -> Result<T, OAuthError> {
+        let url = self.cfg.api_base.join(path).map_err(|e| OAuthError::BadInput(e.to_string()))?;
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(access_token.expose_secret())
+            .header("anthropic-beta", beta)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let status = response.status();
+        if status.as_u16() == 429 {
+            return Err(OAuthError::RateLimited { retry_after: None });
+        }
+        let bytes = response.bytes().await.map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Err(OAuthError::Rejected { status: status.as_u16(), message: sanitize(&text) });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()))
     }
 }
 
@@ -401,28 +461,18 @@ mod tests {
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["state"], state);
         assert!(!url.as_str().contains(p.verifier.expose_secret()));
-        assert!(
-            authorize_url(&cfg(), true, "x", "c", "s")
-                .as_str()
-                .starts_with("https://console.example/")
-        );
+        assert!(authorize_url(&cfg(), true, "x", "c", "s").as_str().starts_with("https://console.example/"));
     }
 
     #[test]
     fn pasted_code_is_split() {
-        assert_eq!(
-            split_pasted(" abc#def\n").unwrap(),
-            ("abc".into(), "def".into())
-        );
+        assert_eq!(split_pasted(" abc#def\n").unwrap(), ("abc".into(), "def".into()));
         assert!(split_pasted("abc").is_err());
         assert!(split_pasted("#def").is_err());
     }
 
     #[test]
     fn secrets_are_masked_in_server_messages() {
-        assert_eq!(
-            sanitize("bad token sk-ant-ort01-xyz here"),
-            "bad token [redacted] here"
-        );
+        assert_eq!(sanitize("bad token sk-ant-ort01-xyz here"), "bad token [redacted] here");
     }
 }

@@ -38,9 +38,7 @@ impl std::fmt::Debug for Cipher {
 
 impl Cipher {
     pub fn new(key: &Zeroizing<[u8; 32]>) -> Self {
-        Self {
-            aead: Aes256Gcm::new(key.as_ref().into()),
-        }
+        Self { aead: Aes256Gcm::new(key.as_ref().into()) }
     }
 
     /// Encrypt `plaintext` bound to `aad` (e.g. `account/<id>/refresh_token`).
@@ -49,13 +47,7 @@ impl Cipher {
         rand::rng().fill_bytes(&mut nonce);
         let ct = self
             .aead
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: aad.as_bytes(),
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
             .map_err(|_| CryptoError::Seal)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -65,28 +57,18 @@ impl Cipher {
 
     /// Decrypt a value sealed with the same key and `aad`.
     pub fn open(&self, sealed: &str, aad: &str) -> Result<SecretString, CryptoError> {
-        let (version, body) = sealed
-            .split_once('.')
-            .ok_or(CryptoError::Malformed("no version"))?;
+        let (version, body) = sealed.split_once('.').ok_or(CryptoError::Malformed("no version"))?;
         if version != VERSION {
             return Err(CryptoError::Malformed("unknown version"));
         }
-        let raw = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| CryptoError::Malformed("not base64"))?;
+        let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed("not base64"))?;
         if raw.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Malformed("too short"));
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
         let plain = Zeroizing::new(
             self.aead
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: ct,
-                        aad: aad.as_bytes(),
-                    },
-                )
+                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
                 .map_err(|_| CryptoError::WrongKey)?,
         );
         let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Malformed("not UTF-8"))?;
@@ -111,30 +93,15 @@ mod tests {
         let b = c.seal("sk-ant-ort01-secret", "account/1/refresh").unwrap();
         assert_ne!(a, b);
         assert!(!a.contains("secret"));
-        assert_eq!(
-            c.open(&a, "account/1/refresh").unwrap().expose_secret(),
-            "sk-ant-ort01-secret"
-        );
+        assert_eq!(c.open(&a, "account/1/refresh").unwrap().expose_secret(), "sk-ant-ort01-secret");
     }
 
     #[test]
     fn wrong_key_or_moved_value_is_a_clear_error() {
         let sealed = cipher(1).seal("x", "account/1/refresh").unwrap();
-        assert!(matches!(
-            cipher(2).open(&sealed, "account/1/refresh"),
-            Err(CryptoError::WrongKey)
-        ));
-        assert!(matches!(
-            cipher(1).open(&sealed, "account/2/refresh"),
-            Err(CryptoError::WrongKey)
-        ));
-        assert!(matches!(
-            cipher(1).open("garbage", "a"),
-            Err(CryptoError::Malformed(_))
-        ));
-        assert!(matches!(
-            cipher(1).open("v1.AAAA", "a"),
-            Err(CryptoError::Malformed(_))
-        ));
+        assert!(matches!(cipher(2).open(&sealed, "account/1/refresh"), Err(CryptoError::WrongKey)));
+        assert!(matches!(cipher(1).open(&sealed, "account/2/refresh"), Err(CryptoError::WrongKey)));
+        assert!(matches!(cipher(1).open("garbage", "a"), Err(CryptoError::Malformed(_))));
+        assert!(matches!(cipher(1).open("v1.AAAA", "a"), Err(CryptoError::Malformed(_))));
     }
 }

@@ -30,15 +30,10 @@ impl std::fmt::Display for KeySource {
 pub enum KeyError {
     #[error("SWITCHYARD_ENCRYPTION_KEY must be 32 bytes in base64")]
     BadEnvKey,
-    #[error(
-        "key file {0} is not 32 bytes in base64; restore it from a backup or remove the database too"
-    )]
+    #[error("key file {0} is not 32 bytes in base64; restore it from a backup or remove the database too")]
     BadFile(PathBuf),
     #[error("cannot use key file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 fn decode(text: &str) -> Option<Zeroizing<[u8; 32]>> {
@@ -57,25 +52,14 @@ pub fn load_or_create_key(
     env_key: Option<&SecretString>,
 ) -> Result<(Zeroizing<[u8; 32]>, KeySource), KeyError> {
     if let Some(env_key) = env_key {
-        return decode(env_key.expose_secret())
-            .map(|k| (k, KeySource::Environment))
-            .ok_or(KeyError::BadEnvKey);
+        return decode(env_key.expose_secret()).map(|k| (k, KeySource::Environment)).ok_or(KeyError::BadEnvKey);
     }
     let path = home.join("secret.key");
-    let io = |source| KeyError::Io {
-        path: path.clone(),
-        source,
-    };
+    let io = |source| KeyError::Io { path: path.clone(), source };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let key = decode(&text).ok_or_else(|| KeyError::BadFile(path.clone()))?;
-            return Ok((
-                key,
-                KeySource::File {
-                    path,
-                    created: false,
-                },
-            ));
+            return Ok((key, KeySource::File { path, created: false }));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
@@ -97,24 +81,12 @@ pub fn load_or_create_key(
     match linked {
         Ok(()) => {
             sync_dir(home);
-            Ok((
-                key,
-                KeySource::File {
-                    path,
-                    created: true,
-                },
-            ))
+            Ok((key, KeySource::File { path, created: true }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let text = std::fs::read_to_string(&path).map_err(io)?;
             let key = decode(&text).ok_or_else(|| KeyError::BadFile(path.clone()))?;
-            Ok((
-                key,
-                KeySource::File {
-                    path,
-                    created: false,
-                },
-            ))
+            Ok((key, KeySource::File { path, created: false }))
         }
         Err(e) => Err(io(e)),
     }
@@ -132,10 +104,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -178,15 +147,9 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(home.join("secret.key"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(home.join("secret.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
-            assert_eq!(
-                std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
-                0o700
-            );
+            assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
         }
     }
 
@@ -196,9 +159,7 @@ mod tests {
         let good = SecretString::from(STANDARD.encode([7u8; 32]));
         let (k, s) = load_or_create_key(dir.path(), Some(&good)).unwrap();
         assert_eq!((*k, s), ([7u8; 32], KeySource::Environment));
-        assert!(
-            load_or_create_key(dir.path(), Some(&SecretString::from("short".to_owned()))).is_err()
-        );
+        assert!(load_or_create_key(dir.path(), Some(&SecretString::from("short".to_owned()))).is_err());
         assert!(!dir.path().join("secret.key").exists());
     }
 }

@@ -12,17 +12,6 @@ pub use secrecy::{ExposeSecret, SecretString};
 /// The last four characters of a secret, for `status` output: enough to tell two apart, useless to a thief.
 pub fn masked(secret: &SecretString) -> String {
     let s = secret.expose_secret();
-    let tail: String = s
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    if s.chars().count() <= 8 {
-        "…".to_owned()
-    } else {
-        format!("…{tail}")
-    }
+    let tail: String = s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    if s.chars().count() <= 8 { "…".to_owned() } else { format!("…{tail}") }
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 
-use crate::accounts::Pool;
+use crate::accounts::{Pool, UsageWindow};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{Forwarder, Inbound};
@@ -46,22 +46,14 @@ async fn proxy(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(BytesRejection::FailedToBufferBody(e))
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            return ApiError::too_large("request body exceeds the configured limit")
-                .into_response();
+        Err(BytesRejection::FailedToBufferBody(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::too_large("request body exceeds the configured limit").into_response();
         }
         Err(_) => {
             return ApiError::invalid_request("could not read the request body").into_response();
         }
     };
-    for name in [
-        "authorization",
-        "x-api-key",
-        "cookie",
-        "proxy-authorization",
-    ] {
+    for name in ["authorization", "x-api-key", "cookie", "proxy-authorization"] {
         if let axum::http::header::Entry::Occupied(mut entry) = headers.entry(name) {
             for value in entry.iter_mut() {
                 // Client credentials stay out of any Debug or trace output.
@@ -69,16 +61,8 @@ async fn proxy(
             }
         }
     }
-    let path_and_query = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| uri.path().to_owned());
-    let inbound = Inbound {
-        method,
-        path_and_query,
-        headers,
-        body,
-    };
+    let path_and_query = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| uri.path().to_owned());
+    let inbound = Inbound { method, path_and_query, headers, body };
     match state.forwarder.forward(inbound).await {
         Ok(response) => response,
         Err(error) => {
@@ -89,8 +73,7 @@ async fn proxy(
 }
 
 async fn health() -> Response {
-    axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
-        .into_response()
+    axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -98,14 +81,15 @@ async fn not_found(uri: Uri) -> Response {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
-        .into_response()
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path())).into_response()
 }
 
 /// Everything `serve` runs, built from the configuration.
 pub struct Gateway {
     pub pool: Arc<Pool>,
     pub router: Router,
+    usage_poll: Duration,
+    oauth_beta: String,
 }
 
 impl Gateway {
@@ -114,6 +98,8 @@ impl Gateway {
         Ok(Self {
             pool,
             router: router(forwarder, config.body_limit),
+            usage_poll: config.usage_poll,
+            oauth_beta: config.oauth_beta.clone(),
         })
     }
 
@@ -125,6 +111,8 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let upkeep = tokio::spawn(upkeep(self.pool.clone()));
+        let poller = (!self.usage_poll.is_zero())
+            .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -137,9 +125,7 @@ impl Gateway {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
         let deadline = async {
             stopped(stop_rx).await;
@@ -153,6 +139,12 @@ impl Gateway {
             }
         };
         upkeep.abort();
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        if let Err(e) = self.pool.flush_states().await {
+            tracing::error!(error = %e, "could not save routing state at shutdown");
+        }
         result
     }
 }
@@ -160,9 +152,10 @@ impl Gateway {
 /// How long running requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Off the hot path: pick up accounts changed by the CLI, refresh tokens that are about to expire.
+/// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
+/// refresh tokens that are about to expire.
 async fn upkeep(pool: Arc<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
     loop {
@@ -170,10 +163,58 @@ async fn upkeep(pool: Arc<Pool>) {
         if let Err(e) = pool.reload().await {
             tracing::error!(error = %e, "reloading accounts failed");
         }
-        if rounds.is_multiple_of(12) {
+        if let Err(e) = pool.flush_states().await {
+            tracing::error!(error = %e, "saving routing state failed");
+        }
+        if rounds.is_multiple_of(60) {
             pool.refresh_due().await;
         }
         rounds = rounds.wrapping_add(1);
+    }
+}
+
+/// Poll each OAuth account's usage (and its profile once) at most every `interval`, jittered, backing off
+/// on 429. Runs apart from the proxy; a slow endpoint delays nothing but itself.
+async fn poll_usage(pool: Arc<Pool>, interval: Duration, beta: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for account in pool.snapshot() {
+            let now = crate::now_ms();
+            let Some(token) = account.access_token() else { continue };
+            if !account.usage_due(now) {
+                continue;
+            }
+            if account.plan().is_none() {
+                match pool.oauth().profile(&token, &beta).await {
+                    Ok(profile) => {
+                        if let Err(e) = pool.save_plan(&account, &profile.plan()).await {
+                            tracing::warn!(account = %account.name, error = %e, "could not save plan");
+                        }
+                    }
+                    Err(e) => tracing::debug!(account = %account.name, error = %e, "profile unavailable"),
+                }
+            }
+            match pool.oauth().usage(&token, &beta).await {
+                Ok(report) => {
+                    let window = |e: Option<crate::oauth::UsageEntry>| {
+                        e.and_then(|e| {
+                            let utilization = e.utilization? / 100.0;
+                            let resets_at_ms = e.resets_at.as_deref().and_then(crate::anthropic::parse_timestamp_ms);
+                            Some(UsageWindow { utilization, resets_at_ms })
+                        })
+                    };
+                    account.set_usage(window(report.five_hour), window(report.seven_day));
+                    account.schedule_usage(interval, false);
+                }
+                Err(e) => {
+                    let backoff = matches!(e, crate::oauth::OAuthError::RateLimited { .. });
+                    tracing::debug!(account = %account.name, error = %e, "usage poll failed");
+                    account.schedule_usage(interval, backoff);
+                }
+            }
+        }
     }
 }
 

@@ -79,6 +79,12 @@ pub struct AccountRecord {
     pub org_name: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Lower is preferred; set by the operator, not written by `save_account`.
+    pub priority: i64,
+    /// Share under the weighted strategy; set by the operator, not written by `save_account`.
+    pub weight: i64,
+    /// Subscription plan (`max`, `pro`, …) learned from the profile endpoint.
+    pub plan: Option<String>,
 }
 
 /// A rotated OAuth pair, sealed.
@@ -120,25 +126,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Insert, or replace the row with the same id. A different account with the same name is `Duplicate`.
     async fn save_account(&self, record: &AccountRecord) -> Result<(), StoreError>;
     /// Replace an account's OAuth pair (and mark it active). Returns false when the account is gone.
-    async fn update_tokens(
-        &self,
-        id: &str,
-        tokens: &SealedTokens,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
-    async fn set_status(
-        &self,
-        id: &str,
-        status: AccountStatus,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    async fn update_tokens(&self, id: &str, tokens: &SealedTokens, now_ms: i64) -> Result<bool, StoreError>;
+    async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError>;
     /// Returns false when no account had that name.
     async fn remove_account(&self, name: &str) -> Result<bool, StoreError>;
+    /// Change an account's priority and/or weight. Returns false when the account is gone.
+    async fn set_routing(
+        &self,
+        id: &str,
+        priority: Option<i64>,
+        weight: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    async fn set_plan(&self, id: &str, plan: &str) -> Result<(), StoreError>;
+    /// Every account's routing state (rate limits, usage, counters) as the JSON the pool wrote.
+    async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Write routing states in one transaction; states of accounts removed meanwhile are dropped.
+    async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
-    async fn take_pending_login(
-        &self,
-        state: &str,
-        now_ms: i64,
-    ) -> Result<Option<PendingLogin>, StoreError>;
+    async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;
 }

@@ -8,16 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
-use super::{
-    AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError,
-};
+use super::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError};
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -42,7 +40,18 @@ CREATE TABLE pending_logins (
     account TEXT,
     expires_at_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE accounts ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE accounts ADD COLUMN plan TEXT;
+CREATE TABLE account_state (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+"#,
+];
 
 fn db(e: sqlx::Error) -> StoreError {
     match &e {
@@ -72,11 +81,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(db)?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db)?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -84,16 +89,9 @@ impl SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(db)?;
         let result = async {
-            let version: i64 = sqlx::query("PRAGMA user_version")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?
-                .get(0);
+            let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *conn).await.map_err(db)?.get(0);
             let version = usize::try_from(version).unwrap_or(0);
             if version > MIGRATIONS.len() {
                 return Err(StoreError::Corrupt(format!(
@@ -101,15 +99,9 @@ impl SqliteStore {
                 )));
             }
             for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut *conn).await.map_err(db)?;
                 let bump = format!("PRAGMA user_version = {}", step + 1);
-                sqlx::raw_sql(sqlx::AssertSqlSafe(bump))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(bump)).execute(&mut *conn).await.map_err(db)?;
             }
             Ok(())
         }
@@ -138,6 +130,9 @@ fn account_from_row(row: &SqliteRow) -> Result<AccountRecord, StoreError> {
         org_name: get_opt("org_name")?,
         created_at_ms: row.try_get("created_at_ms").map_err(db)?,
         updated_at_ms: row.try_get("updated_at_ms").map_err(db)?,
+        priority: row.try_get("priority").map_err(db)?,
+        weight: row.try_get("weight").map_err(db)?,
+        plan: get_opt("plan")?,
     })
 }
 
@@ -194,12 +189,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn update_tokens(
-        &self,
-        id: &str,
-        t: &SealedTokens,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    async fn update_tokens(&self, id: &str, t: &SealedTokens, now_ms: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE accounts SET access_token = ?, refresh_token = ?, expires_at_ms = ?, status = 'active',
                  updated_at_ms = ? WHERE id = ?",
@@ -215,12 +205,7 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_status(
-        &self,
-        id: &str,
-        status: AccountStatus,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE accounts SET status = ?, updated_at_ms = ? WHERE id = ?")
             .bind(status.as_str())
             .bind(now_ms)
@@ -232,12 +217,67 @@ impl Store for SqliteStore {
     }
 
     async fn remove_account(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM accounts WHERE name = ?")
-            .bind(name)
+        let done =
+            sqlx::query("DELETE FROM accounts WHERE name = ?").bind(name).execute(&self.pool).await.map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_routing(
+        &self,
+        id: &str,
+        priority: Option<i64>,
+        weight: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET priority = COALESCE(?, priority), weight = COALESCE(?, weight),
+                 updated_at_ms = ? WHERE id = ?",
+        )
+        .bind(priority)
+        .bind(weight)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_plan(&self, id: &str, plan: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET plan = ? WHERE id = ?")
+            .bind(plan)
+            .bind(id)
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        Ok(done.rows_affected() > 0)
+        Ok(())
+    }
+
+    async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT account_id, state FROM account_state").fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(|r| Ok((r.try_get("account_id").map_err(db)?, r.try_get("state").map_err(db)?))).collect()
+    }
+
+    async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for (id, state) in states {
+            // An account removed meanwhile has no row to attach to: skip it rather than fail the batch.
+            sqlx::query(
+                "INSERT INTO account_state (account_id, state, updated_at_ms)
+                 SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)
+                 ON CONFLICT(account_id) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {
@@ -257,11 +297,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn take_pending_login(
-        &self,
-        state: &str,
-        now_ms: i64,
-    ) -> Result<Option<PendingLogin>, StoreError> {
+    async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("DELETE FROM pending_logins WHERE expires_at_ms <= ?")
             .bind(now_ms)
@@ -309,6 +345,9 @@ mod tests {
             org_name: None,
             created_at_ms: 1,
             updated_at_ms: 1,
+            priority: 0,
+            weight: 1,
+            plan: None,
         }
     }
 
@@ -319,14 +358,8 @@ mod tests {
         {
             let s = SqliteStore::open(&path).await.unwrap();
             s.save_account(&record("1", "a")).await.unwrap();
-            assert!(
-                matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate(n)) if n == "a")
-            );
-            let t = SealedTokens {
-                access_token: "v1.a2".into(),
-                refresh_token: "v1.r2".into(),
-                expires_at_ms: 9,
-            };
+            assert!(matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate(n)) if n == "a"));
+            let t = SealedTokens { access_token: "v1.a2".into(), refresh_token: "v1.r2".into(), expires_at_ms: 9 };
             assert!(s.update_tokens("1", &t, 2).await.unwrap());
         }
         let s = SqliteStore::open(&path).await.unwrap();
@@ -338,10 +371,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 

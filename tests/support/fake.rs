@@ -31,10 +31,7 @@ impl Recorded {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
 }
 
@@ -42,11 +39,7 @@ impl Recorded {
 #[derive(Debug, Clone)]
 pub enum Script {
     /// Answer with this status, JSON body and headers.
-    Status {
-        status: u16,
-        body: serde_json::Value,
-        headers: Vec<(String, String)>,
-    },
+    Status { status: u16, body: serde_json::Value, headers: Vec<(String, String)> },
     /// Wait before answering normally.
     Delay(Duration),
     /// Stream two events, then drop the connection.
@@ -90,10 +83,7 @@ pub const CLIENT_ID: &str = "fake-client-id";
 
 impl Fake {
     pub async fn start() -> Fake {
-        let inner = Arc::new(Mutex::new(Inner {
-            access_ttl: 3600,
-            ..Inner::default()
-        }));
+        let inner = Arc::new(Mutex::new(Inner { access_ttl: 3600, ..Inner::default() }));
         let app = Router::new()
             .route("/v1/oauth/token", post(token))
             .route("/api/oauth/claude_cli/create_api_key", post(create_api_key))
@@ -121,10 +111,7 @@ impl Fake {
         let mut inner = self.lock();
         inner.seq += 1;
         let code = format!("code-{}", inner.seq);
-        inner.codes.insert(
-            code.clone(),
-            (challenge.to_owned(), redirect_uri.to_owned()),
-        );
+        inner.codes.insert(code.clone(), (challenge.to_owned(), redirect_uri.to_owned()));
         code
     }
 
@@ -161,11 +148,7 @@ impl Fake {
     }
 
     pub fn last_request(&self) -> Recorded {
-        self.lock()
-            .requests
-            .last()
-            .cloned()
-            .expect("no request reached the fake upstream")
+        self.lock().requests.last().cloned().expect("no request reached the fake upstream")
     }
 
     pub fn refresh_calls(&self) -> usize {
@@ -195,7 +178,10 @@ fn issue_pair(inner: &mut Inner) -> serde_json::Value {
 }
 
 fn invalid_grant() -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error":"invalid_grant","error_description":"Invalid or expired token"})))
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({"error":"invalid_grant","error_description":"Invalid or expired token"})),
+    )
         .into_response()
 }
 
@@ -213,21 +199,14 @@ async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
         inner.exchange_calls += 1;
     }
     if let Some((status, body)) = inner.token_script.pop_front() {
-        let mut response =
-            (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+        let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
         if status == 429 {
-            response
-                .headers_mut()
-                .insert("retry-after", "120".parse().unwrap());
+            response.headers_mut().insert("retry-after", "120".parse().unwrap());
         }
         return response;
     }
     if req["client_id"] != CLIENT_ID {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({"error":"invalid_client"})),
-        )
-            .into_response();
+        return (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error":"invalid_client"}))).into_response();
     }
     match grant {
         "authorization_code" => {
@@ -236,8 +215,8 @@ async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
                 return invalid_grant();
             };
             let verifier = req["code_verifier"].as_str().unwrap_or("");
-            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            let computed =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
             if computed != challenge
                 || req["redirect_uri"].as_str() != Some(redirect.as_str())
                 || req["state"].as_str().is_none()
@@ -254,27 +233,22 @@ async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
             }
             axum::Json(issue_pair(&mut inner)).into_response()
         }
-        _ => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({"error":"unsupported_grant_type"})),
-        )
-            .into_response(),
+        _ => {
+            (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error":"unsupported_grant_type"}))).into_response()
+        }
     }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_owned)
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
 }
 
 fn anthropic_error(status: u16, kind: &str, message: &str) -> Response {
     (
         StatusCode::from_u16(status).unwrap(),
-        axum::Json(serde_json::json!({"type":"error","error":{"type":kind,"message":message},"request_id":"req_fake_err"})),
+        axum::Json(
+            serde_json::json!({"type":"error","error":{"type":kind,"message":message},"request_id":"req_fake_err"}),
+        ),
     )
         .into_response()
 }
@@ -294,20 +268,11 @@ async fn create_api_key(State(inner): State<Shared>, headers: HeaderMap) -> Resp
 }
 
 /// Record the request and check its credential; `Err` is the answer to give instead.
-fn admit(
-    inner: &Shared,
-    method: Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(), Response> {
+fn admit(inner: &Shared, method: Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<(), Response> {
     let mut inner = inner.lock().unwrap();
     inner.requests.push(Recorded {
         method: method.to_string(),
-        path_and_query: uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: headers.clone(),
         body: body.clone(),
     });
@@ -323,36 +288,16 @@ fn admit(
         }
         _ => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(anthropic_error(
-            401,
-            "authentication_error",
-            "invalid x-api-key",
-        ))
-    }
+    if ok { Ok(()) } else { Err(anthropic_error(401, "authentication_error", "invalid x-api-key")) }
 }
 
 fn rate_limit_headers(response: &mut Response, n: usize) {
     let h = response.headers_mut();
     h.insert("request-id", format!("req_fake_{n}").parse().unwrap());
-    h.insert(
-        "anthropic-ratelimit-unified-status",
-        "allowed".parse().unwrap(),
-    );
-    h.insert(
-        "anthropic-ratelimit-unified-5h-utilization",
-        "0.25".parse().unwrap(),
-    );
-    h.insert(
-        "anthropic-ratelimit-unified-reset",
-        "1900000000".parse().unwrap(),
-    );
-    h.insert(
-        "set-cookie",
-        "__cf_bm=account-cookie; path=/".parse().unwrap(),
-    );
+    h.insert("anthropic-ratelimit-unified-status", "allowed".parse().unwrap());
+    h.insert("anthropic-ratelimit-unified-5h-utilization", "0.25".parse().unwrap());
+    h.insert("anthropic-ratelimit-unified-reset", "1900000000".parse().unwrap());
+    h.insert("set-cookie", "__cf_bm=account-cookie; path=/".parse().unwrap());
 }
 
 /// Counts a stream as finished or cancelled when it is dropped.
@@ -370,11 +315,7 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut inner = self.inner.lock().unwrap();
-        if self.finished {
-            inner.streams_finished += 1
-        } else {
-            inner.streams_cancelled += 1
-        }
+        if self.finished { inner.streams_finished += 1 } else { inner.streams_cancelled += 1 }
     }
 }
 
@@ -388,13 +329,7 @@ pub const SSE_EVENTS: [&str; 7] = [
     "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 ];
 
-async fn messages(
-    State(inner): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(denied) = admit(&inner, method, &uri, &headers, &body) {
         return denied;
     }
@@ -404,18 +339,12 @@ async fn messages(
     };
     let mut break_stream = false;
     match script {
-        Some(Script::Status {
-            status,
-            body,
-            headers,
-        }) => {
-            let mut response =
-                (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+        Some(Script::Status { status, body, headers }) => {
+            let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
             for (k, v) in headers {
-                response.headers_mut().insert(
-                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
+                response
+                    .headers_mut()
+                    .insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
             }
             return response;
         }
@@ -425,10 +354,7 @@ async fn messages(
     }
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if req["stream"] == true {
-        let guard = StreamGuard {
-            inner: inner.clone(),
-            finished: false,
-        };
+        let guard = StreamGuard { inner: inner.clone(), finished: false };
         let stream = futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
             let gate = gate.clone();
             async move {
@@ -438,10 +364,7 @@ async fn messages(
                 }
                 if break_stream && i == 2 {
                     guard.finished = true;
-                    return Some((
-                        Err(std::io::Error::other("upstream broke")),
-                        (SSE_EVENTS.len(), guard),
-                    ));
+                    return Some((Err(std::io::Error::other("upstream broke")), (SSE_EVENTS.len(), guard)));
                 }
                 if i > 0 {
                     match &gate {
@@ -449,20 +372,12 @@ async fn messages(
                         None => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
                 }
-                Some((
-                    Ok::<_, std::io::Error>(Bytes::from_static(SSE_EVENTS[i].as_bytes())),
-                    (i + 1, guard),
-                ))
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(SSE_EVENTS[i].as_bytes())), (i + 1, guard)))
             }
         });
         let mut response = Response::new(Body::from_stream(stream));
-        response.headers_mut().insert(
-            "content-type",
-            "text/event-stream; charset=utf-8".parse().unwrap(),
-        );
-        response
-            .headers_mut()
-            .insert("cache-control", "no-cache".parse().unwrap());
+        response.headers_mut().insert("content-type", "text/event-stream; charset=utf-8".parse().unwrap());
+        response.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
         rate_limit_headers(&mut response, n);
         return response;
     }
@@ -489,15 +404,12 @@ async fn count_tokens(
     axum::Json(serde_json::json!({"input_tokens": 42})).into_response()
 }
 
-async fn models(
-    State(inner): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn models(State(inner): State<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if let Err(denied) = admit(&inner, method, &uri, &headers, &Bytes::new()) {
         return denied;
     }
-    axum::Json(serde_json::json!({"data":[{"type":"model","id":"claude-fake","display_name":"Claude Fake"}],"has_more":false}))
-        .into_response()
+    axum::Json(
+        serde_json::json!({"data":[{"type":"model","id":"claude-fake","display_name":"Claude Fake"}],"has_more":false}),
+    )
+    .into_response()
 }

@@ -1,11 +1,5 @@
 //! Test harness: the fake upstream plus helpers that run the real `switchyard` binary against it.
-#![allow(
-    dead_code,
-    unused_imports,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::result_large_err
-)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
 pub mod fake;
 
@@ -32,22 +26,10 @@ impl Env {
         let url = fake.url();
         let vars = vec![
             ("SWITCHYARD_UPSTREAM_URL".into(), url.clone()),
-            (
-                "SWITCHYARD_OAUTH_TOKEN_URL".into(),
-                format!("{url}/v1/oauth/token"),
-            ),
-            (
-                "SWITCHYARD_OAUTH_AUTHORIZE_URL".into(),
-                format!("{url}/oauth/authorize"),
-            ),
-            (
-                "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL".into(),
-                format!("{url}/console/oauth/authorize"),
-            ),
-            (
-                "SWITCHYARD_OAUTH_REDIRECT_URI".into(),
-                format!("{url}/oauth/code/callback"),
-            ),
+            ("SWITCHYARD_OAUTH_TOKEN_URL".into(), format!("{url}/v1/oauth/token")),
+            ("SWITCHYARD_OAUTH_AUTHORIZE_URL".into(), format!("{url}/oauth/authorize")),
+            ("SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL".into(), format!("{url}/console/oauth/authorize")),
+            ("SWITCHYARD_OAUTH_REDIRECT_URI".into(), format!("{url}/oauth/code/callback")),
             ("SWITCHYARD_CLIENT_ID".into(), fake::CLIENT_ID.into()),
             ("SWITCHYARD_LOG_LEVEL".into(), "debug".into()),
         ];
@@ -65,11 +47,8 @@ impl Env {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        cmd.env("SWITCHYARD_HOME", self.home.path())
-            .env("HOME", self.home.path());
+        cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.env("SWITCHYARD_HOME", self.home.path()).env("HOME", self.home.path());
         for (k, v) in &self.vars {
             cmd.env(k, v);
         }
@@ -79,13 +58,8 @@ impl Env {
 
     /// Run a CLI command to completion with `stdin` as input.
     pub async fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         input.write_all(stdin.as_bytes()).await.unwrap();
         drop(input);
@@ -103,13 +77,7 @@ impl Env {
     /// Run a CLI command that must succeed.
     pub async fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args, "").await;
-        assert_eq!(
-            out.code,
-            Some(0),
-            "switchyard {args:?} failed:\n{}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        assert_eq!(out.code, Some(0), "switchyard {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
         out
     }
 
@@ -145,23 +113,9 @@ impl Env {
             .await
             .expect("gateway did not start in time")
             .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "gateway exited: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let url = line
-            .strip_prefix("switchyard listening on ")
-            .expect("listening line")
-            .trim()
-            .to_owned();
-        Gateway {
-            child,
-            url,
-            log,
-            client: reqwest::Client::new(),
-        }
+            .unwrap_or_else(|| panic!("gateway exited: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        let url = line.strip_prefix("switchyard listening on ").expect("listening line").trim().to_owned();
+        Gateway { child, url, log, client: reqwest::Client::new() }
     }
 }
 
@@ -181,12 +135,7 @@ impl Env {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdin = child.stdin.take();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut printed = String::new();
@@ -200,13 +149,7 @@ impl Env {
             printed.push('\n');
             if line.starts_with("http") {
                 let url = url::Url::parse(line.trim()).unwrap();
-                return Interactive {
-                    child,
-                    stdin,
-                    stdout,
-                    printed,
-                    url,
-                };
+                return Interactive { child, stdin, stdout, printed, url };
             }
         }
     }
@@ -214,19 +157,12 @@ impl Env {
 
 impl Interactive {
     pub fn param(&self, key: &str) -> String {
-        self.url
-            .query_pairs()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        self.url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned()).unwrap_or_default()
     }
 
     pub async fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         stdin.flush().await.unwrap();
     }
 
@@ -240,23 +176,12 @@ impl Interactive {
                 stdout.push('\n');
             }
             let mut stderr = String::new();
-            tokio::io::AsyncReadExt::read_to_string(
-                self.child.stderr.as_mut().unwrap(),
-                &mut stderr,
-            )
-            .await
-            .unwrap();
+            tokio::io::AsyncReadExt::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
             let status = self.child.wait().await.unwrap();
             (status, stderr)
         };
-        let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), rest)
-            .await
-            .expect("command hung");
-        Output {
-            code: status.code(),
-            stdout,
-            stderr,
-        }
+        let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), rest).await.expect("command hung");
+        Output { code: status.code(), stdout, stderr }
     }
 }
 
@@ -303,8 +228,5 @@ pub async fn error_type(response: reqwest::Response, status: u16) -> (String, St
     assert_eq!(response.status().as_u16(), status);
     let body: serde_json::Value = response.json().await.expect("error body must be JSON");
     assert_eq!(body["type"], "error", "{body}");
-    (
-        body["error"]["type"].as_str().unwrap().to_owned(),
-        body["error"]["message"].as_str().unwrap().to_owned(),
-    )
+    (body["error"]["type"].as_str().unwrap().to_owned(), body["error"]["message"].as_str().unwrap().to_owned())
 }
