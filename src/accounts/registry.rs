@@ -6,7 +6,10 @@ use std::sync::Arc;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::AccountError;
+use super::limits::{Limits, UsageWindow};
 use crate::secrets::Cipher;
 use crate::store::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError};
 
@@ -28,7 +31,21 @@ pub struct NewOAuth {
 pub struct AccountView {
     pub name: String,
     pub kind: &'static str,
+    /// `max`, `pro`, … once the profile endpoint has answered.
+    pub plan: Option<String>,
+    /// `active`, `paused`, `needs-login` or `rate-limited` (see `limited_until_ms`).
     pub status: &'static str,
+    /// When a rate-limited account returns (epoch ms).
+    pub limited_until_ms: Option<i64>,
+    /// Model families limited on their own (epoch ms of return).
+    pub model_limits: BTreeMap<String, i64>,
+    pub priority: i64,
+    pub weight: i64,
+    pub five_hour: Option<UsageWindow>,
+    pub seven_day: Option<UsageWindow>,
+    pub requests: u64,
+    pub failures: u64,
+    pub last_used_ms: Option<i64>,
     pub email: Option<String>,
     pub organization: Option<String>,
     pub expires_at_ms: Option<i64>,
@@ -138,17 +155,45 @@ impl Registry {
         Ok(())
     }
 
+    /// Pause or resume an account by name (a running server follows within a second).
+    pub async fn set_status_of(&self, name: &str, status: AccountStatus) -> Result<(), AccountError> {
+        let record = self.store.find_account(name).await?.ok_or_else(|| AccountError::NotFound(name.to_owned()))?;
+        self.set_status(&record.id, status).await
+    }
+
+    /// Change an account's priority and/or weight by name.
+    pub async fn set_routing(
+        &self,
+        name: &str,
+        priority: Option<i64>,
+        weight: Option<i64>,
+    ) -> Result<(), AccountError> {
+        let record = self.store.find_account(name).await?.ok_or_else(|| AccountError::NotFound(name.to_owned()))?;
+        self.store.set_routing(&record.id, priority, weight, crate::now_ms()).await?;
+        Ok(())
+    }
+
     pub async fn remove(&self, name: &str) -> Result<(), AccountError> {
         if self.store.remove_account(name).await? { Ok(()) } else { Err(AccountError::NotFound(name.to_owned())) }
     }
 
     /// Every account as listed to users.
     pub async fn views(&self) -> Result<Vec<AccountView>, AccountError> {
-        self.list().await?.iter().map(|r| self.view(r)).collect()
+        let states: HashMap<String, String> = self.store.load_states().await?.into_iter().collect();
+        let now = crate::now_ms();
+        self.list()
+            .await?
+            .iter()
+            .map(|r| {
+                let limits: Limits =
+                    states.get(&r.id).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+                self.view(r, &limits, now)
+            })
+            .collect()
     }
 
     /// The listing view of a record; opening its credential also proves the key is right.
-    pub fn view(&self, r: &AccountRecord) -> Result<AccountView, AccountError> {
+    pub fn view(&self, r: &AccountRecord, limits: &Limits, now_ms: i64) -> Result<AccountView, AccountError> {
         let (field, sealed) = match r.kind {
             AccountKind::ApiKey => ("api_key", r.api_key.as_deref()),
             AccountKind::OAuth => match r.access_token.as_deref() {
@@ -160,10 +205,30 @@ impl Registry {
             Some(s) => crate::secrets::masked(&self.open(&r.id, field, s)?),
             None => "none".to_owned(),
         };
+        let limited_until_ms = limits.blocked_until(None, now_ms);
+        let status = match (r.status, limited_until_ms) {
+            (AccountStatus::Active, Some(_)) => "rate-limited",
+            (status, _) => status.as_str(),
+        };
         Ok(AccountView {
             name: r.name.clone(),
             kind: r.kind.as_str(),
-            status: r.status.as_str(),
+            plan: r.plan.clone(),
+            status,
+            limited_until_ms,
+            model_limits: limits
+                .model_limited_until_ms
+                .iter()
+                .filter(|(_, t)| **t > now_ms)
+                .map(|(f, t)| (f.clone(), *t))
+                .collect(),
+            priority: r.priority,
+            weight: r.weight,
+            five_hour: limits.five_hour,
+            seven_day: limits.seven_day,
+            requests: limits.requests,
+            failures: limits.failures,
+            last_used_ms: (limits.last_used_ms > 0).then_some(limits.last_used_ms),
             email: r.email.clone(),
             organization: r.org_name.clone(),
             expires_at_ms: if r.kind == AccountKind::OAuth { r.expires_at_ms } else { None },

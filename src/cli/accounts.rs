@@ -7,9 +7,10 @@ use serde::Deserialize;
 
 use super::args::ImportArgs;
 use super::{format_ms, open_registry, secret_arg};
-use crate::accounts::{AccountView, NewOAuth};
+use crate::accounts::{AccountView, NewOAuth, UsageWindow};
 use crate::config::Config;
 use crate::secrets::SecretString;
+use crate::store::AccountStatus;
 
 pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
     let login = match &args.from_claude_code {
@@ -98,14 +99,63 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Status as shown in tables: `rate-limited until T`, and model-scoped limits after it.
+fn status_text(v: &AccountView) -> String {
+    let mut text = match v.limited_until_ms {
+        Some(until) if v.status == "rate-limited" => format!("rate-limited until {}", format_ms(until)),
+        _ => v.status.to_owned(),
+    };
+    for (family, until) in &v.model_limits {
+        text.push_str(&format!(" ({family} limited until {})", format_ms(*until)));
+    }
+    text
+}
+
+fn percent(w: Option<UsageWindow>) -> String {
+    match w {
+        Some(w) => match w.resets_at_ms {
+            Some(reset) => format!("{:.0}% (resets {})", w.utilization * 100.0, format_ms(reset)),
+            None => format!("{:.0}%", w.utilization * 100.0),
+        },
+        None => "-".to_owned(),
+    }
+}
+
+/// The `accounts list` table: routing-centric.
 pub(super) fn print_table(views: &[AccountView]) {
     if views.is_empty() {
         println!("no accounts (add one with `switchyard auth login` or `switchyard accounts add`)");
         return;
     }
-    println!(
-        "NAME                 KIND     STATUS       EMAIL                            EXPIRES               CREDENTIAL"
-    );
+    for v in views {
+        println!(
+            "{name}  {kind}{plan}  priority {p}, weight {w}  {status}",
+            name = v.name,
+            kind = v.kind,
+            plan = v.plan.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
+            p = v.priority,
+            w = v.weight,
+            status = status_text(v),
+        );
+        println!(
+            "    5h {}  7d {}  requests {} (failed {})  last used {}  credential {}",
+            percent(v.five_hour),
+            percent(v.seven_day),
+            v.requests,
+            v.failures,
+            v.last_used_ms.map(format_ms).unwrap_or_else(|| "never".to_owned()),
+            v.credential
+        );
+    }
+}
+
+/// The `auth status` table: login-centric.
+pub(super) fn print_logins(views: &[AccountView]) {
+    if views.is_empty() {
+        println!("no accounts (add one with `switchyard auth login` or `switchyard accounts add`)");
+        return;
+    }
+    println!("{:<20} {:<8} {:<14} {:<32} {:<21} CREDENTIAL", "NAME", "KIND", "STATUS", "EMAIL", "EXPIRES");
     for v in views {
         let expires = match v.expires_at_ms {
             Some(0) => "on first use".to_owned(),
@@ -113,7 +163,7 @@ pub(super) fn print_table(views: &[AccountView]) {
             None => "-".to_owned(),
         };
         println!(
-            "{:<20} {:<8} {:<12} {:<32} {:<21} {}",
+            "{:<20} {:<8} {:<14} {:<32} {:<21} {}",
             v.name,
             v.kind,
             v.status,
@@ -122,6 +172,22 @@ pub(super) fn print_table(views: &[AccountView]) {
             v.credential
         );
     }
+}
+
+pub async fn pause(config: &Config, name: &str, pause: bool) -> anyhow::Result<()> {
+    let (registry, _) = open_registry(config).await?;
+    let status = if pause { AccountStatus::Paused } else { AccountStatus::Active };
+    registry.set_status_of(name, status).await?;
+    println!("{} account {name}", if pause { "paused" } else { "resumed" });
+    Ok(())
+}
+
+pub async fn set(config: &Config, name: &str, priority: Option<i64>, weight: Option<i64>) -> anyhow::Result<()> {
+    anyhow::ensure!(priority.is_some() || weight.is_some(), "nothing to set: give --priority and/or --weight");
+    let (registry, _) = open_registry(config).await?;
+    registry.set_routing(name, priority, weight).await?;
+    println!("updated account {name}");
+    Ok(())
 }
 
 pub async fn remove(config: &Config, name: &str) -> anyhow::Result<()> {

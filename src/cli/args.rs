@@ -100,6 +100,18 @@ pub enum AccountsCommand {
     },
     /// Remove an account and its tokens.
     Remove { name: String },
+    /// Take an account out of rotation (a running server follows within a second).
+    Pause { name: String },
+    /// Put a paused account back into rotation.
+    Resume { name: String },
+    /// Change an account's routing priority (lower first) and weight (share under `weighted`).
+    Set {
+        name: String,
+        #[arg(long)]
+        priority: Option<i64>,
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        weight: Option<i64>,
+    },
 }
 
 #[derive(Debug, Args)]

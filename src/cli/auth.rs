@@ -254,6 +254,6 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!("data directory: {}", config.home.display());
     println!("encryption key: {key_source}");
-    super::accounts::print_table(&views);
+    super::accounts::print_logins(&views);
     Ok(())
 }

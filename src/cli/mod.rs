@@ -58,6 +58,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             AccountsCommand::Add { name, api_key, replace } => accounts::add(&config, &name, &api_key, replace).await,
             AccountsCommand::List { json } => accounts::list(&config, json).await,
             AccountsCommand::Remove { name } => accounts::remove(&config, &name).await,
+            AccountsCommand::Pause { name } => accounts::pause(&config, &name, true).await,
+            AccountsCommand::Resume { name } => accounts::pause(&config, &name, false).await,
+            AccountsCommand::Set { name, priority, weight } => accounts::set(&config, &name, priority, weight).await,
         },
     }
 }

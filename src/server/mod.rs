@@ -176,7 +176,7 @@ async fn upkeep(pool: Arc<Pool>) {
 /// Poll each OAuth account's usage (and its profile once) at most every `interval`, jittered, backing off
 /// on 429. Runs apart from the proxy; a slow endpoint delays nothing but itself.
 async fn poll_usage(pool: Arc<Pool>, interval: Duration, beta: String) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

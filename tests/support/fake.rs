@@ -44,6 +44,8 @@ pub enum Script {
     Delay(Duration),
     /// Stream two events, then drop the connection.
     BreakStream,
+    /// Stream two events, then an SSE `error` event (overloaded), then end.
+    SseError,
 }
 
 #[derive(Default)]
@@ -63,6 +65,14 @@ pub struct Inner {
     /// Scripted token endpoint answers (status, body, retry-after).
     pub token_script: VecDeque<(u16, serde_json::Value)>,
     pub script: VecDeque<Script>,
+    /// Scripted answers for one credential (API key or access token), used before `script`.
+    pub script_for: HashMap<String, VecDeque<Script>>,
+    /// 5-hour utilization reported in the headers of answers to one credential.
+    pub utilization_for: HashMap<String, f64>,
+    /// Calls to the usage endpoint, and answers to give it (429s) before the normal one.
+    pub usage_calls: usize,
+    pub usage_script: VecDeque<u16>,
+    pub profile_calls: usize,
     pub requests: Vec<Recorded>,
     /// When set, each SSE event after the first waits for a permit.
     pub sse_gate: Option<Arc<Semaphore>>,
@@ -90,6 +100,8 @@ impl Fake {
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .route("/v1/models", get(models))
+            .route("/api/oauth/usage", get(usage))
+            .route("/api/oauth/profile", get(profile))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -141,6 +153,16 @@ impl Fake {
 
     pub fn push(&self, script: Script) {
         self.lock().script.push_back(script);
+    }
+
+    /// Script the next answer to requests carrying `credential`.
+    pub fn push_for(&self, credential: &str, script: Script) {
+        self.lock().script_for.entry(credential.to_owned()).or_default().push_back(script);
+    }
+
+    /// How many `/v1/messages` requests carried `credential`.
+    pub fn served_by(&self, credential: &str) -> usize {
+        self.lock().requests.iter().filter(|r| credential_of(&r.headers).as_deref() == Some(credential)).count()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -239,6 +261,11 @@ async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
     }
 }
 
+/// The API key or bearer token a request carries.
+pub fn credential_of(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned).or_else(|| bearer(headers))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<String> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
 }
@@ -291,11 +318,12 @@ fn admit(inner: &Shared, method: Method, uri: &Uri, headers: &HeaderMap, body: &
     if ok { Ok(()) } else { Err(anthropic_error(401, "authentication_error", "invalid x-api-key")) }
 }
 
-fn rate_limit_headers(response: &mut Response, n: usize) {
+fn rate_limit_headers(response: &mut Response, n: usize, utilization: Option<f64>) {
     let h = response.headers_mut();
     h.insert("request-id", format!("req_fake_{n}").parse().unwrap());
     h.insert("anthropic-ratelimit-unified-status", "allowed".parse().unwrap());
-    h.insert("anthropic-ratelimit-unified-5h-utilization", "0.25".parse().unwrap());
+    let utilization = utilization.unwrap_or(0.25).to_string();
+    h.insert("anthropic-ratelimit-unified-5h-utilization", utilization.parse().unwrap());
     h.insert("anthropic-ratelimit-unified-reset", "1900000000".parse().unwrap());
     h.insert("set-cookie", "__cf_bm=account-cookie; path=/".parse().unwrap());
 }
@@ -319,6 +347,9 @@ impl Drop for StreamGuard {
     }
 }
 
+pub const SSE_ERROR: &str =
+    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
 pub const SSE_EVENTS: [&str; 7] = [
     "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_fake\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-fake\",\"stop_reason\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n",
     "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
@@ -333,11 +364,15 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
     if let Err(denied) = admit(&inner, method, &uri, &headers, &body) {
         return denied;
     }
-    let (script, n, gate) = {
+    let credential = credential_of(&headers).unwrap_or_default();
+    let (script, n, gate, utilization) = {
         let mut i = inner.lock().unwrap();
-        (i.script.pop_front(), i.requests.len(), i.sse_gate.clone())
+        let own = i.script_for.get_mut(&credential).and_then(VecDeque::pop_front);
+        let script = own.or_else(|| i.script.pop_front());
+        (script, i.requests.len(), i.sse_gate.clone(), i.utilization_for.get(&credential).copied())
     };
     let mut break_stream = false;
+    let mut sse_error = false;
     match script {
         Some(Script::Status { status, body, headers }) => {
             let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
@@ -350,6 +385,7 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         }
         Some(Script::Delay(d)) => tokio::time::sleep(d).await,
         Some(Script::BreakStream) => break_stream = true,
+        Some(Script::SseError) => sse_error = true,
         None => {}
     }
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -366,6 +402,10 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
                     guard.finished = true;
                     return Some((Err(std::io::Error::other("upstream broke")), (SSE_EVENTS.len(), guard)));
                 }
+                if sse_error && i == 2 {
+                    guard.finished = true;
+                    return Some((Ok(Bytes::from_static(SSE_ERROR.as_bytes())), (SSE_EVENTS.len(), guard)));
+                }
                 if i > 0 {
                     match &gate {
                         Some(g) => g.acquire().await.unwrap().forget(),
@@ -378,7 +418,7 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         let mut response = Response::new(Body::from_stream(stream));
         response.headers_mut().insert("content-type", "text/event-stream; charset=utf-8".parse().unwrap());
         response.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
-        rate_limit_headers(&mut response, n);
+        rate_limit_headers(&mut response, n, utilization);
         return response;
     }
     let reply = serde_json::json!({
@@ -387,7 +427,7 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         "usage": {"input_tokens": 12, "output_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
     });
     let mut response = axum::Json(reply).into_response();
-    rate_limit_headers(&mut response, n);
+    rate_limit_headers(&mut response, n, utilization);
     response
 }
 
@@ -411,5 +451,40 @@ async fn models(State(inner): State<Shared>, method: Method, uri: Uri, headers: 
     axum::Json(
         serde_json::json!({"data":[{"type":"model","id":"claude-fake","display_name":"Claude Fake"}],"has_more":false}),
     )
+    .into_response()
+}
+
+fn oauth_bearer_ok(inner: &Inner, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| inner.valid_access.contains(&t))
+        && headers.get("anthropic-beta").and_then(|v| v.to_str().ok()).is_some_and(|b| b.contains("oauth-2025-04-20"))
+}
+
+async fn usage(State(inner): State<Shared>, headers: HeaderMap) -> Response {
+    let mut inner = inner.lock().unwrap();
+    inner.usage_calls += 1;
+    if !oauth_bearer_ok(&inner, &headers) {
+        return anthropic_error(401, "authentication_error", "bad token");
+    }
+    if let Some(status) = inner.usage_script.pop_front() {
+        return anthropic_error(status, "rate_limit_error", "slow down");
+    }
+    axum::Json(serde_json::json!({
+        "five_hour": {"utilization": 37.0, "resets_at": "2030-01-01T05:00:00.000000+00:00"},
+        "seven_day": {"utilization": 12.5, "resets_at": "2030-01-07T00:00:00Z"},
+        "seven_day_opus": null,
+    }))
+    .into_response()
+}
+
+async fn profile(State(inner): State<Shared>, headers: HeaderMap) -> Response {
+    let mut inner = inner.lock().unwrap();
+    inner.profile_calls += 1;
+    if !oauth_bearer_ok(&inner, &headers) {
+        return anthropic_error(401, "authentication_error", "bad token");
+    }
+    axum::Json(serde_json::json!({
+        "account": {"uuid": "acct-uuid-1", "email": "user@example.com", "has_claude_max": true, "has_claude_pro": false},
+        "organization": {"uuid": "org-uuid-1", "name": "Fake Org", "organization_type": "claude_max", "rate_limit_tier": "default_claude_max_20x"},
+    }))
     .into_response()
 }

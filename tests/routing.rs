@@ -1,0 +1,431 @@
+//! Many accounts behind one endpoint, through the real binary: strategies, affinity, priorities, rate
+//! limits, failover before the first byte, and routing state that survives a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Env, Fake, Gateway, Script, message_body};
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A gateway over API-key accounts `(name, key)`, with extra settings; retries pause only 10 ms.
+async fn gateway(fake: &Fake, accounts: &[(&str, &str)], vars: &[(&str, &str)]) -> (Env, Gateway) {
+    let mut env = Env::new(fake);
+    for (name, key) in accounts {
+        fake.add_api_key(key);
+        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+    }
+    env.set("SWITCHYARD_RETRY_DELAY_MS", "10");
+    for (k, v) in vars {
+        env.set(k, v);
+    }
+    let gw = env.serve().await;
+    (env, gw)
+}
+
+const ABC: [(&str, &str); 3] = [("a", "key-a"), ("b", "key-b"), ("c", "key-c")];
+
+/// A subscription 429: the whole account is limited until `reset` (unix seconds).
+fn limited(reset: u64) -> Script {
+    Script::Status {
+        status: 429,
+        body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"limit reached"}}),
+        headers: vec![
+            ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+            ("anthropic-ratelimit-unified-reset".into(), reset.to_string()),
+            ("anthropic-ratelimit-unified-5h-status".into(), "rejected".into()),
+            ("anthropic-ratelimit-unified-5h-reset".into(), reset.to_string()),
+            ("anthropic-ratelimit-unified-representative-claim".into(), "five_hour".into()),
+        ],
+    }
+}
+
+fn status_only(status: u16, kind: &str) -> Script {
+    Script::Status {
+        status,
+        body: serde_json::json!({"type":"error","error":{"type":kind,"message":"scripted"}}),
+        headers: vec![],
+    }
+}
+
+async fn send(gw: &Gateway, body: &serde_json::Value) -> reqwest::Response {
+    gw.post("/v1/messages").json(body).send().await.unwrap()
+}
+
+async fn ok(gw: &Gateway, body: &serde_json::Value) {
+    let r = send(gw, body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+async fn accounts(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&env.ok(&["accounts", "list", "--json"]).await.stdout).unwrap()
+}
+
+/// Poll `accounts list --json` until `check` holds for the account `name` (state is flushed each second).
+async fn eventually(env: &Env, name: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..40 {
+        let all = accounts(env).await;
+        let one = all.as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();
+        if check(&one) {
+            return one;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("account {name} never reached the expected state: {}", accounts(env).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limited_account_is_skipped_until_reset_then_used_again() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC, &[]).await;
+    // a is preferred; it comes back after its reset.
+    env.ok(&["accounts", "set", "b", "--priority", "1"]).await;
+    env.ok(&["accounts", "set", "c", "--priority", "1"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reset = now_secs() + 2;
+    fake.push_for("key-a", limited(reset));
+    for _ in 0..6 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(fake.served_by("key-a"), 1, "a was tried once, then skipped");
+    assert_eq!(fake.served_by("key-b") + fake.served_by("key-c"), 6);
+    let a = eventually(&env, "a", |a| a["status"] == "rate-limited").await;
+    let until = a["limited_until_ms"].as_u64().unwrap();
+    assert!(until >= reset * 1000 && until <= reset * 1000 + 2_000, "{a}");
+    let list = env.ok(&["accounts", "list"]).await.stdout;
+    assert!(list.contains("rate-limited until"), "{list}");
+
+    // After the reset (plus jitter) a serves again.
+    tokio::time::sleep(Duration::from_millis(until - now_secs() * 1000 + 1_100)).await;
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(fake.served_by("key-a"), 2, "a is used again after its reset");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_and_server_errors_are_retried_transparently() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC, &[]).await;
+    fake.push_for("key-a", status_only(529, "overloaded_error"));
+    fake.push_for("key-b", status_only(500, "api_error"));
+    let r = send(&gw, &message_body(false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["content"][0]["text"], "Hello");
+    assert_eq!((fake.served_by("key-a"), fake.served_by("key-b"), fake.served_by("key-c")), (1, 1, 1));
+    // Neither 529 nor 500 benches an account.
+    for name in ["a", "b"] {
+        let one = eventually(&env, name, |a| a["failures"] == 1).await;
+        assert_eq!(one["status"], "active");
+    }
+    // One account, overloaded twice: retried on the same account.
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC[..1], &[]).await;
+    fake.push_for("key-a", status_only(529, "overloaded_error"));
+    fake.push_for("key-a", status_only(503, "api_error"));
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(fake.served_by("key-a"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_at_the_configured_attempts_and_pass_the_last_answer() {
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC[..1], &[("SWITCHYARD_RETRY_ATTEMPTS", "2")]).await;
+    for _ in 0..5 {
+        fake.push_for("key-a", status_only(529, "overloaded_error"));
+    }
+    let r = send(&gw, &message_body(false)).await;
+    assert_eq!(r.status(), 529);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["type"], "overloaded_error");
+    assert_eq!(fake.served_by("key-a"), 3, "one attempt plus two retries");
+    // Client errors are never retried.
+    fake.lock().script_for.clear();
+    fake.push_for("key-a", status_only(400, "invalid_request_error"));
+    assert_eq!(send(&gw, &message_body(false)).await.status(), 400);
+    assert_eq!(fake.served_by("key-a"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headerless_429_fails_over_without_benching() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC, &[]).await;
+    fake.push_for("key-a", status_only(429, "rate_limit_error"));
+    ok(&gw, &message_body(false)).await;
+    assert_eq!((fake.served_by("key-a"), fake.served_by("key-b")), (1, 1));
+    // a is not benched: pinned to it, it answers at once.
+    let r =
+        gw.post("/v1/messages").header("x-switchyard-account", "a").json(&message_body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(fake.served_by("key-a"), 2);
+    assert!(fake.last_request().header("x-switchyard-account").is_none(), "control headers stay home");
+    assert_eq!(eventually(&env, "a", |a| a["requests"] == 2).await["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_scoped_limit_keeps_other_models_on_the_account() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    env.ok(&["accounts", "set", "b", "--priority", "1"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fake.push_for(
+        "key-a",
+        Script::Status {
+            status: 429,
+            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"weekly opus limit"}}),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-7d_oi-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-7d_oi-reset".into(), (now_secs() + 3600).to_string()),
+                ("anthropic-ratelimit-unified-5h-status".into(), "allowed".into()),
+            ],
+        },
+    );
+    let mut opus = message_body(false);
+    opus["model"] = "claude-opus-4-1".into();
+    let mut sonnet = message_body(false);
+    sonnet["model"] = "claude-sonnet-4-5".into();
+    ok(&gw, &opus).await;
+    assert_eq!((fake.served_by("key-a"), fake.served_by("key-b")), (1, 1));
+    ok(&gw, &opus).await;
+    assert_eq!((fake.served_by("key-a"), fake.served_by("key-b")), (1, 2), "opus avoids a");
+    ok(&gw, &sonnet).await;
+    assert_eq!(fake.served_by("key-a"), 2, "sonnet still goes to a");
+    let a = eventually(&env, "a", |a| a["model_limits"]["opus"].is_u64()).await;
+    assert_eq!(a["status"], "active");
+}
+
+/// Which account served each of the requests since `from`.
+fn sequence(fake: &Fake, from: usize) -> Vec<String> {
+    fake.requests()[from..]
+        .iter()
+        .map(|r| support::fake::credential_of(&r.headers).unwrap().trim_start_matches("key-").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strategies_distribute_as_documented() {
+    // Session (default): one account until its session ends.
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC, &[]).await;
+    for _ in 0..5 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(sequence(&fake, 0), ["a"; 5]);
+    drop(gw);
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_SESSION_DURATION_MS", "1")]).await;
+    for _ in 0..3 {
+        ok(&gw, &message_body(false)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sequence(&fake, 0), ["a", "b", "c"], "sessions that end move on");
+
+    // Round-robin: even.
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "round-robin")]).await;
+    for _ in 0..9 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(sequence(&fake, 0), ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
+
+    // Weighted: in proportion.
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "weighted")]).await;
+    env.ok(&["accounts", "set", "b", "--weight", "2"]).await;
+    env.ok(&["accounts", "set", "c", "--weight", "3"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..12 {
+        ok(&gw, &message_body(false)).await;
+    }
+    let seq = sequence(&fake, 0);
+    let count = |n: &str| seq.iter().filter(|s| *s == n).count();
+    assert_eq!((count("a"), count("b"), count("c")), (2, 4, 6), "{seq:?}");
+
+    // Least-used: the lowest 5-hour utilization wins once known.
+    let fake = Fake::start().await;
+    {
+        let mut inner = fake.lock();
+        inner.utilization_for.insert("key-a".into(), 0.9);
+        inner.utilization_for.insert("key-b".into(), 0.2);
+        inner.utilization_for.insert("key-c".into(), 0.5);
+    }
+    let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "least-used")]).await;
+    for _ in 0..3 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(sequence(&fake, 0), ["a", "b", "c"], "unknown utilization: fewest recent requests first");
+    for _ in 0..4 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(sequence(&fake, 3), ["b"; 4]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conversations_stay_on_their_account() {
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "round-robin")]).await;
+    let mut conversation = message_body(false);
+    conversation["metadata"] = serde_json::json!({"user_id": "{\"session_id\":\"conv-1\"}"});
+    ok(&gw, &conversation).await;
+    let home = sequence(&fake, 0)[0].clone();
+    for _ in 0..4 {
+        ok(&gw, &message_body(false)).await;
+        ok(&gw, &conversation).await;
+    }
+    let seq = sequence(&fake, 0);
+    let conv: Vec<_> = seq.iter().step_by(2).collect();
+    assert!(conv.iter().all(|s| **s == home), "conversation moved: {seq:?}");
+    let others: std::collections::HashSet<_> = seq.iter().skip(1).step_by(2).collect();
+    assert!(others.len() > 1, "other traffic still rotates: {seq:?}");
+
+    // Claude Code's session header works as a key too; a limit moves the conversation, then it sticks.
+    let mut cc = message_body(false);
+    cc["model"] = "claude-sonnet-4-5".into();
+    let send_cc = || gw.post("/v1/messages").header("x-claude-code-session-id", "s-9").json(&cc).send();
+    assert_eq!(send_cc().await.unwrap().status(), 200);
+    let first = sequence(&fake, fake.requests().len() - 1)[0].clone();
+    fake.push_for(&format!("key-{first}"), limited(now_secs() + 3600));
+    assert_eq!(send_cc().await.unwrap().status(), 200);
+    let moved = sequence(&fake, fake.requests().len() - 1)[0].clone();
+    assert_ne!(moved, first);
+    for _ in 0..3 {
+        assert_eq!(send_cc().await.unwrap().status(), 200);
+        assert_eq!(sequence(&fake, fake.requests().len() - 1)[0], moved);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_limited_is_a_429_with_retry_after() {
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    let reset = now_secs() + 120;
+    fake.push_for("key-a", limited(reset));
+    fake.push_for("key-b", limited(reset));
+    // Both tried: the last upstream answer is passed through.
+    let r = send(&gw, &message_body(false)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["anthropic-ratelimit-unified-status"], "rejected");
+    // Now the gateway knows: no upstream call, a 429 saying until when.
+    let r = send(&gw, &message_body(false)).await;
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((110..=125).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("all accounts are rate-limited"), "{body}");
+    assert_eq!(fake.requests().len(), 2);
+
+    // Pinning an unknown account is a clear 503.
+    let r =
+        gw.post("/v1/messages").header("x-switchyard-account", "zzz").json(&message_body(false)).send().await.unwrap();
+    let (_, message) = support::error_type(r, 503).await;
+    assert!(message.contains("no account named"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_state_survives_a_restart() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    fake.push_for("key-a", limited(now_secs() + 3600));
+    ok(&gw, &message_body(false)).await;
+    eventually(&env, "a", |a| a["status"] == "rate-limited").await;
+    drop(gw);
+    let gw = env.serve().await;
+    for _ in 0..3 {
+        ok(&gw, &message_body(false)).await;
+    }
+    assert_eq!(fake.served_by("key-a"), 1, "still benched after restart");
+    let b = eventually(&env, "b", |b| b["requests"] == 4).await;
+    assert!(b["last_used_ms"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_resume_and_priority_apply_while_running() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(sequence(&fake, 0), ["a"]);
+    env.ok(&["accounts", "pause", "a"]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(sequence(&fake, 1), ["b"]);
+    assert_eq!(accounts(&env).await[0]["status"], "paused");
+    env.ok(&["accounts", "resume", "a"]).await;
+    env.ok(&["accounts", "set", "a", "--priority", "5"]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(sequence(&fake, 2), ["b"], "a is resumed but now less preferred");
+    env.ok(&["accounts", "set", "b", "--priority", "9"]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    ok(&gw, &message_body(false)).await;
+    assert_eq!(sequence(&fake, 3), ["a"], "the better priority wins again");
+    let bad = env.run(&["accounts", "set", "a"], "").await;
+    assert_eq!(bad.code, Some(1));
+    let bad = env.run(&["accounts", "pause", "nobody"], "").await;
+    assert!(bad.stderr.contains("no account named"), "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_streams_with_one_expiring_token() {
+    let fake = Fake::start().await;
+    fake.lock().token_delay = Duration::from_millis(200);
+    let (env, _) = (Env::new(&fake), ());
+    let mut env = env;
+    for (name, key) in &ABC[..2] {
+        fake.add_api_key(key);
+        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+    }
+    let rt = fake.issue_refresh_token();
+    let at = fake.issue_access_token();
+    let expired = (now_secs() * 1000 - 1000).to_string();
+    env.import_oauth("max", &rt, &at, &expired).await;
+    env.set("SWITCHYARD_LB_STRATEGY", "round-robin");
+    let gw = env.serve().await;
+    let streams = (0..50).map(|_| async {
+        let r = send(&gw, &message_body(true)).await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    });
+    for text in futures_util::future::join_all(streams).await {
+        assert!(text.ends_with(support::fake::SSE_EVENTS[6]), "stream incomplete: {text}");
+    }
+    assert_eq!(fake.refresh_calls(), 1, "exactly one refresh for the expiring account");
+    let oauth_served = fake.requests().iter().filter(|r| r.header("authorization").is_some()).count();
+    assert!(oauth_served >= 10, "the OAuth account took its share: {oauth_served}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mid_stream_errors_reach_the_client_and_count_as_failures() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    fake.push_for("key-a", Script::SseError);
+    let text = send(&gw, &message_body(true)).await.text().await.unwrap();
+    assert!(text.ends_with(support::fake::SSE_ERROR), "{text}");
+    assert_eq!(fake.requests().len(), 1, "no retry once bytes went out");
+    fake.push_for("key-a", Script::BreakStream);
+    let text = send(&gw, &message_body(true)).await.text().await.unwrap();
+    assert!(text.contains("event: error"), "{text}");
+    assert_eq!(fake.requests().len(), 2);
+    eventually(&env, "a", |a| a["failures"] == 2 && a["requests"] == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_and_plan_are_polled_for_oauth_accounts() {
+    let fake = Fake::start().await;
+    fake.lock().usage_script.push_back(429);
+    let mut env = Env::new(&fake);
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    env.import_oauth("max", &rt, &at, &(now_secs() * 1000 + 3_600_000).to_string()).await;
+    env.set("SWITCHYARD_USAGE_POLL_SECS", "1");
+    let _gw = env.serve().await;
+    let max = eventually(&env, "max", |a| a["five_hour"]["utilization"].is_f64()).await;
+    assert_eq!(max["plan"], "max (default_claude_max_20x)");
+    assert!((max["five_hour"]["utilization"].as_f64().unwrap() - 0.37).abs() < 1e-9);
+    assert_eq!(max["five_hour"]["resets_at_ms"], 1_893_474_000_000u64);
+    assert!((max["seven_day"]["utilization"].as_f64().unwrap() - 0.125).abs() < 1e-9);
+    let list = env.ok(&["accounts", "list"]).await.stdout;
+    assert!(list.contains("5h 37%") && list.contains("(max (default_claude_max_20x))"), "{list}");
+    assert!(fake.lock().usage_calls >= 2, "polled again after the 429");
+}
