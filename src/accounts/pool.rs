@@ -76,20 +76,39 @@ impl Account {
         }
     }
 
+    /// Read one field without copying the whole state (the router calls these per request).
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        match self.state.read() {
+            Ok(s) => f(&s),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
     pub fn status(&self) -> AccountStatus {
-        self.state().status
+        self.read(|s| s.status)
     }
 
     pub fn priority(&self) -> i64 {
-        self.state().priority
+        self.read(|s| s.priority)
     }
 
     pub fn weight(&self) -> u64 {
-        u64::try_from(self.state().weight).unwrap_or(1)
+        u64::try_from(self.read(|s| s.weight)).unwrap_or(1)
+    }
+
+    /// Preference key: lower priority value first, then accounts without a rate-limit warning.
+    pub fn preference(&self) -> (i64, bool) {
+        (self.priority(), self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).warning)
     }
 
     pub fn plan(&self) -> Option<String> {
         self.state().plan
+    }
+
+    /// Least-used key: 5-hour utilization, then requests in the last five minutes.
+    pub fn load(&self, now_ms: i64) -> (f64, u64) {
+        let limits = self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (limits.five_hour_utilization(), limits.recent(now_ms))
     }
 
     /// A copy of the routing state.
@@ -105,18 +124,21 @@ impl Account {
 
     /// Why the account cannot take a request for `family` now, or `None` when it can.
     pub fn unusable(&self, family: Option<&str>, now_ms: i64) -> Option<Unusable> {
-        let state = self.state();
-        if state.status != AccountStatus::Active {
-            return Some(Unusable::Status(state.status));
+        let (status, refresh_blocked_until) = self.read(|s| {
+            // An expired token that may not be refreshed yet is as good as limited.
+            let blocked = match s.creds {
+                Creds::OAuth { expires_at_ms, .. } if expires_at_ms <= now_ms => s.refresh_blocked_until_ms,
+                _ => 0,
+            };
+            (s.status, blocked)
+        });
+        if status != AccountStatus::Active {
+            return Some(Unusable::Status(status));
         }
         let limits = self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut until = limits.blocked_until(family, now_ms);
-        // An expired token that may not be refreshed yet is as good as limited.
-        if let Creds::OAuth { expires_at_ms, .. } = state.creds
-            && expires_at_ms <= now_ms
-            && state.refresh_blocked_until_ms > now_ms
-        {
-            until = Some(until.unwrap_or(0).max(state.refresh_blocked_until_ms));
+        if refresh_blocked_until > now_ms {
+            until = Some(until.unwrap_or(0).max(refresh_blocked_until));
         }
         until.map(Unusable::LimitedUntil)
     }

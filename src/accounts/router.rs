@@ -155,7 +155,7 @@ impl Router {
         }
         // Preference: lower priority value first, then accounts without a warning. Stable: ties keep the
         // configured order.
-        available.sort_by_key(|a| (a.priority(), a.limits().warning));
+        available.sort_by_cached_key(|a| a.preference());
         let first = self.first_choice(&available, want, now_ms);
         if first > 0 {
             let chosen = available.remove(first);
@@ -172,8 +172,8 @@ impl Router {
         {
             return i;
         }
-        let best = (available[0].priority(), available[0].limits().warning);
-        let group = available.iter().take_while(|a| (a.priority(), a.limits().warning) == best).count();
+        let best = available[0].preference();
+        let group = available.iter().take_while(|a| a.preference() == best).count();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         match self.strategy {
             Strategy::Session => {
@@ -207,8 +207,7 @@ impl Router {
                 let mut best_i = 0;
                 let mut best_key = (f64::INFINITY, u64::MAX);
                 for (i, a) in available[..group].iter().enumerate() {
-                    let l = a.limits();
-                    let key = (l.five_hour_utilization(), l.recent(now_ms));
+                    let key = a.load(now_ms);
                     if key.0 < best_key.0 || (key.0 == best_key.0 && key.1 < best_key.1) {
                         best_i = i;
                         best_key = key;
