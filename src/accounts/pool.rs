@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::limits::Limits;
 use super::router::{Router, Unavailable, Unusable, Want};
@@ -428,7 +428,8 @@ impl Pool {
                 s.updated_at_ms = now;
             });
         }
-        if !Arc::ptr_eq(&access, seen) && expires_at_ms.saturating_sub(now) > self.margin_ms {
+        // Compared by value: a reload may have swapped in an equal token under a new allocation.
+        if access.expose_secret() != seen.expose_secret() && expires_at_ms.saturating_sub(now) > self.margin_ms {
             return Ok(Credential::Bearer(access));
         }
         if now < state.refresh_blocked_until_ms {

@@ -31,8 +31,15 @@ pub fn forward_request_header(name: &str) -> bool {
         "referer",
     ];
     const DROP_PREFIX: &[&str] = &["x-forwarded-", "cf-", "x-switchyard-"];
-    let name = name.to_ascii_lowercase();
-    !DROP.contains(&name.as_str()) && !DROP_PREFIX.iter().any(|p| name.starts_with(p))
+    // `http` header names are lowercase already; other callers get the same answer either way.
+    let lower;
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        name
+    };
+    !DROP.contains(&name) && !DROP_PREFIX.iter().any(|p| name.starts_with(p))
 }
 
 /// Whether an upstream response header may be passed back to the client.
@@ -51,7 +58,7 @@ pub fn pass_back_response_header(name: &str) -> bool {
         "set-cookie",
         "alt-svc",
     ];
-    !DROP.contains(&name.to_ascii_lowercase().as_str())
+    !DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
 
 /// The client's comma-separated `anthropic-beta` list with `required` added once.
