@@ -12,6 +12,7 @@ use url::Url;
 use crate::accounts::Strategy;
 use crate::anthropic::IdentityMode;
 use crate::oauth::OAuthConfig;
+use crate::secrets::{SecretSettings, StoreChoice};
 
 /// Default OAuth and API facts (see PROTOCOL.md); every one of them can be overridden.
 pub mod defaults {
@@ -101,12 +102,19 @@ pub struct Config {
     pub retry_backoff: f64,
     /// How often each OAuth account's usage endpoint is polled; zero turns polling off.
     pub usage_poll: Duration,
+    /// Where the data-encryption key lives (`SWITCHYARD_SECRET_STORE`).
+    pub secret_store: StoreChoice,
+    /// `SWITCHYARD_PASSPHRASE`: wraps the key file (Argon2id) and protects backups.
+    pub passphrase: Option<SecretString>,
+    /// Refuse to start when the data directory's permissions are too open, instead of fixing them.
+    pub strict_permissions: bool,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    pub strict_permissions: bool,
     pub home: Option<PathBuf>,
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -115,6 +123,7 @@ pub struct Overrides {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
+    secrets: RawSecrets,
     server: RawServer,
     routing: RawRouting,
     upstream: RawUpstream,
@@ -153,6 +162,13 @@ struct RawOAuth {
     redirect_uri: Option<String>,
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSecrets {
+    store: Option<String>,
+    strict_permissions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +268,8 @@ impl Config {
         let retry_delay_ms = pick(env, "SWITCHYARD_RETRY_DELAY_MS", raw.routing.retry_delay_ms)?;
         let retry_backoff = pick(env, "SWITCHYARD_RETRY_BACKOFF", raw.routing.retry_backoff)?;
         let usage_poll = pick(env, "SWITCHYARD_USAGE_POLL_SECS", raw.routing.usage_poll_secs)?;
+        let secret_store: Option<String> = pick(env, "SWITCHYARD_SECRET_STORE", raw.secrets.store)?;
+        let strict = pick(env, "SWITCHYARD_STRICT_PERMISSIONS", raw.secrets.strict_permissions)?;
         let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
         let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
 
@@ -304,6 +322,12 @@ impl Config {
             Some(s) => s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_LB_STRATEGY", message })?,
             None => Strategy::Session,
         };
+        let secret_store = match secret_store {
+            Some(s) => {
+                s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_SECRET_STORE", message })?
+            }
+            None => StoreChoice::Auto,
+        };
         let retry_backoff = retry_backoff.unwrap_or(defaults::RETRY_BACKOFF);
         if !(1.0..=10.0).contains(&retry_backoff) {
             return Err(ConfigError::Invalid {
@@ -334,8 +358,21 @@ impl Config {
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
             retry_backoff,
             usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
+            secret_store,
+            passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),
+            strict_permissions: flags.strict_permissions || strict.unwrap_or(false),
             encryption_key: env("SWITCHYARD_ENCRYPTION_KEY").filter(|v| !v.is_empty()).map(SecretString::from),
         })
+    }
+
+    /// The settings that decide where the encryption key lives.
+    pub fn secret_settings(&self) -> SecretSettings {
+        SecretSettings {
+            home: self.home.clone(),
+            choice: self.secret_store,
+            passphrase: self.passphrase.clone(),
+            env_key: self.encryption_key.clone(),
+        }
     }
 
     /// Path of the SQLite database.

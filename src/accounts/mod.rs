@@ -8,7 +8,7 @@ mod router;
 
 pub use limits::{Limits, UsageWindow};
 pub use pool::{Account, Credential, Pool};
-pub use registry::{AccountView, NewOAuth, Registry};
+pub use registry::{AccountView, NewOAuth, PlainAccount, Registry};
 pub use router::{Router, Strategy, Unavailable, Want};
 
 use crate::oauth::OAuthError;
@@ -28,6 +28,8 @@ pub enum AccountError {
     RefreshCoolingDown { name: String, until: String },
     #[error("no account named {0:?}")]
     NotFound(String),
+    #[error("invalid account data: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -8,10 +8,14 @@ use secrecy::{ExposeSecret, SecretString};
 
 use std::collections::{BTreeMap, HashMap};
 
+use zeroize::Zeroizing;
+
 use super::AccountError;
 use super::limits::{Limits, UsageWindow};
 use crate::secrets::Cipher;
-use crate::store::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError};
+use crate::store::{
+    AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedRow, SealedTokens, Store, StoreError,
+};
 
 /// A fresh OAuth login or import.
 #[derive(Debug)]
@@ -24,6 +28,34 @@ pub struct NewOAuth {
     pub account_uuid: Option<String>,
     pub org_uuid: Option<String>,
     pub org_name: Option<String>,
+}
+
+/// One account in a backup, an old plaintext store, or an imported JSON file: tokens in the clear, so this
+/// only ever exists in memory or inside passphrase encryption.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PlainAccount {
+    pub name: String,
+    /// `oauth` or `api_key`.
+    pub kind: String,
+    pub status: Option<String>,
+    pub priority: Option<i64>,
+    pub weight: Option<i64>,
+    pub plan: Option<String>,
+    pub email: Option<String>,
+    pub account_uuid: Option<String>,
+    pub org_uuid: Option<String>,
+    pub org_name: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub access_token: Option<Zeroizing<String>>,
+    pub refresh_token: Option<Zeroizing<String>>,
+    pub api_key: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for PlainAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainAccount").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
 }
 
 /// An account as shown by `accounts list` and `auth status`: no secret, a masked suffix at most.
@@ -234,6 +266,108 @@ impl Registry {
             expires_at_ms: if r.kind == AccountKind::OAuth { r.expires_at_ms } else { None },
             credential,
         })
+    }
+
+    /// Every account with its secrets opened, for a backup.
+    pub async fn export(&self) -> Result<Vec<PlainAccount>, AccountError> {
+        let mut out = Vec::new();
+        for r in self.list().await? {
+            let open = |field: &str, sealed: &Option<String>| -> Result<Option<Zeroizing<String>>, AccountError> {
+                sealed
+                    .as_deref()
+                    .map(|s| self.open(&r.id, field, s).map(|v| Zeroizing::new(v.expose_secret().to_owned())))
+                    .transpose()
+            };
+            out.push(PlainAccount {
+                name: r.name.clone(),
+                kind: r.kind.as_str().to_owned(),
+                status: Some(r.status.as_str().to_owned()),
+                priority: Some(r.priority),
+                weight: Some(r.weight),
+                plan: r.plan.clone(),
+                email: r.email.clone(),
+                account_uuid: r.account_uuid.clone(),
+                org_uuid: r.org_uuid.clone(),
+                org_name: r.org_name.clone(),
+                expires_at_ms: r.expires_at_ms,
+                access_token: open("access_token", &r.access_token)?,
+                refresh_token: open("refresh_token", &r.refresh_token)?,
+                api_key: open("api_key", &r.api_key)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Store accounts from a backup or a plaintext file, replacing accounts of the same name.
+    pub async fn import(&self, accounts: &[PlainAccount]) -> Result<usize, AccountError> {
+        for a in accounts {
+            let secret = |v: &Option<Zeroizing<String>>| {
+                v.as_ref().filter(|s| !s.is_empty()).map(|s| SecretString::from(s.as_str().to_owned()))
+            };
+            match a.kind.as_str() {
+                "api_key" => {
+                    let key =
+                        secret(&a.api_key).ok_or_else(|| AccountError::Invalid(format!("{}: no api_key", a.name)))?;
+                    self.add_api_key(&a.name, &key, true).await?;
+                }
+                "oauth" => {
+                    let refresh_token = secret(&a.refresh_token)
+                        .ok_or_else(|| AccountError::Invalid(format!("{}: no refresh_token", a.name)))?;
+                    let login = NewOAuth {
+                        access_token: secret(&a.access_token),
+                        refresh_token,
+                        expires_at_ms: a.expires_at_ms.unwrap_or(0),
+                        email: a.email.clone(),
+                        account_uuid: a.account_uuid.clone(),
+                        org_uuid: a.org_uuid.clone(),
+                        org_name: a.org_name.clone(),
+                    };
+                    self.save_oauth(&a.name, login, true).await?;
+                }
+                other => return Err(AccountError::Invalid(format!("{}: unknown kind {other:?}", a.name))),
+            }
+            let record =
+                self.store.find_account(&a.name).await?.ok_or_else(|| AccountError::NotFound(a.name.clone()))?;
+            if a.priority.is_some() || a.weight.is_some() {
+                self.store.set_routing(&record.id, a.priority, a.weight, crate::now_ms()).await?;
+            }
+            if let Some(plan) = &a.plan {
+                self.store.set_plan(&record.id, plan).await?;
+            }
+            match a.status.as_deref() {
+                Some("paused") => self.set_status(&record.id, AccountStatus::Paused).await?,
+                Some("needs-login") => self.set_status(&record.id, AccountStatus::NeedsLogin).await?,
+                _ => {}
+            }
+        }
+        Ok(accounts.len())
+    }
+
+    /// Re-seal every stored secret under `new` in one transaction; pending logins are dropped.
+    pub async fn reseal_all(&self, new: &Cipher) -> Result<usize, AccountError> {
+        let mut rows = Vec::new();
+        let mut count = 0;
+        for r in self.list().await? {
+            let mut reseal = |field: &str, sealed: &Option<String>| -> Result<Option<String>, AccountError> {
+                match sealed {
+                    Some(s) => {
+                        count += 1;
+                        let plain = self.open(&r.id, field, s)?;
+                        Ok(Some(new.seal(plain.expose_secret(), &aad(&r.id, field))?))
+                    }
+                    None => Ok(None),
+                }
+            };
+            rows.push(SealedRow {
+                id: r.id.clone(),
+                access_token: reseal("access_token", &r.access_token)?,
+                refresh_token: reseal("refresh_token", &r.refresh_token)?,
+                api_key: reseal("api_key", &r.api_key)?,
+            });
+        }
+        self.store.replace_sealed(&rows).await?;
+        self.store.clear_pending_logins().await?;
+        Ok(count)
     }
 
     /// Keep a login's PKCE verifier (sealed, bound to its state) until `expires_at_ms`.

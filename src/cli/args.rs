@@ -13,6 +13,10 @@ pub struct Cli {
     /// Data directory (database, key file). Env: SWITCHYARD_HOME.
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Refuse to run when the data directory's permissions are too open (default: fix them and warn).
+    /// Env: SWITCHYARD_STRICT_PERMISSIONS.
+    #[arg(long, global = true)]
+    pub strict_permissions: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,6 +65,37 @@ pub enum AuthCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Where secrets are kept, and moving, backing up and rotating them.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Backend in use, key source, number of secrets, permission check.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write, read back and delete a test entry on the active backend.
+    Test,
+    /// Move the encryption key to another backend (verified before the old copy is deleted).
+    Migrate {
+        #[arg(long, value_parser = ["keyring", "file"])]
+        to: String,
+    },
+    /// Write one passphrase-protected archive of every account and its tokens.
+    Backup {
+        /// Default: <home>/backups/switchyard-<time>.backup
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Restore accounts from a backup (accounts of the same name are replaced).
+    Restore { file: PathBuf },
+    /// Re-encrypt every secret under a new key, atomically.
+    RotateKey,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod accounts;
 mod args;
 mod auth;
 mod serve;
+mod storage;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::accounts::Registry;
+use crate::accounts::{PlainAccount, Registry};
 use crate::config::{Config, Overrides};
-use crate::secrets::{Cipher, KeySource, load_or_create_key, private_dir};
+use crate::secrets::{Backend, Cipher, KeySet, KeyStore, fix_permissions, loose_permissions, private_dir, shred};
 use crate::store::SqliteStore;
 pub use args::Cli;
 use args::{AccountsCommand, AuthCommand, Command};
@@ -39,7 +40,12 @@ pub fn main() -> ExitCode {
 
 /// Run one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut overrides = Overrides { config: cli.config.clone(), home: cli.home.clone(), ..Overrides::default() };
+    let mut overrides = Overrides {
+        config: cli.config.clone(),
+        home: cli.home.clone(),
+        strict_permissions: cli.strict_permissions,
+        ..Overrides::default()
+    };
     if let Command::Serve(args) = &cli.command {
         overrides.host = args.host.clone();
         overrides.port = args.port;
@@ -52,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             AuthCommand::Login(args) => auth::login(&config, args).await,
             AuthCommand::Logout { account, all } => auth::logout(&config, account, all).await,
             AuthCommand::Status { json } => auth::status(&config, json).await,
+            AuthCommand::Storage { command } => storage::run(&config, command).await,
         },
         Command::Accounts { command } => match command {
             AccountsCommand::Import(args) => accounts::import(&config, args).await,
@@ -65,17 +72,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Open the data directory: create it private, load (or create) the data key, open the database.
-pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, KeySource)> {
+/// The data directory, opened: its registry and where its key lives.
+pub(crate) struct Opened {
+    pub registry: Registry,
+    pub keystore: KeyStore,
+    pub keys: KeySet,
+}
+
+/// Open the data directory: create it private (checking what is there), find or create the data key, open
+/// the database, and fold in a plaintext store left by an earlier version.
+pub(crate) async fn open_data(config: &Config) -> anyhow::Result<Opened> {
     private_dir(&config.home).with_context(|| format!("cannot create data directory {}", config.home.display()))?;
-    let (key, source) = load_or_create_key(&config.home, config.encryption_key.as_ref())?;
-    if let KeySource::File { path, created: true } = &source {
-        eprintln!("created a new encryption key in {} (mode 0600); back it up with the database", path.display());
+    check_permissions(config)?;
+    let settings = config.secret_settings();
+    // Keychain calls block (D-Bus): keep them off the async workers.
+    let (keystore, keys, created) = tokio::task::spawn_blocking(move || KeyStore::open(settings)).await??;
+    if created {
+        eprintln!(
+            "created a new encryption key in the {}; back it up (`switchyard auth storage backup`)",
+            keystore.backend()
+        );
+    }
+    if keystore.unprotected_file() {
+        tracing::warn!("the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");
     }
     let store = SqliteStore::open(&config.database_path())
         .await
         .with_context(|| format!("cannot open database {}", config.database_path().display()))?;
-    Ok((Registry::new(Arc::new(store), Arc::new(Cipher::new(&key))), source))
+    let registry = Registry::new(Arc::new(store), Arc::new(Cipher::with_keys(keys.clone())));
+    migrate_plaintext(config, &registry).await?;
+    Ok(Opened { registry, keystore, keys })
+}
+
+pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, Backend)> {
+    let opened = open_data(config).await?;
+    Ok((opened.registry, opened.keystore.backend().clone()))
+}
+
+/// Every file in the data directory must be the owner's alone: fix and warn, or refuse when strict.
+fn check_permissions(config: &Config) -> anyhow::Result<()> {
+    let loose = loose_permissions(&config.home)?;
+    if loose.is_empty() {
+        return Ok(());
+    }
+    let list = loose.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    anyhow::ensure!(!config.strict_permissions, "refusing to run with open permissions: {list}");
+    fix_permissions(&loose)?;
+    tracing::warn!("fixed open permissions in the data directory: {list}");
+    Ok(())
+}
+
+/// `accounts.json` in the data directory (an earlier version's plaintext store, or a file dropped there to
+/// import): moved into encrypted storage, then overwritten and removed.
+async fn migrate_plaintext(config: &Config, registry: &Registry) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct PlainStore {
+        accounts: Vec<PlainAccount>,
+    }
+    let path = config.home.join("accounts.json");
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path)?);
+    let plain: PlainStore = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a plaintext account store: {e}", path.display()))?;
+    let n = registry.import(&plain.accounts).await?;
+    shred(&path).with_context(|| format!("moved the accounts but could not remove {}", path.display()))?;
+    eprintln!("moved {n} account(s) from plaintext {} into encrypted storage and removed the file", path.display());
+    Ok(())
 }
 
 /// The HTTP client for the token endpoint: short timeouts, no redirects.

@@ -11,7 +11,28 @@ use crate::config::Config;
 use crate::oauth::OAuthClient;
 use crate::server::{Gateway, shutdown_signal};
 
+/// Hold `<home>/serve.lock` exclusively: one server per data directory (two would race each other's
+/// single-use refresh tokens), and no key rotation under a running server.
+pub fn exclusive_lock(config: &Config) -> anyhow::Result<std::fs::File> {
+    crate::secrets::private_dir(&config.home)?;
+    let path = config.home.join("serve.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another switchyard process holds {} (a running `switchyard serve`?)", path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _lock = exclusive_lock(&config)?;
     let (registry, key_source) = super::open_registry(&config).await?;
     let oauth = OAuthClient::new(super::oauth_http(&config)?, config.oauth.clone());
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);

@@ -1,12 +1,19 @@
-//! Secrets at rest: the data-encryption key (from `SWITCHYARD_ENCRYPTION_KEY` or a 0600 key file) and the
-//! AES-256-GCM envelope every stored token goes through. In memory secrets are `SecretString`: redacted
-//! `Debug`, zeroized on drop.
+//! Secrets at rest: where the data-encryption keys live (`keystore`: environment, OS keychain or a 0600 key
+//! file), the versioned keys themselves (`keyset`), the AES-256-GCM envelope every stored token goes
+//! through (`envelope`), and private files (`fs`). In memory secrets are `SecretString`: redacted `Debug`,
+//! zeroized on drop.
 
 mod envelope;
-mod keyfile;
+mod fs;
+mod keyset;
+mod keystore;
 
 pub use envelope::{Cipher, CryptoError};
-pub use keyfile::{KeySource, load_or_create_key, private_dir, private_file};
+pub use fs::{
+    LoosePermission, fix_permissions, loose_permissions, private_dir, private_file, shred, write_private_atomic,
+};
+pub use keyset::{KeySet, KeySetError, open_with_passphrase, seal_with_passphrase};
+pub use keystore::{Backend, KeyError, KeyStore, SecretSettings, StoreChoice};
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// The last four characters of a secret, for `status` output: enough to tell two apart, useless to a thief.

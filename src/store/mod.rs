@@ -95,6 +95,15 @@ pub struct SealedTokens {
     pub expires_at_ms: i64,
 }
 
+/// The sealed token columns of one account, for re-encryption and backups.
+#[derive(Debug, Clone)]
+pub struct SealedRow {
+    pub id: String,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub api_key: Option<String>,
+}
+
 /// A login waiting for its `CODE#STATE`, keyed by state. The verifier is sealed.
 #[derive(Debug, Clone)]
 pub struct PendingLogin {
@@ -143,6 +152,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Write routing states in one transaction; states of accounts removed meanwhile are dropped.
     async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
+    /// Replace the sealed token columns of many accounts in one transaction (key rotation): all or none.
+    async fn replace_sealed(&self, rows: &[SealedRow]) -> Result<(), StoreError>;
+    /// Drop every pending login (their verifiers cannot outlive a key rotation).
+    async fn clear_pending_logins(&self) -> Result<u64, StoreError>;
+    /// Sealed values held: tokens and keys of accounts, plus pending login verifiers.
+    async fn count_secrets(&self) -> Result<u64, StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
     async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;

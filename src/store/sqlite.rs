@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
-use super::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedTokens, Store, StoreError};
+use super::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedRow, SealedTokens, Store, StoreError};
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
 const MIGRATIONS: &[&str] = &[
@@ -278,6 +278,39 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    async fn replace_sealed(&self, rows: &[SealedRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for row in rows {
+            sqlx::query("UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ?")
+                .bind(&row.access_token)
+                .bind(&row.refresh_token)
+                .bind(&row.api_key)
+                .bind(&row.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn clear_pending_logins(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_logins").execute(&self.pool).await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn count_secrets(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(access_token) + COUNT(refresh_token) + COUNT(api_key) FROM accounts)
+                  + (SELECT COUNT(*) FROM pending_logins)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let n: i64 = row.try_get(0).map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {

@@ -32,6 +32,8 @@ impl Env {
             ("SWITCHYARD_OAUTH_REDIRECT_URI".into(), format!("{url}/oauth/code/callback")),
             ("SWITCHYARD_CLIENT_ID".into(), fake::CLIENT_ID.into()),
             ("SWITCHYARD_LOG_LEVEL".into(), "debug".into()),
+            // The key file unless a test asks for the keychain: a keyring daemon may run in the test session.
+            ("SWITCHYARD_SECRET_STORE".into(), "file".into()),
         ];
         Env { home, vars }
     }
@@ -197,6 +199,19 @@ pub struct Gateway {
     pub url: String,
     pub log: PathBuf,
     pub client: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    /// Kill the server and wait until it is gone, so the next one on this data directory can take its lock.
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        for _ in 0..500 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Gateway {

@@ -1,0 +1,184 @@
+//! `switchyard auth storage …`: where secrets are kept, and testing, moving, backing up, restoring and
+//! rotating them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+use super::args::StorageCommand;
+use super::{format_ms, open_data};
+use crate::accounts::PlainAccount;
+use crate::config::Config;
+use crate::secrets::{
+    Backend, Cipher, ExposeSecret, SecretString, StoreChoice, loose_permissions, open_with_passphrase, private_dir,
+    seal_with_passphrase, write_private_atomic,
+};
+
+const BACKUP_FORMAT: &str = "switchyard-backup-v1";
+
+pub async fn run(config: &Config, command: StorageCommand) -> anyhow::Result<()> {
+    match command {
+        StorageCommand::Status { json } => status(config, json).await,
+        StorageCommand::Test => test(config).await,
+        StorageCommand::Migrate { to } => migrate(config, &to).await,
+        StorageCommand::Backup { output } => backup(config, output).await,
+        StorageCommand::Restore { file } => restore(config, &file).await,
+        StorageCommand::RotateKey => rotate_key(config).await,
+    }
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let secrets = opened.registry.store().count_secrets().await?;
+    let loose = loose_permissions(&config.home)?;
+    let backend = opened.keystore.backend();
+    let protected = match backend {
+        Backend::File(_) => Some(config.passphrase.is_some()),
+        _ => None,
+    };
+    if json {
+        let out = serde_json::json!({
+            "backend": backend.kind(),
+            "key_source": backend.to_string(),
+            "key_version": opened.keys.current,
+            "key_versions": opened.keys.versions(),
+            "passphrase_protected": protected,
+            "secrets": secrets,
+            "database": config.database_path(),
+            "permissions_ok": loose.is_empty(),
+            "permission_problems": loose.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("backend:      {}", backend.kind());
+    println!("key source:   {backend}");
+    println!("key version:  {} (held: {:?})", opened.keys.current, opened.keys.versions());
+    if let Some(protected) = protected {
+        println!("passphrase:   {}", if protected { "yes (Argon2id)" } else { "no — set SWITCHYARD_PASSPHRASE" });
+    }
+    println!("secrets:      {secrets} encrypted value(s) in {}", config.database_path().display());
+    if loose.is_empty() {
+        println!("permissions:  ok (directory 0700, files 0600)");
+    } else {
+        for l in &loose {
+            println!("permissions:  {l}");
+        }
+    }
+    Ok(())
+}
+
+async fn test(config: &Config) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let keystore = opened.keystore;
+    let report = tokio::task::spawn_blocking(move || keystore.round_trip()).await??;
+    // The envelope too: what is sealed opens, bound to where it belongs.
+    let cipher = Cipher::with_keys(opened.keys);
+    let sealed = cipher.seal("storage-test", "storage/test")?;
+    anyhow::ensure!(
+        cipher.open(&sealed, "storage/test")?.expose_secret() == "storage-test",
+        "envelope round trip failed"
+    );
+    println!("ok: {report}; envelope round trip succeeded");
+    Ok(())
+}
+
+async fn migrate(config: &Config, to: &str) -> anyhow::Result<()> {
+    let to: StoreChoice = to.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let opened = open_data(config).await?;
+    let from = opened.keystore.backend().clone();
+    let mut keystore = opened.keystore;
+    let keys = opened.keys;
+    let keystore = tokio::task::spawn_blocking(move || keystore.migrate(&keys, to).map(|()| keystore)).await??;
+    if *keystore.backend() == from {
+        println!("the key is already in the {from}");
+    } else {
+        println!("moved the encryption key from the {from} to the {}; the old copy is deleted", keystore.backend());
+    }
+    Ok(())
+}
+
+/// The passphrase for backups: `SWITCHYARD_BACKUP_PASSPHRASE`, else `SWITCHYARD_PASSPHRASE`, else one line
+/// from stdin.
+fn backup_passphrase(config: &Config) -> anyhow::Result<SecretString> {
+    if let Some(p) = std::env::var("SWITCHYARD_BACKUP_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
+        return Ok(SecretString::from(p));
+    }
+    if let Some(p) = &config.passphrase {
+        return Ok(p.clone());
+    }
+    eprint!("backup passphrase: ");
+    let _ = std::io::stderr().flush();
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line)?;
+    let pass = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(pass.chars().count() >= 8, "the backup passphrase must have at least 8 characters");
+    Ok(SecretString::from(pass))
+}
+
+async fn backup(config: &Config, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let passphrase = backup_passphrase(config)?;
+    let accounts = opened.registry.export().await?;
+    let plain = Zeroizing::new(serde_json::to_vec(&serde_json::json!({ "accounts": accounts }))?);
+    let sealed = seal_with_passphrase(&plain, &passphrase, BACKUP_FORMAT)?;
+    let path = match output {
+        Some(p) => p,
+        None => {
+            let dir = config.home.join("backups");
+            private_dir(&dir)?;
+            dir.join(format!("switchyard-{}.backup", crate::now_ms()))
+        }
+    };
+    write_private_atomic(&path, sealed.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {} account(s) to {} (encrypted with your passphrase, mode 0600)", accounts.len(), path.display());
+    Ok(())
+}
+
+async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Archive {
+        accounts: Vec<PlainAccount>,
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let opened = open_data(config).await?;
+    let passphrase = backup_passphrase(config)?;
+    let plain = open_with_passphrase(&text, &passphrase, BACKUP_FORMAT)
+        .map_err(|e| anyhow::anyhow!("cannot open the backup: {e}"))?;
+    let archive: Archive = serde_json::from_slice(&plain).context("the backup's content is malformed")?;
+    let n = opened.registry.import(&archive.accounts).await?;
+    println!("restored {n} account(s) from {}", file.display());
+    eprintln!(
+        "note: OAuth refresh tokens are single-use; an account refreshed since the backup was taken needs \
+         `switchyard auth login` again"
+    );
+    Ok(())
+}
+
+/// Add a new key, re-seal everything under it in one transaction, then retire the old key. A crash at any
+/// point leaves a key that opens every stored value.
+async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    let _lock = super::serve::exclusive_lock(config)
+        .context("stop `switchyard serve` on this data directory before rotating the key")?;
+    let opened = open_data(config).await?;
+    anyhow::ensure!(*opened.keystore.backend() != Backend::Environment, "{}", crate::secrets::KeyError::EnvKeyInUse);
+    let mut keys = opened.keys.clone();
+    let old = keys.current;
+    let new_version = keys.rotate();
+    let keystore = opened.keystore;
+    // 1. Both keys stored: old values still open, new ones will.
+    let keys_for_save = keys.clone();
+    let keystore = tokio::task::spawn_blocking(move || keystore.save(&keys_for_save).map(|()| keystore)).await??;
+    // 2. Every value re-sealed under the new key, all or nothing.
+    let count = opened.registry.reseal_all(&Cipher::with_keys(keys.clone())).await?;
+    // 3. The old key retired.
+    keys.retire_old();
+    tokio::task::spawn_blocking(move || keystore.save(&keys)).await??;
+    println!(
+        "re-encrypted {count} secret(s) under key version {new_version} (was {old}) at {}",
+        format_ms(crate::now_ms())
+    );
+    Ok(())
+}

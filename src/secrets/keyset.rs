@@ -1,0 +1,264 @@
+//! The data-encryption keys: a small set of versioned 256-bit keys (one current, older ones kept only while
+//! a rotation is under way), serialized as JSON and optionally wrapped under a passphrase with Argon2id.
+
+use std::collections::BTreeMap;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::CryptoError;
+
+/// Versioned data keys; `current` seals, every key opens what it sealed.
+#[derive(Clone)]
+pub struct KeySet {
+    pub current: u32,
+    keys: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet").field("current", &self.current).field("versions", &self.versions()).finish()
+    }
+}
+
+fn random_key() -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(key.as_mut());
+    key
+}
+
+fn decode_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let bytes = Zeroizing::new(STANDARD.decode(text.trim()).ok()?);
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&bytes);
+    Some(key)
+}
+
+/// On-disk / in-keychain form.
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    format: String,
+    current: u32,
+    keys: BTreeMap<u32, String>,
+}
+
+/// Passphrase-wrapped form: the `Plain` JSON sealed with a key derived by Argon2id.
+#[derive(Serialize, Deserialize)]
+struct Wrapped {
+    format: String,
+    kdf: Kdf,
+    nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Kdf {
+    alg: String,
+    salt: String,
+    m_cost: u32,
+    t_cost: u32,
+    p_cost: u32,
+}
+
+const PLAIN_FORMAT: &str = "switchyard-keys-v1";
+const WRAPPED_FORMAT: &str = "switchyard-keys-wrapped-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    #[error("the key material is not a switchyard key set")]
+    Malformed,
+    #[error("the key file is protected by a passphrase: set SWITCHYARD_PASSPHRASE")]
+    NeedsPassphrase,
+    #[error("wrong passphrase for the key file (or the file was tampered with)")]
+    WrongPassphrase,
+    #[error("key derivation failed")]
+    Kdf,
+}
+
+/// Seal `plaintext` under a passphrase: Argon2id (19 MiB, 2 passes) then AES-256-GCM. Used for wrapped
+/// key files and for backups.
+pub fn seal_with_passphrase(plaintext: &[u8], passphrase: &SecretString, format: &str) -> Result<String, KeySetError> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let kdf = Kdf { alg: "argon2id".into(), salt: STANDARD.encode(salt), m_cost: 19_456, t_cost: 2, p_cost: 1 };
+    let key = derive(passphrase, &kdf)?;
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let ciphertext = Aes256Gcm::new(key.as_ref().into())
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: format.as_bytes() })
+        .map_err(|_| KeySetError::Kdf)?;
+    let wrapped = Wrapped {
+        format: format.to_owned(),
+        kdf,
+        nonce: STANDARD.encode(nonce),
+        ciphertext: STANDARD.encode(ciphertext),
+    };
+    serde_json::to_string_pretty(&wrapped).map_err(|_| KeySetError::Malformed)
+}
+
+/// Open what [`seal_with_passphrase`] sealed with the same `format`.
+pub fn open_with_passphrase(
+    text: &str,
+    passphrase: &SecretString,
+    format: &str,
+) -> Result<Zeroizing<Vec<u8>>, KeySetError> {
+    let wrapped: Wrapped = serde_json::from_str(text).map_err(|_| KeySetError::Malformed)?;
+    if wrapped.format != format || wrapped.kdf.alg != "argon2id" {
+        return Err(KeySetError::Malformed);
+    }
+    let key = derive(passphrase, &wrapped.kdf)?;
+    let nonce = STANDARD.decode(&wrapped.nonce).map_err(|_| KeySetError::Malformed)?;
+    let ciphertext = STANDARD.decode(&wrapped.ciphertext).map_err(|_| KeySetError::Malformed)?;
+    if nonce.len() != 12 {
+        return Err(KeySetError::Malformed);
+    }
+    Aes256Gcm::new(key.as_ref().into())
+        .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: format.as_bytes() })
+        .map(Zeroizing::new)
+        .map_err(|_| KeySetError::WrongPassphrase)
+}
+
+fn derive(passphrase: &SecretString, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, KeySetError> {
+    let salt = STANDARD.decode(&kdf.salt).map_err(|_| KeySetError::Malformed)?;
+    let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32)).map_err(|_| KeySetError::Kdf)?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase.expose_secret().as_bytes(), &salt, key.as_mut())
+        .map_err(|_| KeySetError::Kdf)?;
+    Ok(key)
+}
+
+impl KeySet {
+    /// A new set with one fresh random key, version 1.
+    pub fn generate() -> Self {
+        Self { current: 1, keys: BTreeMap::from([(1, random_key())]) }
+    }
+
+    /// A set holding just `key` as version 1 (`SWITCHYARD_ENCRYPTION_KEY`).
+    pub fn single(key: Zeroizing<[u8; 32]>) -> Self {
+        Self { current: 1, keys: BTreeMap::from([(1, key)]) }
+    }
+
+    /// Parse base64 of exactly 32 bytes.
+    pub fn from_base64(text: &str) -> Option<Self> {
+        decode_key(text).map(Self::single)
+    }
+
+    pub fn key(&self, version: u32) -> Option<&Zeroizing<[u8; 32]>> {
+        self.keys.get(&version)
+    }
+
+    pub fn versions(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+
+    /// Add a fresh key and make it current; returns its version. Older keys stay until `retire_old`.
+    pub fn rotate(&mut self) -> u32 {
+        let next = self.keys.keys().max().copied().unwrap_or(0) + 1;
+        self.keys.insert(next, random_key());
+        self.current = next;
+        next
+    }
+
+    /// Drop every key but the current one.
+    pub fn retire_old(&mut self) {
+        let current = self.current;
+        self.keys.retain(|v, _| *v == current);
+    }
+
+    /// Serialize, wrapped under `passphrase` when one is given.
+    pub fn to_text(&self, passphrase: Option<&SecretString>) -> Result<Zeroizing<String>, KeySetError> {
+        let plain = Plain {
+            format: PLAIN_FORMAT.into(),
+            current: self.current,
+            keys: self.keys.iter().map(|(v, k)| (*v, STANDARD.encode(k.as_ref()))).collect(),
+        };
+        let json = Zeroizing::new(serde_json::to_string(&plain).map_err(|_| KeySetError::Malformed)?);
+        match passphrase {
+            Some(p) => seal_with_passphrase(json.as_bytes(), p, WRAPPED_FORMAT).map(Zeroizing::new),
+            None => Ok(json),
+        }
+    }
+
+    /// Parse what `to_text` wrote; also a bare base64 key (the first releases' key file).
+    pub fn from_text(text: &str, passphrase: Option<&SecretString>) -> Result<Self, KeySetError> {
+        if let Some(set) = Self::from_base64(text) {
+            return Ok(set);
+        }
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|_| KeySetError::Malformed)?;
+        let plain_json = match value.get("format").and_then(|f| f.as_str()) {
+            Some(PLAIN_FORMAT) => Zeroizing::new(text.as_bytes().to_vec()),
+            Some(WRAPPED_FORMAT) => {
+                let passphrase = passphrase.ok_or(KeySetError::NeedsPassphrase)?;
+                open_with_passphrase(text, passphrase, WRAPPED_FORMAT)?
+            }
+            _ => return Err(KeySetError::Malformed),
+        };
+        let plain: Plain = serde_json::from_slice(&plain_json).map_err(|_| KeySetError::Malformed)?;
+        let mut keys = BTreeMap::new();
+        for (version, encoded) in &plain.keys {
+            keys.insert(*version, decode_key(encoded).ok_or(KeySetError::Malformed)?);
+        }
+        if !keys.contains_key(&plain.current) {
+            return Err(KeySetError::Malformed);
+        }
+        Ok(Self { current: plain.current, keys })
+    }
+
+    /// Whether `text` is passphrase-wrapped.
+    pub fn is_wrapped(text: &str) -> bool {
+        text.contains(WRAPPED_FORMAT)
+    }
+}
+
+impl From<KeySetError> for CryptoError {
+    fn from(_: KeySetError) -> Self {
+        CryptoError::Malformed("key set")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_plain_wrapped_and_legacy() {
+        let mut set = KeySet::generate();
+        set.rotate();
+        let text = set.to_text(None).unwrap();
+        let back = KeySet::from_text(&text, None).unwrap();
+        assert_eq!((back.current, back.versions()), (2, vec![1, 2]));
+        assert_eq!(**back.key(1).unwrap(), **set.key(1).unwrap());
+
+        let pass = SecretString::from("correct horse".to_owned());
+        let wrapped = set.to_text(Some(&pass)).unwrap();
+        assert!(KeySet::is_wrapped(&wrapped));
+        assert!(!wrapped.contains(&STANDARD.encode(set.key(1).unwrap().as_ref())));
+        assert!(matches!(KeySet::from_text(&wrapped, None), Err(KeySetError::NeedsPassphrase)));
+        let wrong = SecretString::from("wrong".to_owned());
+        assert!(matches!(KeySet::from_text(&wrapped, Some(&wrong)), Err(KeySetError::WrongPassphrase)));
+        assert_eq!(KeySet::from_text(&wrapped, Some(&pass)).unwrap().current, 2);
+
+        let legacy = STANDARD.encode([9u8; 32]);
+        assert_eq!(**KeySet::from_text(&legacy, None).unwrap().key(1).unwrap(), [9u8; 32]);
+        assert!(KeySet::from_text("garbage", None).is_err());
+    }
+
+    #[test]
+    fn debug_shows_versions_only() {
+        let set = KeySet::generate();
+        let shown = format!("{set:?}");
+        assert!(shown.contains("versions") && !shown.contains(&STANDARD.encode(set.key(1).unwrap().as_ref())));
+    }
+}
