@@ -81,6 +81,8 @@ pub struct Inner {
     pub streams_finished: usize,
     /// Every token and key this fake ever handed out, to search for leaks.
     pub issued: Vec<String>,
+    /// When each refresh rotated a token pair (the old refresh token died at that instant).
+    pub rotated_at: Vec<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -253,6 +255,7 @@ async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
             if !inner.valid_refresh.remove(rt) || req["scope"].as_str().is_none() {
                 return invalid_grant();
             }
+            inner.rotated_at.push(std::time::Instant::now());
             axum::Json(issue_pair(&mut inner)).into_response()
         }
         _ => {

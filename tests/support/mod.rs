@@ -51,6 +51,12 @@ impl Env {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         cmd.env("SWITCHYARD_HOME", self.home.path()).env("HOME", self.home.path());
+        // The session bus, where the test command started a keyring daemon.
+        for var in ["DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"] {
+            if let Ok(value) = std::env::var(var) {
+                cmd.env(var, value);
+            }
+        }
         for (k, v) in &self.vars {
             cmd.env(k, v);
         }
