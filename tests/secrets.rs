@@ -244,6 +244,29 @@ async fn keychain_backend_and_migration_both_ways() {
     assert_eq!(status_json(&env).await["backend"], "file");
     assert!(env.ok(&["accounts", "list"]).await.stdout.contains("…hain"));
 
+    // kill -9 in the middle of migrations, both ways: the key stays findable every time.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    for round in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let to = if round % 2 == 0 { "keyring" } else { "file" };
+        let mut child = env
+            .command(&["auth", "storage", "migrate", "--to", to])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(seed % 80)).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let out = env.run(&["accounts", "list"], "").await;
+        assert_eq!(out.code, Some(0), "round {round}: key lost after kill -9 during migrate: {}", out.stderr);
+        assert!(out.stdout.contains("…hain"));
+    }
+    env.ok(&["auth", "storage", "migrate", "--to", "file"]).await;
+
     // A fresh directory with SWITCHYARD_SECRET_STORE=keyring keeps no key file at all.
     let mut fresh = Env::new(&fake);
     fresh.set("SWITCHYARD_SECRET_STORE", "keyring");
