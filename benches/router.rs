@@ -45,7 +45,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         let router = Router::new(strategy, 5 * 3600 * 1000);
         let pool = Pool::load(registry.clone(), oauth.clone(), Duration::from_secs(300), router).await?;
-        let want = Want { family: Some("sonnet".into()), affinity: Some("conversation".into()), pinned: None };
+        let want =
+            Want { family: Some("sonnet".into()), affinity: Some("conversation".into()), pinned: None, allowed: None };
         let started = Instant::now();
         for _ in 0..iterations {
             let chosen = pool.candidates(&want, &[]).map_err(|e| e.message())?;

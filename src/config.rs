@@ -108,12 +108,17 @@ pub struct Config {
     pub passphrase: Option<SecretString>,
     /// Refuse to start when the data directory's permissions are too open, instead of fixing them.
     pub strict_permissions: bool,
+    /// Failed key checks allowed per client IP and minute before answering 429.
+    pub auth_failures_per_minute: u32,
+    /// Serve without client keys on a non-loopback address.
+    pub allow_unauthenticated: bool,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    pub allow_unauthenticated: bool,
     pub strict_permissions: bool,
     pub home: Option<PathBuf>,
     pub host: Option<String>,
@@ -134,6 +139,8 @@ struct RawFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawServer {
+    auth_failures_per_minute: Option<u32>,
+    allow_unauthenticated: Option<bool>,
     host: Option<String>,
     port: Option<u16>,
     body_limit: Option<usize>,
@@ -247,6 +254,8 @@ impl Config {
         let host = flags.host.clone().or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
         let port = flags.port.or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
         let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
+        let auth_failures = pick(env, "SWITCHYARD_AUTH_FAILURES_PER_MINUTE", raw.server.auth_failures_per_minute)?;
+        let allow_unauth = pick(env, "SWITCHYARD_ALLOW_UNAUTHENTICATED", raw.server.allow_unauthenticated)?;
         let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
         let connect = pick(env, "SWITCHYARD_CONNECT_TIMEOUT_SECS", raw.upstream.connect_timeout_secs)?;
         let first_byte = pick(env, "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", raw.upstream.first_byte_timeout_secs)?;
@@ -358,6 +367,8 @@ impl Config {
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
             retry_backoff,
             usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
+            auth_failures_per_minute: auth_failures.unwrap_or(30).max(1),
+            allow_unauthenticated: flags.allow_unauthenticated || allow_unauth.unwrap_or(false),
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),
             strict_permissions: flags.strict_permissions || strict.unwrap_or(false),

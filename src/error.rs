@@ -42,6 +42,22 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Origin::Client, message)
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", Origin::Client, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", Origin::Client, message)
+    }
+
+    /// The client is over one of its limits; `retry_after` seconds.
+    pub fn client_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Origin::Client, message);
+        e.retry_after = Some(retry_after);
+        e.retryable = true;
+        e
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found_error", Origin::Client, message)
     }

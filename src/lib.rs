@@ -3,6 +3,7 @@
 //! Dependencies point one way: `server → forward → accounts → store, secrets`; `anthropic` and `oauth`
 //! are leaves. Nothing imports `cli`.
 
+pub mod access;
 pub mod accounts;
 pub mod anthropic;
 pub mod cli;

@@ -375,6 +375,10 @@ impl Pool {
         Ok(())
     }
 
+    pub fn store(&self) -> &Arc<dyn crate::store::Store> {
+        self.registry.store()
+    }
+
     pub fn oauth(&self) -> &OAuthClient {
         &self.oauth
     }

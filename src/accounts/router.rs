@@ -45,6 +45,8 @@ pub struct Want {
     pub affinity: Option<String>,
     /// `x-switchyard-account`: only this account.
     pub pinned: Option<String>,
+    /// The client key may use only these accounts.
+    pub allowed: Option<Vec<String>>,
 }
 
 /// Why no account can take a request.
@@ -60,6 +62,10 @@ pub enum Unavailable {
     NoneUsable {
         detail: String,
     },
+    /// The client's key may not use the account it asked for.
+    Forbidden {
+        detail: String,
+    },
 }
 
 impl Unavailable {
@@ -72,6 +78,7 @@ impl Unavailable {
                 format!("all accounts are rate-limited; the first is back at {} ({detail})", format_ms(*until_ms))
             }
             Self::NoneUsable { detail } => format!("no usable account: {detail}"),
+            Self::Forbidden { detail } => detail.clone(),
         }
     }
 }
@@ -123,6 +130,19 @@ impl Router {
         now_ms: i64,
     ) -> Result<Vec<Arc<Account>>, Unavailable> {
         let family = want.family.as_deref();
+        let restricted: Vec<Arc<Account>>;
+        let accounts = match &want.allowed {
+            Some(allowed) => {
+                if let Some(name) = want.pinned.as_ref().filter(|n| !allowed.contains(n)) {
+                    return Err(Unavailable::Forbidden {
+                        detail: format!("this API key may not use account {name:?}"),
+                    });
+                }
+                restricted = accounts.iter().filter(|a| allowed.contains(&a.name)).cloned().collect();
+                &restricted[..]
+            }
+            None => accounts,
+        };
         if let Some(name) = &want.pinned {
             let Some(account) = accounts.iter().find(|a| &a.name == name) else {
                 return Err(Unavailable::NoneUsable { detail: format!("no account named {name:?}") });

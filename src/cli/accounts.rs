@@ -45,6 +45,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
     };
     let (registry, _) = open_registry(config).await?;
     registry.save_oauth(&args.name, login, args.replace).await?;
+    super::audit_cli(registry.store().as_ref(), "accounts.import", &args.name, "oauth").await;
     println!("imported OAuth account {}", args.name);
     Ok(())
 }
@@ -84,6 +85,7 @@ pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool) -> a
     let key = secret_arg(api_key, "API key")?;
     let (registry, _) = open_registry(config).await?;
     registry.add_api_key(name, &key, replace).await?;
+    super::audit_cli(registry.store().as_ref(), "accounts.add", name, "api_key").await;
     println!("added API-key account {name}");
     Ok(())
 }
@@ -178,6 +180,8 @@ pub async fn pause(config: &Config, name: &str, pause: bool) -> anyhow::Result<(
     let (registry, _) = open_registry(config).await?;
     let status = if pause { AccountStatus::Paused } else { AccountStatus::Active };
     registry.set_status_of(name, status).await?;
+    let action = if pause { "accounts.pause" } else { "accounts.resume" };
+    super::audit_cli(registry.store().as_ref(), action, name, "").await;
     println!("{} account {name}", if pause { "paused" } else { "resumed" });
     Ok(())
 }
@@ -186,6 +190,8 @@ pub async fn set(config: &Config, name: &str, priority: Option<i64>, weight: Opt
     anyhow::ensure!(priority.is_some() || weight.is_some(), "nothing to set: give --priority and/or --weight");
     let (registry, _) = open_registry(config).await?;
     registry.set_routing(name, priority, weight).await?;
+    let detail = format!("priority {priority:?} weight {weight:?}");
+    super::audit_cli(registry.store().as_ref(), "accounts.set", name, &detail).await;
     println!("updated account {name}");
     Ok(())
 }
@@ -193,6 +199,7 @@ pub async fn set(config: &Config, name: &str, priority: Option<i64>, weight: Opt
 pub async fn remove(config: &Config, name: &str) -> anyhow::Result<()> {
     let (registry, _) = open_registry(config).await?;
     registry.remove(name).await?;
+    super::audit_cli(registry.store().as_ref(), "accounts.remove", name, "").await;
     println!("removed account {name}");
     Ok(())
 }

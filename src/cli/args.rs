@@ -35,6 +35,53 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Client API keys: who may use the gateway.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Show the audit log of administrative actions.
+    Audit {
+        /// How far back, e.g. 1d, 12h, 30m.
+        #[arg(long, default_value = "1d")]
+        since: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once (stdout) and only its hash is stored.
+    Create {
+        name: String,
+        #[arg(long, default_value = "user", value_parser = ["admin", "user", "viewer"])]
+        role: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Input tokens per minute (estimated from the request size).
+        #[arg(long)]
+        tpm: Option<i64>,
+        /// Requests in flight at once.
+        #[arg(long)]
+        concurrency: Option<i64>,
+        /// Only these accounts (comma-separated names).
+        #[arg(long, value_name = "a,b")]
+        accounts: Option<String>,
+        /// Lifetime, e.g. 30d, 12h.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List keys (no secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; a running server refuses it within a second.
+    Revoke { name: String },
+    /// Replace a key's secret (same name and settings); prints the new key once.
+    Rotate { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +92,10 @@ pub struct ServeArgs {
     /// Port to bind (0 picks a free one). Default 8080. Env: SWITCHYARD_PORT.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Serve a non-loopback address without client keys (anyone who reaches it can use your accounts).
+    /// Env: SWITCHYARD_ALLOW_UNAUTHENTICATED.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Subcommand)]

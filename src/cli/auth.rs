@@ -121,6 +121,7 @@ async fn finish(
     if console {
         let key = oauth.create_api_key(&tokens.access_token).await.context("creating the API key failed")?;
         registry.add_api_key(&name, &key, true).await?;
+        super::audit_cli(registry.store().as_ref(), "auth.login", &name, "console").await;
         println!("logged in; saved API-key account {name}");
         return Ok(());
     }
@@ -136,6 +137,7 @@ async fn finish(
         org_name: tokens.organization.as_ref().and_then(|o| o.name.clone()),
     };
     registry.save_oauth(&name, login, true).await?;
+    super::audit_cli(registry.store().as_ref(), "auth.login", &name, "oauth").await;
     match email {
         Some(email) => println!("logged in as {email}; saved OAuth account {name}"),
         None => println!("logged in; saved OAuth account {name}"),
@@ -235,6 +237,7 @@ pub async fn logout(config: &Config, account: Option<String>, all: bool) -> anyh
     }
     for name in names {
         registry.remove(&name).await?;
+        super::audit_cli(registry.store().as_ref(), "auth.logout", &name, "").await;
         println!("logged out {name}; its tokens are deleted");
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod accounts;
 mod args;
 mod auth;
+mod keys;
 mod serve;
 mod storage;
 
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(args) = &cli.command {
         overrides.host = args.host.clone();
         overrides.port = args.port;
+        overrides.allow_unauthenticated = args.allow_unauthenticated;
     }
     let config = Config::load(&overrides)?;
     crate::telemetry::init(&config.log_level, config.log_format);
@@ -69,6 +71,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             AccountsCommand::Resume { name } => accounts::pause(&config, &name, false).await,
             AccountsCommand::Set { name, priority, weight } => accounts::set(&config, &name, priority, weight).await,
         },
+        Command::Keys { command } => keys::run(&config, command).await,
+        Command::Audit { since, json } => keys::audit(&config, &since, json).await,
     }
 }
 
@@ -140,6 +144,12 @@ async fn migrate_plaintext(config: &Config, registry: &Registry) -> anyhow::Resu
     shred(&path).with_context(|| format!("moved the accounts but could not remove {}", path.display()))?;
     eprintln!("moved {n} account(s) from plaintext {} into encrypted storage and removed the file", path.display());
     Ok(())
+}
+
+/// Record an administrative action taken from the command line.
+pub(crate) async fn audit_cli(store: &dyn crate::store::Store, action: &str, target: &str, detail: &str) {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into());
+    crate::access::audit(store, &format!("cli:{user}"), None, action, target, "ok", detail).await;
 }
 
 /// The HTTP client for the token endpoint: short timeouts, no redirects.

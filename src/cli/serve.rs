@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::access::ClientKeys;
 use crate::accounts::{Pool, Router};
 use crate::config::Config;
 use crate::oauth::OAuthClient;
@@ -39,14 +40,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = Router::new(config.strategy, session_ms);
     let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
     let http = crate::forward::upstream_client(&config)?;
-    let gateway = Gateway::new(&config, pool.clone(), http).map_err(|e| anyhow::anyhow!(e.message))?;
+    let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
+    let gateway =
+        Gateway::new(&config, pool.clone(), keys.clone(), true, http).map_err(|e| anyhow::anyhow!(e.message))?;
 
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address: anyone who can reach it can use your accounts");
+    if !addr.ip().is_loopback() && !keys.any() {
+        anyhow::ensure!(
+            config.allow_unauthenticated,
+            "refusing to listen on {addr} without client keys: anyone who can reach it could use your accounts. \
+             Create one with `switchyard keys create NAME`, or pass --allow-unauthenticated"
+        );
+        tracing::warn!(
+            %addr,
+            "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT CLIENT KEYS (--allow-unauthenticated): anyone who can \
+             reach it can use your accounts"
+        );
     }
     let accounts = pool.snapshot().len();
     tracing::info!(%addr, accounts, key = %key_source, upstream = %config.upstream_url, "switchyard ready");

@@ -92,6 +92,7 @@ async fn migrate(config: &Config, to: &str) -> anyhow::Result<()> {
     let mut keystore = opened.keystore;
     let keys = opened.keys;
     let keystore = tokio::task::spawn_blocking(move || keystore.migrate(&keys, to).map(|()| keystore)).await??;
+    super::audit_cli(opened.registry.store().as_ref(), "storage.migrate", keystore.backend().kind(), "").await;
     if *keystore.backend() == from {
         println!("the key is already in the {from}");
     } else {
@@ -133,6 +134,7 @@ async fn backup(config: &Config, output: Option<PathBuf>) -> anyhow::Result<()> 
         }
     };
     write_private_atomic(&path, sealed.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    super::audit_cli(opened.registry.store().as_ref(), "storage.backup", &path.display().to_string(), "").await;
     println!("wrote {} account(s) to {} (encrypted with your passphrase, mode 0600)", accounts.len(), path.display());
     Ok(())
 }
@@ -149,6 +151,8 @@ async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot open the backup: {e}"))?;
     let archive: Archive = serde_json::from_slice(&plain).context("the backup's content is malformed")?;
     let n = opened.registry.import(&archive.accounts).await?;
+    let detail = format!("{n} account(s)");
+    super::audit_cli(opened.registry.store().as_ref(), "storage.restore", &file.display().to_string(), &detail).await;
     println!("restored {n} account(s) from {}", file.display());
     eprintln!(
         "note: OAuth refresh tokens are single-use; an account refreshed since the backup was taken needs \
@@ -173,6 +177,8 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     let keystore = tokio::task::spawn_blocking(move || keystore.save(&keys_for_save).map(|()| keystore)).await??;
     // 2. Every value re-sealed under the new key, all or nothing.
     let count = opened.registry.reseal_all(&Cipher::with_keys(keys.clone())).await?;
+    let detail = format!("key version {new_version}");
+    super::audit_cli(opened.registry.store().as_ref(), "storage.rotate-key", "data key", &detail).await;
     // 3. The old key retired.
     keys.retire_old();
     tokio::task::spawn_blocking(move || keystore.save(&keys)).await??;

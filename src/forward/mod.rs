@@ -28,6 +28,8 @@ pub struct Inbound {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The client key that sent it, when keys are in use.
+    pub caller: Option<Arc<crate::access::ClientKey>>,
 }
 
 #[derive(Debug)]
@@ -85,6 +87,7 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
             let secs = (until_ms - crate::now_ms()).max(0) / 1000 + 1;
             ApiError::all_limited(message, u64::try_from(secs).unwrap_or(1))
         }
+        Unavailable::Forbidden { .. } => ApiError::forbidden(message),
         _ => ApiError::no_account(message),
     }
 }
@@ -151,6 +154,7 @@ impl Forwarder {
             family: parsed.as_ref().and_then(MessageBody::model).map(|m| model_family(&m)),
             affinity: parsed.as_ref().and_then(MessageBody::user_id).or_else(|| header("x-claude-code-session-id")),
             pinned: header("x-switchyard-account"),
+            allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
         let family = want.family.as_deref();
         // Computed at most once, and only if an OAuth account is used.

@@ -13,6 +13,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 
+mod guard;
+
+pub use guard::Guard;
+use guard::{Caller, authorize};
+
+use crate::access::ClientKeys;
 use crate::accounts::{Pool, UsageWindow};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -23,13 +29,17 @@ struct AppState {
     forwarder: Arc<Forwarder>,
 }
 
-/// The router: the proxied Anthropic endpoints, `/health`, and JSON errors for everything else.
-pub fn router(forwarder: Arc<Forwarder>, body_limit: usize) -> Router {
-    Router::new()
+/// The router: the proxied Anthropic endpoints behind the guard, `/health`, and JSON errors for everything
+/// else.
+pub fn router(forwarder: Arc<Forwarder>, guard: Arc<Guard>, body_limit: usize) -> Router {
+    let api = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
+        .route_layer(axum::middleware::from_fn_with_state(guard, authorize));
+    Router::new()
+        .merge(api)
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -41,7 +51,8 @@ async fn proxy(
     State(state): State<AppState>,
     method: Method,
     uri: Uri,
-    mut headers: HeaderMap,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -53,16 +64,17 @@ async fn proxy(
             return ApiError::invalid_request("could not read the request body").into_response();
         }
     };
-    for name in ["authorization", "x-api-key", "cookie", "proxy-authorization"] {
-        if let axum::http::header::Entry::Occupied(mut entry) = headers.entry(name) {
-            for value in entry.iter_mut() {
-                // Client credentials stay out of any Debug or trace output.
-                value.set_sensitive(true);
-            }
+    let caller = caller.map(|axum::Extension(Caller(key))| key);
+    if let Some(key) = &caller {
+        // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
+        let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
+        if let Err(wait) = key.check_tpm(estimate) {
+            let message = format!("API key {:?} is over its input-tokens-per-minute limit", key.name);
+            return ApiError::client_limited(message, wait).into_response();
         }
     }
     let path_and_query = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| uri.path().to_owned());
-    let inbound = Inbound { method, path_and_query, headers, body };
+    let inbound = Inbound { method, path_and_query, headers, body, caller };
     match state.forwarder.forward(inbound).await {
         Ok(response) => response,
         Err(error) => {
@@ -87,17 +99,26 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// Everything `serve` runs, built from the configuration.
 pub struct Gateway {
     pub pool: Arc<Pool>,
+    pub keys: Arc<ClientKeys>,
     pub router: Router,
     usage_poll: Duration,
     oauth_beta: String,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, pool: Arc<Pool>, http: reqwest::Client) -> Result<Self, ApiError> {
+    pub fn new(
+        config: &Config,
+        pool: Arc<Pool>,
+        keys: Arc<ClientKeys>,
+        open_without_keys: bool,
+        http: reqwest::Client,
+    ) -> Result<Self, ApiError> {
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone())?);
+        let guard = Arc::new(Guard::new(keys.clone(), open_without_keys, config.auth_failures_per_minute));
         Ok(Self {
             pool,
-            router: router(forwarder, config.body_limit),
+            keys,
+            router: router(forwarder, guard, config.body_limit),
             usage_poll: config.usage_poll,
             oauth_beta: config.oauth_beta.clone(),
         })
@@ -110,7 +131,7 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let upkeep = tokio::spawn(upkeep(self.pool.clone()));
+        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone()));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -154,7 +175,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
 /// refresh tokens that are about to expire.
-async fn upkeep(pool: Arc<Pool>) {
+async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
@@ -162,6 +183,9 @@ async fn upkeep(pool: Arc<Pool>) {
         tick.tick().await;
         if let Err(e) = pool.reload().await {
             tracing::error!(error = %e, "reloading accounts failed");
+        }
+        if let Err(e) = keys.reload(pool.store().as_ref()).await {
+            tracing::error!(error = %e, "reloading client keys failed");
         }
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");

@@ -104,6 +104,40 @@ pub struct SealedRow {
     pub api_key: Option<String>,
 }
 
+/// A client API key: only the SHA-256 of the key is stored.
+#[derive(Debug, Clone)]
+pub struct ClientKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    pub role: String,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
+    /// Comma-separated account names the key may route to; `None`: all.
+    pub accounts: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// Who: `cli:<user>`, `key:<name>`, `session:<id prefix>`.
+    pub actor: String,
+    /// From where: `cli`, or the client's IP address.
+    pub source: String,
+    pub action: String,
+    pub target: String,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    pub detail: String,
+}
+
 /// A login waiting for its `CODE#STATE`, keyed by state. The verifier is sealed.
 #[derive(Debug, Clone)]
 pub struct PendingLogin {
@@ -158,6 +192,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn clear_pending_logins(&self) -> Result<u64, StoreError>;
     /// Sealed values held: tokens and keys of accounts, plus pending login verifiers.
     async fn count_secrets(&self) -> Result<u64, StoreError>;
+    async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError>;
+    /// A key of the same name is `Duplicate`.
+    async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError>;
+    /// Returns false when no active key had that name.
+    async fn revoke_client_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Give a key a new secret (and un-revoke it). Returns false when no key had that name.
+    async fn rehash_client_key(&self, name: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
     async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;

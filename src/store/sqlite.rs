@@ -11,7 +11,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
-use super::{AccountKind, AccountRecord, AccountStatus, PendingLogin, SealedRow, SealedTokens, Store, StoreError};
+use super::{
+    AccountKind, AccountRecord, AccountStatus, AuditEntry, ClientKeyRecord, PendingLogin, SealedRow, SealedTokens,
+    Store, StoreError,
+};
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
 const MIGRATIONS: &[&str] = &[
@@ -50,6 +53,33 @@ CREATE TABLE account_state (
     state TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
+"#,
+    r#"
+CREATE TABLE client_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    rpm INTEGER,
+    tpm INTEGER,
+    concurrency INTEGER,
+    accounts TEXT,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log(at_ms);
 "#,
 ];
 
@@ -311,6 +341,120 @@ impl Store for SqliteStore {
         .map_err(db)?;
         let n: i64 = row.try_get(0).map_err(db)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM client_keys ORDER BY created_at_ms, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClientKeyRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    name: r.try_get("name").map_err(db)?,
+                    hash: r.try_get("hash").map_err(db)?,
+                    role: r.try_get("role").map_err(db)?,
+                    rpm: r.try_get("rpm").map_err(db)?,
+                    tpm: r.try_get("tpm").map_err(db)?,
+                    concurrency: r.try_get("concurrency").map_err(db)?,
+                    accounts: r.try_get("accounts").map_err(db)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(db)?,
+                    expires_at_ms: r.try_get("expires_at_ms").map_err(db)?,
+                    revoked_at_ms: r.try_get("revoked_at_ms").map_err(db)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_client_key(&self, k: &ClientKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO client_keys (id, name, hash, role, rpm, tpm, concurrency, accounts, created_at_ms,
+                 expires_at_ms, revoked_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(&k.name)
+        .bind(&k.hash)
+        .bind(&k.role)
+        .bind(k.rpm)
+        .bind(k.tpm)
+        .bind(k.concurrency)
+        .bind(&k.accounts)
+        .bind(k.created_at_ms)
+        .bind(k.expires_at_ms)
+        .bind(k.revoked_at_ms)
+        .bind(k.updated_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Duplicate(_) => StoreError::Duplicate(k.name.clone()),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn revoke_client_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE client_keys SET revoked_at_ms = ?, updated_at_ms = ? WHERE name = ? AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn rehash_client_key(&self, name: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE client_keys SET hash = ?, revoked_at_ms = NULL, updated_at_ms = ? WHERE name = ?")
+                .bind(hash)
+                .bind(now_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at_ms, actor, source, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.at_ms)
+        .bind(&e.actor)
+        .bind(&e.source)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE at_ms >= ? ORDER BY at_ms, id")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at_ms: r.try_get("at_ms").map_err(db)?,
+                    actor: r.try_get("actor").map_err(db)?,
+                    source: r.try_get("source").map_err(db)?,
+                    action: r.try_get("action").map_err(db)?,
+                    target: r.try_get("target").map_err(db)?,
+                    outcome: r.try_get("outcome").map_err(db)?,
+                    detail: r.try_get("detail").map_err(db)?,
+                })
+            })
+            .collect()
     }
 
     async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {

@@ -1,0 +1,332 @@
+//! Client API keys and what they may do.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::store::{AuditEntry, ClientKeyRecord, Store, StoreError};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ApiRequest,
+    DashboardView,
+    LogsView,
+    AccountsManage,
+    KeysManage,
+}
+
+/// Bundles of permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// `api.request`.
+    User,
+    /// `dashboard.view`.
+    Viewer,
+}
+
+impl Role {
+    pub fn allows(self, permission: Permission) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::User => permission == Permission::ApiRequest,
+            Self::Viewer => permission == Permission::DashboardView,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "user" => Ok(Self::User),
+            "viewer" => Ok(Self::Viewer),
+            other => Err(format!("unknown role {other:?}: expected admin, user or viewer")),
+        }
+    }
+}
+
+/// A new key: `sy-` and 256 bits of OS randomness, base64url.
+pub fn generate_key() -> SecretString {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    SecretString::from(format!("sy-{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Hex SHA-256 of a key: what the store keeps. The key has 256 bits of entropy, so a fast hash suffices.
+pub fn hash_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `30d`, `12h`, `90m` → epoch ms from now.
+pub fn parse_expiry(text: &str, now_ms: i64) -> Result<i64, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("bad duration {text:?}: {e}"))?;
+    Ok(now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+/// A key as the hot path sees it, with its live limiters.
+pub struct ClientKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    hash: [u8; 32],
+    pub accounts: Option<Vec<String>>,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+    updated_at_ms: i64,
+    rpm: Option<DefaultDirectRateLimiter>,
+    tpm: Option<DefaultDirectRateLimiter>,
+    pub concurrency: Option<Arc<Semaphore>>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+fn per_minute(n: Option<i64>) -> Option<DefaultDirectRateLimiter> {
+    let n = NonZeroU32::new(u32::try_from(n?).ok()?)?;
+    Some(RateLimiter::direct(Quota::per_minute(n)))
+}
+
+impl ClientKey {
+    fn from_record(r: &ClientKeyRecord) -> Option<Self> {
+        let mut hash = [0u8; 32];
+        for (i, chunk) in r.hash.as_bytes().chunks(2).enumerate().take(32) {
+            hash[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+        }
+        Some(Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            role: r.role.parse().ok()?,
+            hash,
+            accounts: r
+                .accounts
+                .as_ref()
+                .map(|a| a.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+            expires_at_ms: r.expires_at_ms,
+            revoked: r.revoked_at_ms.is_some(),
+            updated_at_ms: r.updated_at_ms,
+            rpm: per_minute(r.rpm),
+            tpm: per_minute(r.tpm),
+            concurrency: r
+                .concurrency
+                .and_then(|c| usize::try_from(c).ok())
+                .filter(|c| *c > 0)
+                .map(|c| Arc::new(Semaphore::new(c))),
+        })
+    }
+
+    /// Seconds to wait when the request rate is over the key's limit.
+    pub fn check_rpm(&self) -> Result<(), u64> {
+        check(self.rpm.as_ref(), 1)
+    }
+
+    /// Seconds to wait when `tokens` more input tokens this minute are over the key's limit.
+    pub fn check_tpm(&self, tokens: u32) -> Result<(), u64> {
+        check(self.tpm.as_ref(), tokens.max(1))
+    }
+}
+
+fn check(limiter: Option<&DefaultDirectRateLimiter>, n: u32) -> Result<(), u64> {
+    let Some(limiter) = limiter else { return Ok(()) };
+    let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+    match limiter.check_n(n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            Err(wait.as_secs() + 1)
+        }
+        // More than a whole minute's budget in one request: it can never pass.
+        Err(_) => Err(60),
+    }
+}
+
+/// The result of checking a presented key.
+#[derive(Debug)]
+pub enum KeyCheck {
+    Valid(Arc<ClientKey>),
+    Missing,
+    Unknown,
+    Revoked(String),
+    Expired(String),
+}
+
+/// All client keys, for the hot path.
+#[derive(Debug, Default)]
+pub struct ClientKeys {
+    keys: RwLock<Vec<Arc<ClientKey>>>,
+}
+
+impl ClientKeys {
+    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let keys = Self::default();
+        keys.reload(store).await?;
+        Ok(keys)
+    }
+
+    /// Pick up keys created, revoked or rotated by the CLI; unchanged keys keep their limiter state.
+    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let records = store.list_client_keys().await?;
+        let current = self.snapshot();
+        let next: Vec<Arc<ClientKey>> = records
+            .iter()
+            .filter_map(|r| match current.iter().find(|k| k.id == r.id && k.updated_at_ms == r.updated_at_ms) {
+                Some(same) => Some(same.clone()),
+                None => ClientKey::from_record(r).map(Arc::new),
+            })
+            .collect();
+        match self.keys.write() {
+            Ok(mut k) => *k = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<Arc<ClientKey>> {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether any key exists (revoked ones count: once keys are in use, the gateway stays closed).
+    pub fn any(&self) -> bool {
+        !self.snapshot().is_empty()
+    }
+
+    /// Check a presented key against every stored hash in constant time.
+    pub fn check(&self, presented: Option<&str>, now_ms: i64) -> KeyCheck {
+        let Some(presented) = presented.filter(|p| !p.is_empty()) else { return KeyCheck::Missing };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found: Option<Arc<ClientKey>> = None;
+        for key in self.snapshot() {
+            if bool::from(key.hash.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        match found {
+            None => KeyCheck::Unknown,
+            Some(k) if k.revoked => KeyCheck::Revoked(k.name.clone()),
+            Some(k) if k.expires_at_ms.is_some_and(|e| e <= now_ms) => KeyCheck::Expired(k.name.clone()),
+            Some(k) => KeyCheck::Valid(k),
+        }
+    }
+}
+
+/// What `keys create` stores.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Option<Role>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub accounts: Option<Vec<String>>,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl NewKey {
+    /// Store the key's hash; returns the key itself, to be shown once.
+    pub async fn create(&self, store: &dyn Store) -> Result<SecretString, StoreError> {
+        let key = generate_key();
+        let now = crate::now_ms();
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let record = ClientKeyRecord {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            name: self.name.clone(),
+            hash: hash_key(key.expose_secret()),
+            role: self.role.unwrap_or(Role::User).as_str().to_owned(),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            concurrency: self.concurrency,
+            accounts: self.accounts.as_ref().map(|a| a.join(",")),
+            created_at_ms: now,
+            expires_at_ms: self.expires_at_ms,
+            revoked_at_ms: None,
+            updated_at_ms: now,
+        };
+        store.insert_client_key(&record).await?;
+        Ok(key)
+    }
+}
+
+/// Append an audit entry; a failure is logged, never fatal to the action it describes.
+pub async fn audit(
+    store: &dyn Store,
+    actor: &str,
+    source: Option<IpAddr>,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+) {
+    let entry = AuditEntry {
+        at_ms: crate::now_ms(),
+        actor: actor.to_owned(),
+        source: source.map_or_else(|| "cli".to_owned(), |ip| ip.to_string()),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        detail: detail.to_owned(),
+    };
+    if let Err(e) = store.append_audit(&entry).await {
+        tracing::error!(error = %e, action, "could not write the audit log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_hashed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.expose_secret().starts_with("sy-") && a.expose_secret().len() == 46);
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_eq!(hash_key("x").len(), 64);
+        assert!(!hash_key(a.expose_secret()).contains(&a.expose_secret()[3..]));
+    }
+
+    #[test]
+    fn roles_bundle_permissions() {
+        assert!(Role::Admin.allows(Permission::KeysManage));
+        assert!(Role::User.allows(Permission::ApiRequest) && !Role::User.allows(Permission::DashboardView));
+        assert!(Role::Viewer.allows(Permission::DashboardView) && !Role::Viewer.allows(Permission::ApiRequest));
+    }
+
+    #[test]
+    fn limits_refuse_then_name_a_wait() {
+        let rpm = per_minute(Some(2));
+        assert!(check(rpm.as_ref(), 1).is_ok());
+        assert!(check(rpm.as_ref(), 1).is_ok());
+        let wait = check(rpm.as_ref(), 1).unwrap_err();
+        assert!((1..=31).contains(&wait), "{wait}");
+        assert!(check(per_minute(Some(10)).as_ref(), 11).is_err());
+        assert!(check(None, 1000).is_ok());
+    }
+}

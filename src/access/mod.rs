@@ -1,0 +1,9 @@
+//! Who may use the gateway: client API keys (only their SHA-256 stored, compared in constant time), roles
+//! and permissions, per-key limits (requests/min, input tokens/min, concurrency), and the audit log.
+//! Keys live in memory for the hot path and are reloaded from the store each second.
+
+mod keys;
+
+pub use keys::{
+    ClientKey, ClientKeys, KeyCheck, NewKey, Permission, Role, audit, generate_key, hash_key, parse_expiry,
+};

@@ -1,0 +1,137 @@
+//! `switchyard keys …` and `switchyard audit`: client API keys and the audit log.
+
+use anyhow::Context;
+
+use super::args::KeysCommand;
+use super::{format_ms, open_data};
+use crate::access::{NewKey, Role, hash_key, parse_expiry};
+use crate::config::Config;
+use crate::secrets::ExposeSecret;
+use crate::store::Store;
+
+pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let store = opened.registry.store().clone();
+    match command {
+        KeysCommand::Create { name, role, rpm, tpm, concurrency, accounts, expires } => {
+            let now = crate::now_ms();
+            let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let new = NewKey {
+                name: name.clone(),
+                role: Some(role),
+                rpm,
+                tpm,
+                concurrency,
+                accounts: accounts
+                    .map(|a| a.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+                expires_at_ms: expires
+                    .as_deref()
+                    .map(|e| parse_expiry(e, now))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            };
+            let key = new.create(store.as_ref()).await?;
+            super::audit_cli(store.as_ref(), "keys.create", &name, &format!("role {}", role.as_str())).await;
+            println!("{}", key.expose_secret());
+            eprintln!("created key {name} (role {}); it is shown only this once", role.as_str());
+        }
+        KeysCommand::List { json } => list(store.as_ref(), json).await?,
+        KeysCommand::Revoke { name } => {
+            anyhow::ensure!(store.revoke_client_key(&name, crate::now_ms()).await?, "no active key named {name:?}");
+            super::audit_cli(store.as_ref(), "keys.revoke", &name, "").await;
+            println!("revoked key {name}; a running server refuses it within a second");
+        }
+        KeysCommand::Rotate { name } => {
+            let key = crate::access::generate_key();
+            let found = store.rehash_client_key(&name, &hash_key(key.expose_secret()), crate::now_ms()).await?;
+            anyhow::ensure!(found, "no key named {name:?}");
+            super::audit_cli(store.as_ref(), "keys.rotate", &name, "").await;
+            println!("{}", key.expose_secret());
+            eprintln!("rotated key {name}: the old key stops working within a second; the new one is shown only once");
+        }
+    }
+    Ok(())
+}
+
+async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
+    let now = crate::now_ms();
+    let keys = store.list_client_keys().await?;
+    let rows: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            let status = if k.revoked_at_ms.is_some() {
+                "revoked"
+            } else if k.expires_at_ms.is_some_and(|e| e <= now) {
+                "expired"
+            } else {
+                "active"
+            };
+            serde_json::json!({
+                "name": k.name,
+                "role": k.role,
+                "status": status,
+                "rpm": k.rpm,
+                "tpm": k.tpm,
+                "concurrency": k.concurrency,
+                "accounts": k.accounts.as_ref().map(|a| a.split(',').collect::<Vec<_>>()),
+                "created_at_ms": k.created_at_ms,
+                "expires_at_ms": k.expires_at_ms,
+                // A short fingerprint of the hash, to tell keys apart; never the key.
+                "fingerprint": &k.hash[..8],
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "no client keys: the gateway is open on loopback only (create one with `switchyard keys create NAME`)"
+        );
+        return Ok(());
+    }
+    for (k, row) in keys.iter().zip(&rows) {
+        let limit = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        println!(
+            "{:<16} {:<7} {:<8} rpm {} tpm {} concurrency {} accounts {} expires {} fingerprint {}",
+            k.name,
+            k.role,
+            row["status"].as_str().unwrap_or(""),
+            limit(k.rpm),
+            limit(k.tpm),
+            limit(k.concurrency),
+            k.accounts.as_deref().unwrap_or("all"),
+            k.expires_at_ms.map_or_else(|| "never".to_owned(), format_ms),
+            &k.hash[..8],
+        );
+    }
+    Ok(())
+}
+
+pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let window = humantime::parse_duration(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
+    let since_ms = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+    let entries = opened.registry.store().list_audit(since_ms).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    for e in &entries {
+        println!(
+            "{} {:<18} {:<20} {:<16} {:<7} {} {}",
+            format_ms(e.at_ms),
+            e.action,
+            e.actor,
+            e.target,
+            e.outcome,
+            e.source,
+            e.detail
+        );
+    }
+    if entries.is_empty() {
+        println!("no audit entries in the last {since}");
+    }
+    Ok(())
+}
