@@ -112,12 +112,25 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Serve without client keys on a non-loopback address.
     pub allow_unauthenticated: bool,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (slow clients, idle keep-alive).
+    pub header_timeout: Duration,
+    /// Only these client addresses (CIDRs); others get 403.
+    pub allowed_ips: Option<Vec<ipnet::IpNet>>,
+    /// Browser origins allowed by CORS; none by default.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub allow_unauthenticated: bool,
     pub strict_permissions: bool,
     pub home: Option<PathBuf>,
@@ -139,6 +152,12 @@ struct RawFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawServer {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    allowed_ips: Option<String>,
+    allowed_origins: Option<String>,
     auth_failures_per_minute: Option<u32>,
     allow_unauthenticated: Option<bool>,
     host: Option<String>,
@@ -256,6 +275,29 @@ impl Config {
         let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
         let auth_failures = pick(env, "SWITCHYARD_AUTH_FAILURES_PER_MINUTE", raw.server.auth_failures_per_minute)?;
         let allow_unauth = pick(env, "SWITCHYARD_ALLOW_UNAUTHENTICATED", raw.server.allow_unauthenticated)?;
+        let tls_cert = flags.tls_cert.clone().or(pick(env, "SWITCHYARD_TLS_CERT", raw.server.tls_cert)?);
+        let tls_key = flags.tls_key.clone().or(pick(env, "SWITCHYARD_TLS_KEY", raw.server.tls_key)?);
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "SWITCHYARD_TLS_CERT",
+                message: "a TLS certificate and key go together: give both --tls-cert and --tls-key".into(),
+            });
+        }
+        let max_connections = pick(env, "SWITCHYARD_MAX_CONNECTIONS", raw.server.max_connections)?;
+        let header_timeout = pick(env, "SWITCHYARD_HEADER_TIMEOUT_SECS", raw.server.header_timeout_secs)?;
+        let allowed_ips: Option<String> = pick(env, "SWITCHYARD_ALLOWED_IPS", raw.server.allowed_ips)?;
+        let allowed_ips = allowed_ips
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| crate::server::parse_allowed_ips(&s))
+            .transpose()
+            .map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_ALLOWED_IPS", message })?;
+        let origins: Option<String> = pick(env, "SWITCHYARD_ALLOWED_ORIGINS", raw.server.allowed_origins)?;
+        let allowed_origins: Vec<String> = origins
+            .unwrap_or_default()
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
         let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
         let connect = pick(env, "SWITCHYARD_CONNECT_TIMEOUT_SECS", raw.upstream.connect_timeout_secs)?;
         let first_byte = pick(env, "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", raw.upstream.first_byte_timeout_secs)?;
@@ -368,6 +410,12 @@ impl Config {
             retry_backoff,
             usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
             auth_failures_per_minute: auth_failures.unwrap_or(30).max(1),
+            tls_cert,
+            tls_key,
+            max_connections: max_connections.unwrap_or(1024).max(1),
+            header_timeout: secs(header_timeout, 30),
+            allowed_ips,
+            allowed_origins,
             allow_unauthenticated: flags.allow_unauthenticated || allow_unauth.unwrap_or(false),
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),

@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// Env: SWITCHYARD_ALLOW_UNAUTHENTICATED.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Serve HTTPS with this PEM certificate (chain). Env: SWITCHYARD_TLS_CERT.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert. Env: SWITCHYARD_TLS_KEY.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         overrides.host = args.host.clone();
         overrides.port = args.port;
         overrides.allow_unauthenticated = args.allow_unauthenticated;
+        overrides.tls_cert = args.tls_cert.clone();
+        overrides.tls_key = args.tls_key.clone();
     }
     let config = Config::load(&overrides)?;
     crate::telemetry::init(&config.log_level, config.log_format);

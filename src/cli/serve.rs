@@ -10,7 +10,7 @@ use crate::access::ClientKeys;
 use crate::accounts::{Pool, Router};
 use crate::config::Config;
 use crate::oauth::OAuthClient;
-use crate::server::{Gateway, shutdown_signal};
+use crate::server::{Gateway, ListenOptions, shutdown_signal};
 
 /// Hold `<home>/serve.lock` exclusively: one server per data directory (two would race each other's
 /// single-use refresh tokens), and no key rotation under a running server.
@@ -44,6 +44,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway =
         Gateway::new(&config, pool.clone(), keys.clone(), true, http).map_err(|e| anyhow::anyhow!(e.message))?;
 
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::tls_config(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -67,8 +71,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Scripts and tests read the bound address (useful with --port 0) from this line.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "switchyard listening on http://{addr}")?;
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    writeln!(stdout, "switchyard listening on {scheme}://{addr}")?;
     stdout.flush()?;
-    gateway.run(listener, shutdown_signal()).await?;
+    let options = ListenOptions {
+        tls,
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        allowed_ips: config.allowed_ips.clone(),
+        drain: crate::server::DRAIN,
+    };
+    gateway.run(listener, options, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! The HTTP front: routes, request reading and limits, background upkeep, graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,10 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 
 mod guard;
+mod listen;
 
 pub use guard::Guard;
+pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 use guard::{Caller, authorize};
 
 use crate::access::ClientKeys;
@@ -125,40 +126,17 @@ impl Gateway {
     }
 
     /// Serve on `listener` until `shutdown` resolves, keeping the pool fresh in the background. Running
-    /// requests get [`DRAIN`] to finish after the signal; streams still open then are cut.
+    /// requests get `options.drain` to finish after the signal; streams still open then are cut.
     pub async fn run(
         self,
         listener: TcpListener,
+        options: ListenOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone()));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        // SSE events are small writes that must leave at once, not wait for Nagle's algorithm.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let deadline = async {
-            stopped(stop_rx).await;
-            tokio::time::sleep(DRAIN).await;
-        };
-        let result = tokio::select! {
-            result = server => result,
-            () = deadline => {
-                tracing::warn!("requests still running after {}s; stopping anyway", DRAIN.as_secs());
-                Ok(())
-            }
-        };
+        listen::serve(listener, self.router.clone(), options, shutdown).await;
         upkeep.abort();
         if let Some(poller) = poller {
             poller.abort();
@@ -166,12 +144,12 @@ impl Gateway {
         if let Err(e) = self.pool.flush_states().await {
             tracing::error!(error = %e, "could not save routing state at shutdown");
         }
-        result
+        Ok(())
     }
 }
 
 /// How long running requests may take to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(30);
+pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
 /// refresh tokens that are about to expire.

@@ -1,0 +1,233 @@
+//! The accept loop: TLS (rustls) when configured, a cap on open connections that sheds load with a 503,
+//! an IP allow-list answered with 403 before anything else, slow-client and idle timeouts, header size
+//! limits, and graceful draining on shutdown.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// How connections are accepted.
+#[derive(Clone)]
+pub struct ListenOptions {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_connections: usize,
+    /// A client must finish sending request headers within this time (also ends idle keep-alive).
+    pub header_timeout: Duration,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    /// Running requests get this long to finish after shutdown is asked for.
+    pub drain: Duration,
+}
+
+impl std::fmt::Debug for ListenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenOptions")
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("allowed_ips", &self.allowed_ips)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read TLS certificate {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("cannot read TLS private key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// A rustls server configuration from PEM files (certificate chain, private key), offering h2 and http/1.1.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert { path: cert.display().to_string(), message: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert { path: cert.display().to_string(), message: "no certificate found".into() });
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key { path: key.display().to_string(), message: e.to_string() })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn allowed(list: Option<&[IpNet]>, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    list.is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+}
+
+/// A whole HTTP/1.1 response written by hand, for connections turned away before hyper sees them.
+async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, status: &'static str, error: ApiError) {
+    let body = error.body().to_string();
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ListenOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(256 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(256 * 1024).keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        if !allowed(options.allowed_ips.as_deref(), peer.ip()) {
+            tracing::info!(%peer, "connection from an address outside SWITCHYARD_ALLOWED_IPS");
+            let error = ApiError::forbidden("your address is not allowed to use this gateway");
+            match acceptor.clone() {
+                Some(acceptor) => {
+                    tokio::spawn(async move {
+                        if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await {
+                            turn_away(tls, "403 Forbidden", error).await;
+                        }
+                    });
+                }
+                None => {
+                    tokio::spawn(turn_away(tcp, "403 Forbidden", error));
+                }
+            }
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = options.max_connections, "connection limit reached; shedding load");
+            let error = ApiError::no_account("the gateway is at its connection limit; try again shortly");
+            tokio::spawn(turn_away(tcp, "503 Service Unavailable", error));
+            continue;
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let header_timeout = options.header_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            match acceptor {
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => serve_connection(&builder, watcher, tls, service).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => serve_connection(&builder, watcher, tcp, service).await,
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(options.drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after {}s; stopping anyway", options.drain.as_secs());
+    }
+}
+
+async fn serve_connection<I, S>(
+    builder: &Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Parse `SWITCHYARD_ALLOWED_IPS`: comma-separated CIDRs or single addresses.
+pub fn parse_allowed_ips(text: &str) -> Result<Vec<IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_cidrs_and_mapped_addresses() {
+        let list = parse_allowed_ips("127.0.0.1, 10.0.0.0/8,::1").unwrap();
+        assert!(allowed(Some(&list), "10.2.3.4".parse().unwrap()));
+        assert!(allowed(Some(&list), "::ffff:127.0.0.1".parse().unwrap()));
+        assert!(allowed(Some(&list), "::1".parse().unwrap()));
+        assert!(!allowed(Some(&list), "192.168.1.1".parse().unwrap()));
+        assert!(allowed(None, "192.168.1.1".parse().unwrap()));
+        assert!(parse_allowed_ips("10.0.0.0/99").is_err());
+    }
+}
