@@ -240,6 +240,25 @@ fn parse_url(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
     }
 }
 
+/// A URL Switchyard itself calls: HTTPS only, except plain HTTP to a loopback address (tests, local
+/// fakes). Certificates are always fully validated.
+fn parse_upstream(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url = parse_url(name, raw)?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{raw}: upstream connections must use https (plain http only to a loopback address)"),
+        });
+    }
+    Ok(url)
+}
+
 /// The data directory when none is configured.
 pub fn default_home() -> Option<PathBuf> {
     dirs::data_dir().map(|d| d.join("switchyard")).or_else(|| dirs::home_dir().map(|h| h.join(".switchyard")))
@@ -344,7 +363,8 @@ impl Config {
                 });
             }
         };
-        let upstream_url = parse_url("SWITCHYARD_UPSTREAM_URL", upstream.as_deref().unwrap_or(defaults::UPSTREAM_URL))?;
+        let upstream_url =
+            parse_upstream("SWITCHYARD_UPSTREAM_URL", upstream.as_deref().unwrap_or(defaults::UPSTREAM_URL))?;
         let scopes = scopes.unwrap_or_else(|| defaults::SCOPES.to_owned());
         let oauth = OAuthConfig {
             client_id: client_id.unwrap_or_else(|| defaults::CLIENT_ID.to_owned()),
@@ -356,7 +376,7 @@ impl Config {
                 "SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL",
                 console.as_deref().unwrap_or(defaults::CONSOLE_AUTHORIZE_URL),
             )?,
-            token_url: parse_url("SWITCHYARD_OAUTH_TOKEN_URL", token.as_deref().unwrap_or(defaults::TOKEN_URL))?,
+            token_url: parse_upstream("SWITCHYARD_OAUTH_TOKEN_URL", token.as_deref().unwrap_or(defaults::TOKEN_URL))?,
             redirect_uri: parse_url(
                 "SWITCHYARD_OAUTH_REDIRECT_URI",
                 redirect.as_deref().unwrap_or(defaults::REDIRECT_URI),

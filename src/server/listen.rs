@@ -12,7 +12,7 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use ipnet::IpNet;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -83,19 +83,26 @@ fn allowed(list: Option<&[IpNet]>, ip: IpAddr) -> bool {
     list.is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
 }
 
-/// A whole HTTP/1.1 response written by hand, for connections turned away before hyper sees them.
-async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, status: &'static str, error: ApiError) {
-    let body = error.body().to_string();
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(body.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+/// Answer every request on a connection turned away (not allowed, over the cap) with `error`, then close.
+/// The request is read first, so clients see a proper answer rather than a reset.
+async fn turn_away<I>(io: I, error: ApiError)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+        let error = error.clone();
+        async move {
+            let mut response = axum::response::IntoResponse::into_response(error);
+            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves.
@@ -109,12 +116,12 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(256 * 1024);
     builder
-        .http1()
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
-        .max_buf_size(256 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(256 * 1024).keep_alive_interval(Duration::from_secs(30));
+        .max_header_list_size(256 * 1024)
+        .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -138,12 +145,12 @@ pub async fn serve(
                 Some(acceptor) => {
                     tokio::spawn(async move {
                         if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await {
-                            turn_away(tls, "403 Forbidden", error).await;
+                            turn_away(tls, error).await;
                         }
                     });
                 }
                 None => {
-                    tokio::spawn(turn_away(tcp, "403 Forbidden", error));
+                    tokio::spawn(turn_away(tcp, error));
                 }
             }
             continue;
@@ -151,7 +158,7 @@ pub async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = options.max_connections, "connection limit reached; shedding load");
             let error = ApiError::no_account("the gateway is at its connection limit; try again shortly");
-            tokio::spawn(turn_away(tcp, "503 Service Unavailable", error));
+            tokio::spawn(turn_away(tcp, error));
             continue;
         };
         let app = app.clone();

@@ -13,11 +13,12 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 
 mod guard;
+mod headers;
 mod listen;
 
 pub use guard::Guard;
-pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 use guard::{Caller, authorize};
+pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 
 use crate::access::ClientKeys;
 use crate::accounts::{Pool, UsageWindow};
@@ -32,19 +33,25 @@ struct AppState {
 
 /// The router: the proxied Anthropic endpoints behind the guard, `/health`, and JSON errors for everything
 /// else.
-pub fn router(forwarder: Arc<Forwarder>, guard: Arc<Guard>, body_limit: usize) -> Router {
+pub fn router(forwarder: Arc<Forwarder>, guard: Arc<Guard>, web: WebOptions, body_limit: usize) -> Router {
     let api = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
-        .route_layer(axum::middleware::from_fn_with_state(guard, authorize));
-    Router::new()
-        .merge(api)
+        .route_layer(axum::middleware::from_fn_with_state(guard, authorize))
+        .method_not_allowed_fallback(method_not_allowed);
+    let own = Router::new()
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(headers::Tls(web.tls), headers::security_headers));
+    own.merge(api)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            headers::Cors { origins: Arc::new(web.allowed_origins) },
+            headers::cors,
+        ))
         .with_state(AppState { forwarder })
 }
 
@@ -97,6 +104,13 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path())).into_response()
 }
 
+/// Browser-facing settings.
+#[derive(Debug, Clone, Default)]
+pub struct WebOptions {
+    pub tls: bool,
+    pub allowed_origins: Vec<String>,
+}
+
 /// Everything `serve` runs, built from the configuration.
 pub struct Gateway {
     pub pool: Arc<Pool>,
@@ -119,7 +133,12 @@ impl Gateway {
         Ok(Self {
             pool,
             keys,
-            router: router(forwarder, guard, config.body_limit),
+            router: router(
+                forwarder,
+                guard,
+                WebOptions { tls: config.tls_cert.is_some(), allowed_origins: config.allowed_origins.clone() },
+                config.body_limit,
+            ),
             usage_poll: config.usage_poll,
             oauth_beta: config.oauth_beta.clone(),
         })

@@ -1,0 +1,203 @@
+//! The network edge through the real binary: TLS, the IP allow-list, the connection cap, slow clients,
+//! CORS, security headers, and the https-only rule for upstreams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Env, Fake, message_body};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn gateway_env(fake: &Fake) -> Env {
+    fake.add_api_key("sk-ant-api03-edge");
+    let env = Env::new(fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-edge"]).await;
+    env
+}
+
+/// Raw HTTP/1.1 over TCP: what a browser-less client or an attacker sends.
+async fn raw(addr: &str, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").trim_start_matches("https://").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_round_trip_with_a_generated_certificate() {
+    let fake = Fake::start().await;
+    let env = gateway_env(&fake).await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    std::fs::write(env.home().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(env.home().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let mut env = env;
+    env.set("SWITCHYARD_TLS_CERT", env.home().join("cert.pem").to_str().unwrap());
+    env.set("SWITCHYARD_TLS_KEY", env.home().join("key.pem").to_str().unwrap());
+    let gw = env.serve().await;
+    assert!(gw.url.starts_with("https://"), "{}", gw.url);
+    let port = gw.url.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let r = client.post(format!("{base}/v1/messages")).json(&message_body(true)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("message_stop"));
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert!(health.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));
+    // Plain HTTP to the TLS port gets nowhere; an untrusting client refuses the certificate.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    assert!(reqwest::get(format!("{base}/health")).await.is_err(), "certificate validation is on");
+
+    // A missing certificate file is a clear start-up error.
+    drop(gw);
+    env.set("SWITCHYARD_TLS_CERT", "/nonexistent/cert.pem");
+    let out = env.command(&["serve", "--port", "0"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read TLS certificate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn addresses_outside_the_allow_list_get_403_first() {
+    let fake = Fake::start().await;
+    let mut env = gateway_env(&fake).await;
+    env.set("SWITCHYARD_ALLOWED_IPS", "10.0.0.0/8");
+    let gw = env.serve().await;
+    let r = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+    let (kind, _) = support::error_type(r, 403).await;
+    assert_eq!(kind, "permission_error");
+    assert_eq!(gw.get("/health").send().await.unwrap().status(), 403);
+    assert!(fake.requests().is_empty());
+    drop(gw);
+    env.set("SWITCHYARD_ALLOWED_IPS", "10.0.0.0/8, 127.0.0.1/32");
+    let gw = env.serve().await;
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    env.set("SWITCHYARD_ALLOWED_IPS", "not-an-ip");
+    let out = env.run(&["serve", "--port", "0"], "").await;
+    assert!(out.stderr.contains("SWITCHYARD_ALLOWED_IPS"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
+    let fake = Fake::start().await;
+    let mut env = gateway_env(&fake).await;
+    env.set("SWITCHYARD_MAX_CONNECTIONS", "2");
+    env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "1");
+    let gw = env.serve().await;
+    let addr = host_port(&gw.url);
+    // Two idle connections take both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connection limit"), "{answer}");
+    // Clients that never finish their headers are dropped after the header timeout, freeing the slots.
+    for stream in &mut held {
+        stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    }
+    let mut buf = [0u8; 256];
+    for stream in &mut held {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("slow client kept");
+        assert!(n.is_ok(), "connection closed or answered");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Oversized headers are refused, not buffered without end.
+    let huge =
+        format!("GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n", "a".repeat(400_000));
+    let answer = raw(&addr, &huge).await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{}", &answer[..answer.len().min(200)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_only_for_listed_origins_and_security_headers_on_our_pages() {
+    let fake = Fake::start().await;
+    let env = gateway_env(&fake).await;
+    let gw = env.serve().await;
+    let r = gw
+        .post("/v1/messages")
+        .header("origin", "https://evil.example")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "no CORS unless configured");
+    let preflight = gw
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/messages", gw.url))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 403);
+    let health = gw.get("/health").send().await.unwrap();
+    let h = health.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(h.get("strict-transport-security").is_none(), "HSTS only under TLS");
+    drop(gw);
+
+    let mut env = env;
+    env.set("SWITCHYARD_ALLOWED_ORIGINS", "https://app.example, https://other.example/");
+    let gw = env.serve().await;
+    let preflight = gw
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/messages", gw.url))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(preflight.headers()["access-control-allow-headers"].to_str().unwrap().contains("x-api-key"));
+    let r = gw
+        .post("/v1/messages")
+        .header("origin", "https://other.example")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://other.example");
+    assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("request-id"));
+    let r = gw
+        .post("/v1/messages")
+        .header("origin", "https://evil.example")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstreams_must_be_https_unless_loopback() {
+    let fake = Fake::start().await;
+    let mut env = gateway_env(&fake).await;
+    env.set("SWITCHYARD_UPSTREAM_URL", "http://api.example.com");
+    let out = env.run(&["serve", "--port", "0"], "").await;
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("must use https"), "{}", out.stderr);
+    env.set("SWITCHYARD_UPSTREAM_URL", &fake.url());
+    env.set("SWITCHYARD_OAUTH_TOKEN_URL", "http://auth.example.com/token");
+    let out = env.run(&["accounts", "list"], "").await;
+    assert!(out.stderr.contains("SWITCHYARD_OAUTH_TOKEN_URL"), "{}", out.stderr);
+}
