@@ -211,6 +211,12 @@ impl ClientKeys {
         }
     }
 
+    /// Whether an active key with `role` exists.
+    pub fn has_role(&self, role: Role) -> bool {
+        let now = crate::now_ms();
+        self.snapshot().iter().any(|k| k.role == role && !k.revoked && k.expires_at_ms.is_none_or(|e| e > now))
+    }
+
     /// Whether any key exists (revoked ones count: once keys are in use, the gateway stays closed).
     pub fn any(&self) -> bool {
         !self.snapshot().is_empty()

@@ -2,7 +2,9 @@
 //! and permissions, per-key limits (requests/min, input tokens/min, concurrency), and the audit log.
 //! Keys live in memory for the hot path and are reloaded from the store each second.
 
+pub mod admin;
 mod keys;
+pub mod totp;
 
 pub use keys::{
     ClientKey, ClientKeys, KeyCheck, NewKey, Permission, Role, audit, generate_key, hash_key, parse_expiry,

@@ -379,6 +379,10 @@ impl Pool {
         self.registry.store()
     }
 
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn oauth(&self) -> &OAuthClient {
         &self.oauth
     }

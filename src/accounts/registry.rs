@@ -110,6 +110,10 @@ impl Registry {
         &self.store
     }
 
+    pub fn cipher(&self) -> &Arc<Cipher> {
+        &self.cipher
+    }
+
     pub fn seal(&self, id: &str, field: &str, secret: &SecretString) -> Result<String, AccountError> {
         Ok(self.cipher.seal(secret.expose_secret(), &aad(id, field))?)
     }

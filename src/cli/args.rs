@@ -40,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Administrator credentials for the admin API and dashboard.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Show the audit log of administrative actions.
     Audit {
         /// How far back, e.g. 1d, 12h, 30m.
@@ -47,6 +52,16 @@ pub enum Command {
         since: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Set the administrator password (read from stdin, or SWITCHYARD_ADMIN_PASSWORD).
+    SetPassword {
+        /// Also require a TOTP code; prints the otpauth:// URL for an authenticator app.
+        #[arg(long)]
+        totp: bool,
     },
 }
 

@@ -109,6 +109,30 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let password = match std::env::var("SWITCHYARD_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
+        Some(p) => crate::secrets::SecretString::from(p),
+        None => {
+            eprint!("new administrator password (at least 12 characters): ");
+            let _ = std::io::Write::flush(&mut std::io::stderr());
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line)?;
+            crate::secrets::SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    };
+    let registry = &opened.registry;
+    let url = crate::access::admin::set_password(registry.store().as_ref(), registry.cipher(), &password, totp).await?;
+    super::audit_cli(registry.store().as_ref(), "admin.set-password", "admin", if totp { "with totp" } else { "" })
+        .await;
+    println!("administrator password set");
+    if let Some(url) = url {
+        println!("add this to your authenticator app (shown once):");
+        println!("{url}");
+    }
+    Ok(())
+}
+
 pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let window = humantime::parse_duration(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;

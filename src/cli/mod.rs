@@ -75,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Keys { command } => keys::run(&config, command).await,
         Command::Audit { since, json } => keys::audit(&config, &since, json).await,
+        Command::Admin { command: args::AdminCommand::SetPassword { totp } } => keys::set_password(&config, totp).await,
     }
 }
 

@@ -73,6 +73,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     writeln!(stdout, "switchyard listening on {scheme}://{addr}")?;
+    // No way into the admin API yet: a single-use link, printed here only (like a notebook server).
+    let admin_key = keys.has_role(crate::access::Role::Admin);
+    if !admin_key && !crate::access::admin::has_password(pool.store().as_ref()).await? {
+        let token = gateway.admin.one_time.issue();
+        // Not fatal if nobody reads stdout any more.
+        let _ = writeln!(stdout, "admin login (single use): {scheme}://{addr}/admin/login?token={token}");
+        let _ = stdout.flush();
+    }
     stdout.flush()?;
     let options = ListenOptions {
         tls,

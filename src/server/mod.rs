@@ -12,10 +12,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 
+mod admin;
 mod guard;
 mod headers;
 mod listen;
 
+pub use admin::Admin;
 pub use guard::Guard;
 use guard::{Caller, authorize};
 pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
@@ -33,26 +35,31 @@ struct AppState {
 
 /// The router: the proxied Anthropic endpoints behind the guard, `/health`, and JSON errors for everything
 /// else.
-pub fn router(forwarder: Arc<Forwarder>, guard: Arc<Guard>, web: WebOptions, body_limit: usize) -> Router {
+pub fn router(
+    forwarder: Arc<Forwarder>,
+    guard: Arc<Guard>,
+    admin: Arc<Admin>,
+    web: WebOptions,
+    body_limit: usize,
+) -> Router {
     let api = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
         .route_layer(axum::middleware::from_fn_with_state(guard, authorize))
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(AppState { forwarder });
     let own = Router::new()
+        .merge(admin::routes(admin))
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(headers::Tls(web.tls), headers::security_headers));
-    own.merge(api)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            headers::Cors { origins: Arc::new(web.allowed_origins) },
-            headers::cors,
-        ))
-        .with_state(AppState { forwarder })
+    own.merge(api).layer(DefaultBodyLimit::max(body_limit)).layer(axum::middleware::from_fn_with_state(
+        headers::Cors { origins: Arc::new(web.allowed_origins) },
+        headers::cors,
+    ))
 }
 
 async fn proxy(
@@ -115,6 +122,7 @@ pub struct WebOptions {
 pub struct Gateway {
     pub pool: Arc<Pool>,
     pub keys: Arc<ClientKeys>,
+    pub admin: Arc<Admin>,
     pub router: Router,
     usage_poll: Duration,
     oauth_beta: String,
@@ -130,12 +138,22 @@ impl Gateway {
     ) -> Result<Self, ApiError> {
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone())?);
         let guard = Arc::new(Guard::new(keys.clone(), open_without_keys, config.auth_failures_per_minute));
+        let admin = Arc::new(Admin {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            sessions: crate::access::admin::Sessions::new(8 * 3600 * 1000),
+            brake: crate::access::admin::LoginBrake::default(),
+            one_time: crate::access::admin::OneTimeToken::default(),
+            tls: config.tls_cert.is_some(),
+        });
         Ok(Self {
             pool,
             keys,
+            admin: admin.clone(),
             router: router(
                 forwarder,
                 guard,
+                admin,
                 WebOptions { tls: config.tls_cert.is_some(), allowed_origins: config.allowed_origins.clone() },
                 config.body_limit,
             ),

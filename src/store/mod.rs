@@ -201,6 +201,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn rehash_client_key(&self, name: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError>;
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Set (or with `None` delete) a setting.
+    async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
     async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;

@@ -81,6 +81,13 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_at ON audit_log(at_ms);
 "#,
+    r#"
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -455,6 +462,34 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get("value").map_err(db)).transpose()
+    }
+
+    async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+        match value {
+            Some(value) => sqlx::query(
+                "INSERT INTO settings (key, value, updated_at_ms) VALUES (?, ?, ?)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?,
+            None => {
+                sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.pool).await.map_err(db)?
+            }
+        };
+        Ok(())
     }
 
     async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {

@@ -123,7 +123,8 @@ impl Env {
             .unwrap()
             .unwrap_or_else(|| panic!("gateway exited: {}", std::fs::read_to_string(&log).unwrap_or_default()));
         let url = line.strip_prefix("switchyard listening on ").expect("listening line").trim().to_owned();
-        Gateway { child, url, log, client: reqwest::Client::new() }
+        // The reader stays open: the server may print more (the admin login link).
+        Gateway { child, url, log, client: reqwest::Client::new(), stdout: lines }
     }
 }
 
@@ -205,6 +206,7 @@ pub struct Gateway {
     pub url: String,
     pub log: PathBuf,
     pub client: reqwest::Client,
+    pub stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Drop for Gateway {
@@ -227,6 +229,15 @@ impl Gateway {
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(format!("{}{path}", self.url))
+    }
+
+    /// The next line the server prints on stdout.
+    pub async fn next_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
+            .await
+            .expect("no further output")
+            .unwrap()
+            .expect("stdout closed")
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,262 @@
+//! Administrator credentials and sessions: the password (Argon2id, PHC string in the settings table), the
+//! optional TOTP second factor (its secret sealed like tokens), server-side sessions with expiry and a
+//! CSRF token each, and a per-IP brake on failed logins that backs off exponentially.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::Role;
+use super::totp;
+use crate::secrets::{Cipher, CryptoError};
+use crate::store::{Store, StoreError};
+
+const PASSWORD: &str = "admin.password";
+const TOTP: &str = "admin.totp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("password hashing failed")]
+    Hash,
+    #[error("the password must have at least 12 characters")]
+    Weak,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Set the administrator password; with `totp`, also a new TOTP secret, returned as an `otpauth://` URL.
+pub async fn set_password(
+    store: &dyn Store,
+    cipher: &Cipher,
+    password: &SecretString,
+    totp: bool,
+) -> Result<Option<String>, AdminError> {
+    if password.expose_secret().chars().count() < 12 {
+        return Err(AdminError::Weak);
+    }
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|_| AdminError::Hash)?;
+    let phc = argon2::Argon2::default()
+        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .map_err(|_| AdminError::Hash)?
+        .to_string();
+    let now = crate::now_ms();
+    store.put_setting(PASSWORD, Some(&phc), now).await?;
+    if !totp {
+        store.put_setting(TOTP, None, now).await?;
+        return Ok(None);
+    }
+    let mut secret = [0u8; 20];
+    rand::rng().fill_bytes(&mut secret);
+    let encoded = totp::base32_encode(&secret);
+    store.put_setting(TOTP, Some(&cipher.seal(&encoded, "settings/admin.totp")?), now).await?;
+    Ok(Some(format!("otpauth://totp/Switchyard:admin?secret={encoded}&issuer=Switchyard&digits=6&period=30")))
+}
+
+pub async fn has_password(store: &dyn Store) -> Result<bool, StoreError> {
+    Ok(store.get_setting(PASSWORD).await?.is_some())
+}
+
+/// Why a password login failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Ok,
+    Wrong,
+    /// Right password, second factor missing or wrong.
+    NeedsTotp,
+    NoPassword,
+}
+
+pub async fn check_password(
+    store: &dyn Store,
+    cipher: &Cipher,
+    password: &str,
+    code: Option<&str>,
+) -> Result<PasswordCheck, AdminError> {
+    let Some(phc) = store.get_setting(PASSWORD).await? else { return Ok(PasswordCheck::NoPassword) };
+    let hash = PasswordHash::new(&phc).map_err(|_| AdminError::Hash)?;
+    if argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_err() {
+        return Ok(PasswordCheck::Wrong);
+    }
+    let Some(sealed) = store.get_setting(TOTP).await? else { return Ok(PasswordCheck::Ok) };
+    let secret = cipher.open(&sealed, "settings/admin.totp")?;
+    let secret = totp::base32_decode(secret.expose_secret()).unwrap_or_default();
+    let now = u64::try_from(crate::now_ms() / 1000).unwrap_or(0);
+    Ok(match code {
+        Some(code) if totp::verify(&secret, code, now) => PasswordCheck::Ok,
+        _ => PasswordCheck::NeedsTotp,
+    })
+}
+
+/// A logged-in administrator or viewer.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub actor: String,
+    pub role: Role,
+    pub csrf: String,
+    pub expires_at_ms: i64,
+}
+
+/// Server-side sessions, keyed by the SHA-256 of the cookie value (the store of sessions never holds a
+/// usable cookie).
+#[derive(Debug)]
+pub struct Sessions {
+    ttl_ms: i64,
+    map: Mutex<HashMap<String, Session>>,
+}
+
+fn digest(id: &str) -> String {
+    Sha256::digest(id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sessions {
+    pub fn new(ttl_ms: i64) -> Self {
+        Self { ttl_ms, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new session; returns the cookie value and the session.
+    pub fn create(&self, actor: String, role: Role) -> (String, Session) {
+        let id = random_token();
+        let session = Session { actor, role, csrf: random_token(), expires_at_ms: crate::now_ms() + self.ttl_ms };
+        let mut map = self.lock();
+        let now = crate::now_ms();
+        map.retain(|_, s| s.expires_at_ms > now);
+        map.insert(digest(&id), session.clone());
+        (id, session)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Session> {
+        let mut map = self.lock();
+        let key = digest(id);
+        match map.get(&key) {
+            Some(s) if s.expires_at_ms > crate::now_ms() => Some(s.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(&digest(id));
+    }
+
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_ms / 1000
+    }
+}
+
+/// Failed logins per IP: after three, each further attempt waits 2^(n-3) seconds (at most 15 minutes).
+#[derive(Debug, Default)]
+pub struct LoginBrake {
+    failures: Mutex<HashMap<IpAddr, (u32, i64)>>,
+}
+
+impl LoginBrake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, i64)>> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seconds `ip` must still wait before trying again.
+    pub fn wait(&self, ip: IpAddr) -> Option<u64> {
+        let now = crate::now_ms();
+        self.lock()
+            .get(&ip)
+            .and_then(|(_, until)| (*until > now).then(|| u64::try_from((until - now) / 1000 + 1).unwrap_or(1)))
+    }
+
+    pub fn failed(&self, ip: IpAddr) {
+        let now = crate::now_ms();
+        let mut map = self.lock();
+        if map.len() > 10_000 {
+            map.retain(|_, (_, until)| *until > now);
+        }
+        let entry = map.entry(ip).or_insert((0, 0));
+        entry.0 += 1;
+        if entry.0 >= 3 {
+            let secs = 1i64 << (entry.0 - 3).min(10);
+            entry.1 = now + secs.min(900) * 1000;
+        }
+    }
+
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.lock().remove(&ip);
+    }
+}
+
+/// A single-use login token printed by `serve` when no admin credential exists yet.
+#[derive(Debug, Default)]
+pub struct OneTimeToken(Mutex<Option<String>>);
+
+impl OneTimeToken {
+    pub fn issue(&self) -> String {
+        let token = random_token();
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(digest(&token));
+        token
+    }
+
+    /// Consume the token if `given` is it.
+    pub fn redeem(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ok = slot.as_ref().is_some_and(|d| bool::from(d.as_bytes().ct_eq(digest(given).as_bytes())));
+        if ok {
+            *slot = None;
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_expire_and_tokens_are_single_use() {
+        let sessions = Sessions::new(50);
+        let (id, s) = sessions.create("key:a".into(), Role::Admin);
+        assert_eq!(sessions.get(&id).map(|s| s.csrf), Some(s.csrf));
+        assert!(sessions.get("nope").is_none());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(sessions.get(&id).is_none());
+        let once = OneTimeToken::default();
+        let t = once.issue();
+        assert!(!once.redeem("wrong"));
+        assert!(once.redeem(&t));
+        assert!(!once.redeem(&t));
+    }
+
+    #[test]
+    fn brake_backs_off_after_three_failures() {
+        let brake = LoginBrake::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([10, 0, 0, 1]));
+        brake.failed(ip);
+        brake.failed(ip);
+        assert!(brake.wait(ip).is_none());
+        brake.failed(ip);
+        assert!(brake.wait(ip).is_some());
+        brake.succeeded(ip);
+        assert!(brake.wait(ip).is_none());
+    }
+}

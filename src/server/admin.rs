@@ -1,0 +1,386 @@
+//! The admin HTTP API under `/admin`: never open without a session, not even on loopback. Sessions come
+//! from an admin or viewer key, the administrator password (plus TOTP when set), or the one-time URL
+//! `serve` prints while no admin credential exists. Cookies are `HttpOnly; SameSite=Strict` (`Secure`
+//! under TLS); every state-changing request needs the session's CSRF token.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::access::admin::{LoginBrake, OneTimeToken, PasswordCheck, Session, Sessions, check_password};
+use crate::access::{ClientKeys, KeyCheck, NewKey, Permission, Role, audit, parse_expiry};
+use crate::accounts::Pool;
+use crate::error::ApiError;
+use crate::store::AccountStatus;
+
+const COOKIE: &str = "sy_session";
+
+/// What the admin API needs.
+#[derive(Debug)]
+pub struct Admin {
+    pub pool: Arc<Pool>,
+    pub keys: Arc<ClientKeys>,
+    pub sessions: Sessions,
+    pub brake: LoginBrake,
+    pub one_time: OneTimeToken,
+    pub tls: bool,
+}
+
+type Shared = Arc<Admin>;
+
+pub fn routes(admin: Shared) -> Router {
+    Router::new()
+        .route("/admin", get(page))
+        .route("/admin/", get(page))
+        .route("/admin/login", get(one_time_login))
+        .route("/admin/api/login", post(login))
+        .route("/admin/api/logout", post(logout))
+        .route("/admin/api/session", get(whoami))
+        .route("/admin/api/accounts", get(accounts))
+        .route("/admin/api/accounts/{name}/{action}", post(account_action))
+        .route("/admin/api/keys", get(list_keys).post(create_key))
+        .route("/admin/api/keys/{name}/revoke", post(revoke_key))
+        .route("/admin/api/audit", get(audit_log))
+        .with_state(admin)
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
+    let secure = if admin.tls { "; Secure" } else { "" };
+    let value =
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/admin; Max-Age={}{secure}", admin.sessions.ttl_secs());
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The session of a request, with the permission it needs; state-changing calls also check CSRF.
+fn authorize(
+    admin: &Admin,
+    headers: &HeaderMap,
+    permission: Permission,
+    changes_state: bool,
+) -> Result<Session, ApiError> {
+    let session = cookie_value(headers)
+        .and_then(|id| admin.sessions.get(&id))
+        .ok_or_else(|| ApiError::unauthorized("log in first (POST /admin/api/login)"))?;
+    if !session.role.allows(permission) {
+        return Err(ApiError::forbidden(format!("role {} may not do this", session.role.as_str())));
+    }
+    if changes_state {
+        use subtle::ConstantTimeEq;
+        let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(session.csrf.as_bytes())) {
+            return Err(ApiError::forbidden("missing or wrong x-csrf-token"));
+        }
+    }
+    Ok(session)
+}
+
+fn logged_in(admin: &Admin, actor: String, role: Role, status: StatusCode) -> Response {
+    let (id, session) = admin.sessions.create(actor.clone(), role);
+    let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": session.csrf });
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(admin, &id));
+    response
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    key: Option<String>,
+    password: Option<String>,
+    totp: Option<String>,
+}
+
+async fn login(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<axum::Json<LoginBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let ip = peer.ip();
+    if let Some(wait) = admin.brake.wait(ip) {
+        return ApiError::client_limited("too many failed logins from this address", wait).into_response();
+    }
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"key\": …} or {\"password\": …, \"totp\": …}").into_response();
+    };
+    let store = admin.pool.store().clone();
+    let outcome: Result<(String, Role), ApiError> = if let Some(key) = body.key.as_deref() {
+        match admin.keys.check(Some(key), crate::now_ms()) {
+            KeyCheck::Valid(k) if k.role.allows(Permission::DashboardView) => Ok((format!("key:{}", k.name), k.role)),
+            KeyCheck::Valid(k) => {
+                Err(ApiError::forbidden(format!("key {:?} (role {}) may not log in", k.name, k.role.as_str())))
+            }
+            _ => Err(ApiError::unauthorized("invalid, revoked or expired key")),
+        }
+    } else if let Some(password) = body.password.as_deref() {
+        let cipher = admin.pool.registry().cipher().clone();
+        match check_password(store.as_ref(), &cipher, password, body.totp.as_deref()).await {
+            Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin)),
+            Ok(PasswordCheck::NeedsTotp) => Err(ApiError::unauthorized("a valid TOTP code is required")),
+            Ok(PasswordCheck::Wrong | PasswordCheck::NoPassword) => Err(ApiError::unauthorized("wrong password")),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
+    } else {
+        Err(ApiError::invalid_request("give a key or a password"))
+    };
+    match outcome {
+        Ok((actor, role)) => {
+            admin.brake.succeeded(ip);
+            audit(store.as_ref(), &actor, Some(ip), "admin.login", "session", "ok", role.as_str()).await;
+            logged_in(&admin, actor, role, StatusCode::OK)
+        }
+        Err(error) => {
+            admin.brake.failed(ip);
+            audit(store.as_ref(), "unknown", Some(ip), "admin.login", "session", "denied", &error.message).await;
+            error.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: String,
+}
+
+async fn one_time_login(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let ip = peer.ip();
+    if let Some(wait) = admin.brake.wait(ip) {
+        return ApiError::client_limited("too many failed logins from this address", wait).into_response();
+    }
+    let store = admin.pool.store().clone();
+    match query {
+        Ok(Query(q)) if admin.one_time.redeem(&q.token) => {
+            admin.brake.succeeded(ip);
+            audit(store.as_ref(), "one-time-url", Some(ip), "admin.login", "session", "ok", "admin").await;
+            let mut response = logged_in(&admin, "one-time-url".to_owned(), Role::Admin, StatusCode::SEE_OTHER);
+            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/admin/"));
+            response
+        }
+        _ => {
+            admin.brake.failed(ip);
+            audit(store.as_ref(), "unknown", Some(ip), "admin.login", "one-time-url", "denied", "").await;
+            ApiError::unauthorized("this login link is invalid or was already used").into_response()
+        }
+    }
+}
+
+async fn logout(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, true) {
+        return e.into_response();
+    }
+    if let Some(id) = cookie_value(&headers) {
+        admin.sessions.remove(&id);
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let secure = if admin.tls { "; Secure" } else { "" };
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/admin; Max-Age=0{secure}"))
+    {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn whoami(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    match authorize(&admin, &headers, Permission::DashboardView, false) {
+        Ok(s) => axum::Json(serde_json::json!({
+            "actor": s.actor, "role": s.role.as_str(), "csrf_token": s.csrf, "expires_at_ms": s.expires_at_ms,
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn page(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    match authorize(&admin, &headers, Permission::DashboardView, false) {
+        Ok(s) => Html(format!(
+            "<!doctype html><meta charset=utf-8><title>Switchyard</title><h1>Switchyard</h1>\
+             <p>Signed in as {} ({}). The JSON admin API is under <code>/admin/api/</code>.</p>",
+            html_escape(&s.actor),
+            s.role.as_str()
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+async fn accounts(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+        return e.into_response();
+    }
+    match admin.pool.registry().views().await {
+        Ok(views) => axum::Json(views).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn account_action(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let status = match action.as_str() {
+        "pause" => AccountStatus::Paused,
+        "resume" => AccountStatus::Active,
+        _ => return ApiError::not_found(format!("no account action {action:?}")).into_response(),
+    };
+    let result = admin.pool.registry().set_status_of(&name, status).await;
+    record(&admin, &session, peer.ip(), &format!("accounts.{action}"), &name, result.is_ok()).await;
+    match result {
+        Ok(()) => axum::Json(serde_json::json!({ "name": name, "status": status.as_str() })).into_response(),
+        Err(crate::accounts::AccountError::NotFound(_)) => {
+            ApiError::not_found(format!("no account named {name:?}")).into_response()
+        }
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn record(admin: &Admin, session: &Session, ip: IpAddr, action: &str, target: &str, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    audit(admin.pool.store().as_ref(), &session.actor, Some(ip), action, target, outcome, "").await;
+}
+
+async fn list_keys(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::KeysManage, false) {
+        return e.into_response();
+    }
+    match admin.pool.store().list_client_keys().await {
+        Ok(keys) => axum::Json(
+            keys.iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "name": k.name, "role": k.role, "revoked": k.revoked_at_ms.is_some(),
+                        "expires_at_ms": k.expires_at_ms, "rpm": k.rpm, "tpm": k.tpm, "concurrency": k.concurrency,
+                        "accounts": k.accounts, "fingerprint": &k.hash[..8],
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateKey {
+    name: String,
+    role: Option<String>,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    concurrency: Option<i64>,
+    accounts: Option<Vec<String>>,
+    expires: Option<String>,
+}
+
+async fn create_key(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<axum::Json<CreateKey>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::KeysManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"name\": …, \"role\": …}").into_response();
+    };
+    let role: Role = match body.role.as_deref().unwrap_or("user").parse() {
+        Ok(r) => r,
+        Err(e) => return ApiError::invalid_request(e).into_response(),
+    };
+    let expires_at_ms = match body.expires.as_deref().map(|e| parse_expiry(e, crate::now_ms())).transpose() {
+        Ok(e) => e,
+        Err(e) => return ApiError::invalid_request(e).into_response(),
+    };
+    let new = NewKey {
+        name: body.name.clone(),
+        role: Some(role),
+        rpm: body.rpm,
+        tpm: body.tpm,
+        concurrency: body.concurrency,
+        accounts: body.accounts,
+        expires_at_ms,
+    };
+    let result = new.create(admin.pool.store().as_ref()).await;
+    record(&admin, &session, peer.ip(), "keys.create", &body.name, result.is_ok()).await;
+    match result {
+        Ok(key) => (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({ "name": body.name, "role": role.as_str(), "key": key.expose_secret() })),
+        )
+            .into_response(),
+        Err(crate::store::StoreError::Duplicate(_)) => {
+            ApiError::invalid_request(format!("a key named {:?} exists", body.name)).into_response()
+        }
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn revoke_key(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::KeysManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let result = admin.pool.store().revoke_client_key(&name, crate::now_ms()).await;
+    record(&admin, &session, peer.ip(), "keys.revoke", &name, matches!(result, Ok(true))).await;
+    match result {
+        Ok(true) => axum::Json(serde_json::json!({ "name": name, "revoked": true })).into_response(),
+        Ok(false) => ApiError::not_found(format!("no active key named {name:?}")).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Since {
+    since: Option<String>,
+}
+
+async fn audit_log(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<Since>) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+        return e.into_response();
+    }
+    let window = match humantime::parse_duration(q.since.as_deref().unwrap_or("1d")) {
+        Ok(d) => d,
+        Err(e) => return ApiError::invalid_request(format!("bad since: {e}")).into_response(),
+    };
+    let since = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+    match admin.pool.store().list_audit(since).await {
+        Ok(entries) => axum::Json(entries).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
