@@ -123,6 +123,10 @@ pub struct Config {
     pub allowed_ips: Option<Vec<ipnet::IpNet>>,
     /// Browser origins allowed by CORS; none by default.
     pub allowed_origins: Vec<String>,
+    /// SHA-256 pins of the upstream's SubjectPublicKeyInfo; empty: no pinning.
+    pub upstream_pins: Vec<[u8; 32]>,
+    /// Extra CA (PEM) trusted for upstream and token endpoint connections instead of the platform roots.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
@@ -168,6 +172,8 @@ struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawUpstream {
+    pins: Option<String>,
+    ca_file: Option<PathBuf>,
     url: Option<String>,
     connect_timeout_secs: Option<u64>,
     first_byte_timeout_secs: Option<u64>,
@@ -318,6 +324,10 @@ impl Config {
             .filter(|o| !o.is_empty())
             .collect();
         let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
+        let pins: Option<String> = pick(env, "SWITCHYARD_UPSTREAM_PINS", raw.upstream.pins)?;
+        let upstream_pins = crate::forward::tls::parse_pins(pins.as_deref().unwrap_or(""))
+            .map_err(|e| ConfigError::Invalid { name: "SWITCHYARD_UPSTREAM_PINS", message: e.to_string() })?;
+        let upstream_ca = pick(env, "SWITCHYARD_UPSTREAM_CA", raw.upstream.ca_file)?;
         let connect = pick(env, "SWITCHYARD_CONNECT_TIMEOUT_SECS", raw.upstream.connect_timeout_secs)?;
         let first_byte = pick(env, "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", raw.upstream.first_byte_timeout_secs)?;
         let idle = pick(env, "SWITCHYARD_IDLE_TIMEOUT_SECS", raw.upstream.idle_timeout_secs)?;
@@ -436,6 +446,8 @@ impl Config {
             header_timeout: secs(header_timeout, 30),
             allowed_ips,
             allowed_origins,
+            upstream_pins,
+            upstream_ca,
             allow_unauthenticated: flags.allow_unauthenticated || allow_unauth.unwrap_or(false),
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),

@@ -201,3 +201,62 @@ async fn upstreams_must_be_https_unless_loopback() {
     let out = env.run(&["accounts", "list"], "").await;
     assert!(out.stderr.contains("SWITCHYARD_OAUTH_TOKEN_URL"), "{}", out.stderr);
 }
+
+/// A CA and a `localhost` certificate it signed, as PEM: (ca, leaf cert, leaf key, leaf DER).
+fn certificate_chain() -> (String, String, String, Vec<u8>) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem(), leaf.der().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_tls_is_verified_and_pinned_fails_closed() {
+    let (ca_pem, leaf_pem, key_pem, leaf_der) = certificate_chain();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &leaf_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let tls = switchyard::server::tls_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+    let fake = Fake::start_tls(tls).await;
+    fake.add_api_key("sk-ant-api03-tls");
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-tls"]).await;
+    env.set("SWITCHYARD_UPSTREAM_URL", &format!("https://localhost:{}", fake.addr.port()));
+    env.set("SWITCHYARD_RETRY_ATTEMPTS", "0");
+
+    // Not trusted by the platform: refused, with the reason.
+    let gw = env.serve().await;
+    let (_, message) =
+        support::error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 502).await;
+    assert!(
+        message.contains("cannot connect to the upstream") && message.to_lowercase().contains("certificate"),
+        "{message}"
+    );
+    drop(gw);
+
+    // Trusted through the configured CA.
+    env.set("SWITCHYARD_UPSTREAM_CA", dir.path().join("ca.pem").to_str().unwrap());
+    let gw = env.serve().await;
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    drop(gw);
+
+    // Pinned to the right key: works. To another key: fails closed, clearly.
+    let right = switchyard::forward::tls::pin_of(&leaf_der).unwrap();
+    env.set("SWITCHYARD_UPSTREAM_PINS", &format!("sha256/{right}"));
+    let gw = env.serve().await;
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    drop(gw);
+    env.set("SWITCHYARD_UPSTREAM_PINS", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let gw = env.serve().await;
+    let before = fake.requests().len();
+    let (_, message) =
+        support::error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 502).await;
+    assert!(message.contains("does not match SWITCHYARD_UPSTREAM_PINS"), "{message}");
+    assert_eq!(fake.requests().len(), before, "nothing was sent to an unpinned upstream");
+    drop(gw);
+    env.set("SWITCHYARD_UPSTREAM_PINS", "not-base64!");
+    assert!(env.run(&["serve", "--port", "0"], "").await.stderr.contains("SWITCHYARD_UPSTREAM_PINS"));
+}

@@ -157,7 +157,11 @@ pub(crate) async fn audit_cli(store: &dyn crate::store::Store, action: &str, tar
 
 /// The HTTP client for the token endpoint: short timeouts, no redirects.
 pub(crate) fn oauth_http(config: &Config) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(tls) = crate::forward::tls::client_tls(&[], config.upstream_ca.as_deref())? {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    Ok(builder
         .connect_timeout(config.connect_timeout)
         .timeout(std::time::Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())

@@ -39,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);
     let router = Router::new(config.strategy, session_ms);
     let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
-    let http = crate::forward::upstream_client(&config)?;
+    let http = crate::forward::upstream_client(&config).map_err(|e| anyhow::anyhow!(e.message))?;
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
     let gateway =
         Gateway::new(&config, pool.clone(), keys.clone(), true, http).map_err(|e| anyhow::anyhow!(e.message))?;

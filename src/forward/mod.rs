@@ -20,6 +20,8 @@ use crate::anthropic::{
 use crate::config::Config;
 use crate::error::ApiError;
 
+pub mod tls;
+
 /// A client request, already read and size-checked by the server.
 #[derive(Debug)]
 pub struct Inbound {
@@ -94,13 +96,29 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
 
 /// The HTTP client for upstream calls: no decompression (bytes pass through untouched), bounded connect
 /// and read-idle times, no overall timeout (a stream may run for many minutes).
-pub fn upstream_client(config: &Config) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+pub fn upstream_client(config: &Config) -> Result<reqwest::Client, ApiError> {
+    let mut builder = reqwest::Client::builder();
+    match tls::client_tls(&config.upstream_pins, config.upstream_ca.as_deref()) {
+        Ok(Some(tls)) => builder = builder.tls_backend_preconfigured(tls),
+        Ok(None) => {}
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    }
+    builder
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.idle_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none())
         .build()
+        .map_err(|e| ApiError::internal(format!("cannot build the upstream client: {e}")))
+}
+
+/// The innermost cause of a transport error (a TLS or pin failure reads better than "connect error").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 fn header_value(secret: &str) -> Result<HeaderValue, ApiError> {
@@ -316,7 +334,9 @@ impl Forwarder {
         match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if e.is_timeout() => Err(ApiError::gateway_timeout("the upstream timed out")),
-            Ok(Err(e)) if e.is_connect() => Err(ApiError::bad_gateway("cannot connect to the upstream")),
+            Ok(Err(e)) if e.is_connect() => {
+                Err(ApiError::bad_gateway(format!("cannot connect to the upstream: {}", root_cause(&e))))
+            }
             Ok(Err(_)) => Err(ApiError::bad_gateway("the upstream connection failed")),
             Err(_) => Err(ApiError::gateway_timeout(format!(
                 "the upstream did not answer within {}s",

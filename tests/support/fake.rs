@@ -95,6 +95,15 @@ pub const CLIENT_ID: &str = "fake-client-id";
 
 impl Fake {
     pub async fn start() -> Fake {
+        Self::start_with(None).await
+    }
+
+    /// A fake that speaks HTTPS with `tls`.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Fake {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Fake {
         let inner = Arc::new(Mutex::new(Inner { access_ttl: 3600, ..Inner::default() }));
         let app = Router::new()
             .route("/v1/oauth/token", post(token))
@@ -107,7 +116,27 @@ impl Fake {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else { continue };
+                        let (acceptor, app) = (acceptor.clone(), app.clone());
+                        tokio::spawn(async move {
+                            let Ok(stream) = acceptor.accept(tcp).await else { return };
+                            let service = hyper_util::service::TowerToHyperService::new(app);
+                            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                });
+            }
+        }
         Fake { addr, inner }
     }
 
