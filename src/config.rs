@@ -127,6 +127,14 @@ pub struct Config {
     pub upstream_pins: Vec<[u8; 32]>,
     /// Extra CA (PEM) trusted for upstream and token endpoint connections instead of the platform roots.
     pub upstream_ca: Option<PathBuf>,
+    /// Record every request in the database (off the hot path).
+    pub request_log: bool,
+    /// Records waiting for the writer at most; more are dropped and counted.
+    pub log_queue: usize,
+    /// Request-log rows older than this are deleted hourly.
+    pub retention: Duration,
+    /// `[prices.<model substring>]` from the config file, before the built-in estimates.
+    pub prices: Vec<(String, crate::ledger::Price)>,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
@@ -145,6 +153,8 @@ pub struct Overrides {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
+    prices: std::collections::BTreeMap<String, crate::ledger::Price>,
+    requests: RawRequests,
     secrets: RawSecrets,
     server: RawServer,
     routing: RawRouting,
@@ -194,6 +204,14 @@ struct RawOAuth {
     redirect_uri: Option<String>,
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRequests {
+    log: Option<bool>,
+    queue: Option<usize>,
+    retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +368,9 @@ impl Config {
         let usage_poll = pick(env, "SWITCHYARD_USAGE_POLL_SECS", raw.routing.usage_poll_secs)?;
         let secret_store: Option<String> = pick(env, "SWITCHYARD_SECRET_STORE", raw.secrets.store)?;
         let strict = pick(env, "SWITCHYARD_STRICT_PERMISSIONS", raw.secrets.strict_permissions)?;
+        let request_log = pick(env, "SWITCHYARD_REQUEST_LOG", raw.requests.log)?;
+        let log_queue = pick(env, "SWITCHYARD_LOG_QUEUE", raw.requests.queue)?;
+        let retention_days = pick(env, "SWITCHYARD_RETENTION_DAYS", raw.requests.retention_days)?;
         let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
         let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
 
@@ -448,6 +469,10 @@ impl Config {
             allowed_origins,
             upstream_pins,
             upstream_ca,
+            request_log: request_log.unwrap_or(true),
+            log_queue: log_queue.unwrap_or(10_000).max(1),
+            retention: Duration::from_secs(retention_days.unwrap_or(30).saturating_mul(86_400)),
+            prices: raw.prices.into_iter().collect(),
             allow_unauthenticated: flags.allow_unauthenticated || allow_unauth.unwrap_or(false),
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod ledger;
 pub mod oauth;
 pub mod secrets;
 pub mod server;

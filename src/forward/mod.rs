@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 
 use crate::accounts::{Account, Credential, Pool, Unavailable, Want};
@@ -19,6 +18,8 @@ use crate::anthropic::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::ledger::{Pricing, RequestLog, SseTap, Usage, json_usage};
+use crate::store::RequestRow;
 
 pub mod tls;
 
@@ -45,6 +46,8 @@ pub struct Forwarder {
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
     retry: Retry,
+    log: Option<Arc<RequestLog>>,
+    pricing: Arc<Pricing>,
 }
 
 /// Failover budget: how many upstream attempts a request may make and how long to wait between them.
@@ -57,7 +60,7 @@ struct Retry {
 
 /// The last failed attempt, answered to the client when nothing better comes.
 enum Failure {
-    Upstream { response: reqwest::Response, transient: bool },
+    Upstream { response: reqwest::Response, transient: bool, account: String },
     Gateway(ApiError),
 }
 
@@ -70,9 +73,12 @@ impl Failure {
         }
     }
 
-    fn into_answer(self) -> Result<Response, ApiError> {
+    fn into_answer(self, forwarder: &Forwarder, trace: &mut Trace) -> Result<Response, ApiError> {
         match self {
-            Self::Upstream { response, .. } => Ok(stream_back(response, None)),
+            Self::Upstream { response, account, .. } => {
+                let recorder = forwarder.recorder(trace, Some(&account), &response);
+                Ok(stream_back(response, None, recorder))
+            }
             Self::Gateway(error) => Err(error),
         }
     }
@@ -129,7 +135,13 @@ fn header_value(secret: &str) -> Result<HeaderValue, ApiError> {
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, http: reqwest::Client, pool: Arc<Pool>) -> Result<Self, ApiError> {
+    pub fn new(
+        config: &Config,
+        http: reqwest::Client,
+        pool: Arc<Pool>,
+        log: Option<Arc<RequestLog>>,
+        pricing: Arc<Pricing>,
+    ) -> Result<Self, ApiError> {
         Ok(Self {
             http,
             pool,
@@ -145,13 +157,29 @@ impl Forwarder {
                 delay: config.retry_delay,
                 backoff: config.retry_backoff,
             },
+            log,
+            pricing,
         })
     }
 
     /// Forward `req` through the first account that can take it, failing over to the next on a limit, an
     /// overload, a server error or a connection failure — all before the first byte reaches the client.
     pub async fn forward(&self, req: Inbound) -> Result<Response, ApiError> {
-        let started = Instant::now();
+        let mut trace = Trace::new(&req);
+        let result = self.forward_inner(&req, &mut trace).await;
+        if let (Err(error), Some(log)) = (&result, &self.log) {
+            // Answered by Switchyard itself: recorded now; streamed answers are recorded when they end.
+            let mut row = trace.row;
+            row.status = i64::from(error.status.as_u16());
+            row.error_type = Some(error.kind.to_owned());
+            row.duration_ms = millis(trace.started.elapsed());
+            log.record(row);
+        }
+        result
+    }
+
+    async fn forward_inner(&self, req: &Inbound, trace: &mut Trace) -> Result<Response, ApiError> {
+        let started = trace.started;
         let parsed = if req.method == Method::POST {
             if req.body.is_empty() {
                 return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
@@ -175,6 +203,8 @@ impl Forwarder {
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
         let family = want.family.as_deref();
+        trace.row.model = parsed.as_ref().and_then(MessageBody::model);
+        trace.row.stream = parsed.as_ref().is_some_and(MessageBody::stream);
         // Computed at most once, and only if an OAuth account is used.
         let mut oauth_body: Option<Bytes> = None;
         // Accounts that answered badly (may be tried again for transient failures) and accounts that
@@ -199,7 +229,7 @@ impl Forwarder {
                         continue;
                     }
                     return match last {
-                        Some(failure) => failure.into_answer(),
+                        Some(failure) => failure.into_answer(self, trace),
                         None => Err(unavailable_error(&unavailable, &reasons)),
                     };
                 }
@@ -220,13 +250,14 @@ impl Forwarder {
                 }
             };
             attempts += 1;
-            let mut sent = self.send(&req, &credential, body.clone()).await;
+            trace.tried(&account.name, attempts);
+            let mut sent = self.send(req, &credential, body.clone()).await;
             if let (Ok(response), Credential::Bearer(rejected)) = (&sent, &credential)
                 && response.status() == StatusCode::UNAUTHORIZED
             {
                 tracing::info!(account = %account.name, "upstream refused the access token; refreshing");
                 match self.pool.refresh_rejected(&account, rejected).await {
-                    Ok(fresh) => sent = self.send(&req, &fresh, body).await,
+                    Ok(fresh) => sent = self.send(req, &fresh, body).await,
                     Err(e) => {
                         reasons.push(e.to_string());
                         skipped.push(account.id.clone());
@@ -259,26 +290,47 @@ impl Forwarder {
                 _ => false,
             };
             if fail_over {
-                log_answer(&req, &account, status, started, attempts);
+                log_answer(req, &account, status, started, attempts);
                 account.record(true);
                 tried.push(account.id.clone());
                 reasons.push(format!("{} answered {}", account.name, status.as_u16()));
                 if attempts >= self.retry.max_attempts {
-                    return Ok(stream_back(response, None));
+                    let recorder = self.recorder(trace, Some(&account.name), &response);
+                    return Ok(stream_back(response, None, recorder));
                 }
                 let transient = !matches!(status.as_u16(), 401 | 403 | 429);
-                last = Some(Failure::Upstream { response, transient });
+                last = Some(Failure::Upstream { response, transient, account: account.name.clone() });
                 // A limit is the account's, not Anthropic's: the next account needs no pause.
                 if transient || matches!(verdict, Verdict::RequestScoped) {
                     self.back_off(&mut delay).await;
                 }
                 continue;
             }
-            log_answer(&req, &account, status, started, attempts);
+            log_answer(req, &account, status, started, attempts);
             account.record(!status.is_success());
             self.pool.served(&account, &want);
-            return Ok(stream_back(response, Some(account)));
+            let recorder = self.recorder(trace, Some(&account.name), &response);
+            return Ok(stream_back(response, Some(account), recorder));
         }
+    }
+
+    /// What records this request once its answer has streamed out, if request logging is on.
+    fn recorder(&self, trace: &Trace, account: Option<&str>, response: &reqwest::Response) -> Option<Recorder> {
+        let log = self.log.clone()?;
+        let mut row = trace.row.clone();
+        row.account = account.map(str::to_owned);
+        row.status = i64::from(response.status().as_u16());
+        row.ttfb_ms = Some(millis(trace.started.elapsed()));
+        row.ratelimit_status = RateLimitInfo::parse(response.headers()).unified_status;
+        Some(Recorder {
+            log,
+            pricing: self.pricing.clone(),
+            row,
+            started: trace.started,
+            json: Some(Vec::new()),
+            completed: false,
+            broken: false,
+        })
     }
 
     async fn back_off(&self, delay: &mut Duration) {
@@ -359,10 +411,169 @@ fn log_answer(req: &Inbound, account: &Account, status: StatusCode, started: Ins
     );
 }
 
+/// What a request did, filled in as it goes; becomes its request-log row.
+#[derive(Debug)]
+struct Trace {
+    row: RequestRow,
+    started: Instant,
+}
+
+impl Trace {
+    fn new(req: &Inbound) -> Self {
+        let row = RequestRow {
+            id: crate::ledger::request_id(),
+            at_ms: crate::now_ms(),
+            client_key: req.caller.as_ref().map(|k| k.name.clone()),
+            method: req.method.to_string(),
+            path: req.path_and_query.split('?').next().unwrap_or("").to_owned(),
+            ..RequestRow::default()
+        };
+        Self { row, started: Instant::now() }
+    }
+
+    fn tried(&mut self, account: &str, attempts: u32) {
+        if !self.row.accounts_tried.is_empty() {
+            self.row.accounts_tried.push(',');
+        }
+        self.row.accounts_tried.push_str(account);
+        self.row.attempts = i64::from(attempts);
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Completes and queues a request-log row when the answer's stream ends (or the client leaves).
+struct Recorder {
+    log: Arc<RequestLog>,
+    pricing: Arc<Pricing>,
+    row: RequestRow,
+    started: Instant,
+    /// A JSON answer, kept (up to a cap) to read its `usage` at the end.
+    json: Option<Vec<u8>>,
+    completed: bool,
+    broken: bool,
+}
+
+/// Largest JSON answer read for its usage; bigger ones are passed through without it.
+const JSON_USAGE_CAP: usize = 4 * 1024 * 1024;
+
+impl Recorder {
+    fn feed_json(&mut self, bytes: &[u8]) {
+        if let Some(buffer) = &mut self.json {
+            if buffer.len() + bytes.len() > JSON_USAGE_CAP {
+                self.json = None;
+            } else {
+                buffer.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn finish(mut self, sse: Option<&SseTap>) {
+        let usage = match (sse, &self.json) {
+            (Some(tap), _) => tap.usage.clone(),
+            (None, Some(body)) => json_usage(body),
+            (None, None) => Usage::default(),
+        };
+        self.row.input_tokens = usage.input;
+        self.row.output_tokens = usage.output;
+        self.row.cache_read_tokens = usage.cache_read;
+        self.row.cache_creation_tokens = usage.cache_creation;
+        self.row.cost_usd = self.pricing.cost(self.row.model.as_deref(), &usage);
+        self.row.error_type = if self.broken {
+            Some("stream_broken".to_owned())
+        } else if !self.completed {
+            Some("client_disconnected".to_owned())
+        } else {
+            usage.error_type
+        };
+        self.row.duration_ms = millis(self.started.elapsed());
+        self.log.record(self.row);
+    }
+}
+
+/// The answer's body on its way to the client: forwarded chunk by chunk, read in passing for usage and
+/// errors, and recorded when it ends or is dropped.
+struct Tapped {
+    inner: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    is_sse: bool,
+    ended: bool,
+    account: Option<Arc<Account>>,
+    tap: SseTap,
+    recorder: Option<Recorder>,
+}
+
+impl futures_util::Stream for Tapped {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(bytes))) => {
+                if this.is_sse {
+                    let had_error = this.tap.usage.error_type.is_some();
+                    this.tap.feed(&bytes);
+                    if !had_error
+                        && this.tap.usage.error_type.is_some()
+                        && let Some(account) = &this.account
+                    {
+                        account.stream_failed();
+                    }
+                } else if let Some(recorder) = &mut this.recorder {
+                    recorder.feed_json(&bytes);
+                }
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                tracing::warn!(error = %e, "upstream stream broke mid-way");
+                if let Some(recorder) = &mut this.recorder {
+                    recorder.broken = true;
+                }
+                if this.tap.usage.error_type.is_none()
+                    && let Some(account) = &this.account
+                {
+                    account.stream_failed();
+                }
+                if this.is_sse {
+                    let error = ApiError::bad_gateway("the upstream connection broke mid-stream");
+                    Poll::Ready(Some(Ok(Bytes::from(format!("event: error\ndata: {}\n\n", error.body())))))
+                } else {
+                    Poll::Ready(Some(Err(std::io::Error::other(e))))
+                }
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(recorder) = &mut this.recorder {
+                    recorder.completed = true;
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish(self.is_sse.then_some(&self.tap));
+        }
+    }
+}
+
 /// Hand the upstream answer to the client as it arrives: status, headers and each chunk unchanged.
 /// A stream that breaks after the first byte ends with an SSE `error` event instead of silently stopping;
 /// either that or an upstream `error` event counts as a failure of `account`.
-fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>) -> Response {
+fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>, recorder: Option<Recorder>) -> Response {
     let status = upstream.status();
     let is_sse = upstream
         .headers()
@@ -375,38 +586,18 @@ fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>) -> Re
             headers.append(name.clone(), value.clone());
         }
     }
-    let chunks = upstream.bytes_stream();
-    let body = if is_sse {
+    if is_sse {
         headers.remove(axum::http::header::CONTENT_LENGTH);
-        let mut failed = false;
-        Body::from_stream(chunks.scan(false, move |ended, item| {
-            let next = match item {
-                _ if *ended => None,
-                Ok(bytes) => {
-                    if !failed && memchr::memmem::find(&bytes, b"event: error").is_some() {
-                        failed = true;
-                        if let Some(account) = &account {
-                            account.stream_failed();
-                        }
-                    }
-                    Some(Ok::<Bytes, std::io::Error>(bytes))
-                }
-                Err(e) => {
-                    *ended = true;
-                    tracing::warn!(error = %e, "upstream stream broke mid-way");
-                    if !failed && let Some(account) = &account {
-                        account.stream_failed();
-                    }
-                    let error = ApiError::bad_gateway("the upstream connection broke mid-stream");
-                    Some(Ok(Bytes::from(format!("event: error\ndata: {}\n\n", error.body()))))
-                }
-            };
-            futures_util::future::ready(next)
-        }))
-    } else {
-        Body::from_stream(chunks.map(|item| item.map_err(std::io::Error::other)))
+    }
+    let body = Tapped {
+        inner: Box::pin(upstream.bytes_stream()),
+        is_sse,
+        ended: false,
+        account,
+        tap: SseTap::default(),
+        recorder,
     };
-    let mut response = Response::new(body);
+    let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

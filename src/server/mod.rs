@@ -122,6 +122,8 @@ pub struct WebOptions {
 pub struct Gateway {
     pub pool: Arc<Pool>,
     pub keys: Arc<ClientKeys>,
+    pub log: Option<Arc<crate::ledger::RequestLog>>,
+    retention: Duration,
     pub admin: Arc<Admin>,
     pub router: Router,
     usage_poll: Duration,
@@ -136,7 +138,10 @@ impl Gateway {
         open_without_keys: bool,
         http: reqwest::Client,
     ) -> Result<Self, ApiError> {
-        let forwarder = Arc::new(Forwarder::new(config, http, pool.clone())?);
+        let log =
+            config.request_log.then(|| crate::ledger::RequestLog::start(pool.store().clone(), config.log_queue).0);
+        let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
+        let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing)?);
         let guard = Arc::new(Guard::new(keys.clone(), open_without_keys, config.auth_failures_per_minute));
         let admin = Arc::new(Admin {
             pool: pool.clone(),
@@ -149,6 +154,8 @@ impl Gateway {
         Ok(Self {
             pool,
             keys,
+            log,
+            retention: config.retention,
             admin: admin.clone(),
             router: router(
                 forwarder,
@@ -170,7 +177,7 @@ impl Gateway {
         options: ListenOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone()));
+        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone(), self.retention));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         listen::serve(listener, self.router.clone(), options, shutdown).await;
@@ -181,6 +188,9 @@ impl Gateway {
         if let Err(e) = self.pool.flush_states().await {
             tracing::error!(error = %e, "could not save routing state at shutdown");
         }
+        if let Some(log) = &self.log {
+            log.drain(Duration::from_secs(5)).await;
+        }
         Ok(())
     }
 }
@@ -190,7 +200,7 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
 /// refresh tokens that are about to expire.
-async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>) {
+async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
@@ -207,6 +217,14 @@ async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>) {
         }
         if rounds.is_multiple_of(60) {
             pool.refresh_due().await;
+        }
+        if rounds.is_multiple_of(3600) {
+            let before = crate::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+            match pool.store().delete_requests_before(before, false).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "request log: removed rows past retention"),
+                Err(e) => tracing::warn!(error = %e, "request log retention failed"),
+            }
         }
         rounds = rounds.wrapping_add(1);
     }

@@ -123,6 +123,32 @@ pub struct ClientKeyRecord {
     pub updated_at_ms: i64,
 }
 
+/// One proxied request, as the request log keeps it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RequestRow {
+    pub id: String,
+    pub at_ms: i64,
+    pub client_key: Option<String>,
+    pub account: Option<String>,
+    /// Accounts tried before the answer, comma-separated, in order.
+    pub accounts_tried: String,
+    pub attempts: i64,
+    pub method: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: i64,
+    pub error_type: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub ttfb_ms: Option<i64>,
+    pub duration_ms: i64,
+    pub ratelimit_status: Option<String>,
+    pub cost_usd: f64,
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditEntry {
@@ -204,6 +230,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.
     async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
+    /// Append request-log rows in one transaction.
+    async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError>;
+    /// The newest requests since `since_ms`, at most `limit`.
+    async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
+    /// Delete (or with `dry_run` count) requests older than `before_ms`.
+    async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
+    /// Give freed pages back to the file system.
+    async fn vacuum(&self) -> Result<(), StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
     async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;

@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AccountKind, AccountRecord, AccountStatus, AuditEntry, ClientKeyRecord, PendingLogin, SealedRow, SealedTokens,
-    Store, StoreError,
+    AccountKind, AccountRecord, AccountStatus, AuditEntry, ClientKeyRecord, PendingLogin, RequestRow, SealedRow,
+    SealedTokens, Store, StoreError,
 };
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
@@ -87,6 +87,31 @@ CREATE TABLE settings (
     value TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
+"#,
+    r#"
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    client_key TEXT,
+    account TEXT,
+    accounts_tried TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    model TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL,
+    error_type TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    ttfb_ms INTEGER,
+    duration_ms INTEGER NOT NULL,
+    ratelimit_status TEXT,
+    cost_usd REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX requests_at ON requests(at_ms);
 "#,
 ];
 
@@ -489,6 +514,101 @@ impl Store for SqliteStore {
                 sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.pool).await.map_err(db)?
             }
         };
+        Ok(())
+    }
+
+    async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for r in rows {
+            sqlx::query(
+                "INSERT OR REPLACE INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method,
+                     path, model, stream, status, error_type, input_tokens, output_tokens, cache_read_tokens,
+                     cache_creation_tokens, ttfb_ms, duration_ms, ratelimit_status, cost_usd)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.id)
+            .bind(r.at_ms)
+            .bind(&r.client_key)
+            .bind(&r.account)
+            .bind(&r.accounts_tried)
+            .bind(r.attempts)
+            .bind(&r.method)
+            .bind(&r.path)
+            .bind(&r.model)
+            .bind(r.stream)
+            .bind(r.status)
+            .bind(&r.error_type)
+            .bind(r.input_tokens)
+            .bind(r.output_tokens)
+            .bind(r.cache_read_tokens)
+            .bind(r.cache_creation_tokens)
+            .bind(r.ttfb_ms)
+            .bind(r.duration_ms)
+            .bind(&r.ratelimit_status)
+            .bind(r.cost_usd)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM requests WHERE at_ms >= ? ORDER BY at_ms DESC LIMIT ?")
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(RequestRow {
+                    id: r.try_get("id").map_err(db)?,
+                    at_ms: r.try_get("at_ms").map_err(db)?,
+                    client_key: r.try_get("client_key").map_err(db)?,
+                    account: r.try_get("account").map_err(db)?,
+                    accounts_tried: r.try_get("accounts_tried").map_err(db)?,
+                    attempts: r.try_get("attempts").map_err(db)?,
+                    method: r.try_get("method").map_err(db)?,
+                    path: r.try_get("path").map_err(db)?,
+                    model: r.try_get("model").map_err(db)?,
+                    stream: r.try_get("stream").map_err(db)?,
+                    status: r.try_get("status").map_err(db)?,
+                    error_type: r.try_get("error_type").map_err(db)?,
+                    input_tokens: r.try_get("input_tokens").map_err(db)?,
+                    output_tokens: r.try_get("output_tokens").map_err(db)?,
+                    cache_read_tokens: r.try_get("cache_read_tokens").map_err(db)?,
+                    cache_creation_tokens: r.try_get("cache_creation_tokens").map_err(db)?,
+                    ttfb_ms: r.try_get("ttfb_ms").map_err(db)?,
+                    duration_ms: r.try_get("duration_ms").map_err(db)?,
+                    ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
+                    cost_usd: r.try_get("cost_usd").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
+        if dry_run {
+            let row = sqlx::query("SELECT COUNT(*) FROM requests WHERE at_ms < ?")
+                .bind(before_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+            let n: i64 = row.try_get(0).map_err(db)?;
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
+        let done = sqlx::query("DELETE FROM requests WHERE at_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn vacuum(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM").execute(&self.pool).await.map_err(db)?;
         Ok(())
     }
 

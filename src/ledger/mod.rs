@@ -1,0 +1,153 @@
+//! The request log: what each proxied request did (account, model, tokens, cost, timing, status), read
+//! from the answer as it streams past, and written to the store by a background writer fed through a
+//! bounded channel — a full channel drops (and counts) a record rather than slow a request.
+
+mod usage;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+pub use usage::{SseTap, Usage, json_usage};
+
+use crate::store::{RequestRow, Store};
+
+/// Handle for recording requests; cheap to share.
+#[derive(Debug)]
+pub struct RequestLog {
+    tx: mpsc::Sender<RequestRow>,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    /// Rows the writer has finished with (written or given up on).
+    done: Arc<AtomicU64>,
+}
+
+impl RequestLog {
+    /// Start the writer; it ends when every handle is gone and the queue is drained.
+    pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let done = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write_batches(store, rx, done.clone()));
+        (Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done }), writer)
+    }
+
+    /// Queue a record without waiting; when the queue is full the record is dropped and counted.
+    pub fn record(&self, row: RequestRow) {
+        if self.tx.try_send(row).is_ok() {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait (at most `limit`) until everything queued so far is written: used at shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        let target = self.queued.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.done.load(Ordering::Relaxed) < target && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<RequestRow>, done: Arc<AtomicU64>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(row) => batch.push(row),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        for attempt in 0..3 {
+            match store.insert_requests(&batch).await {
+                Ok(()) => break,
+                Err(e) if attempt < 2 => {
+                    tracing::warn!(error = %e, "request log write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => tracing::error!(error = %e, rows = batch.len(), "request log write failed; rows lost"),
+            }
+        }
+        done.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: f64,
+    #[serde(default)]
+    pub cache_write: f64,
+}
+
+/// Model prices: the first entry whose key occurs in the model name wins; configured entries come first.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    table: Vec<(String, Price)>,
+}
+
+impl Pricing {
+    /// Built-in estimates by family, after `configured` (from `[prices.<name>]` in the config file).
+    pub fn new(configured: Vec<(String, Price)>) -> Self {
+        let defaults = [
+            ("opus", Price { input: 15.0, output: 75.0, cache_read: 1.5, cache_write: 18.75 }),
+            ("sonnet", Price { input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75 }),
+            ("haiku", Price { input: 0.8, output: 4.0, cache_read: 0.08, cache_write: 1.0 }),
+        ];
+        let mut table = configured;
+        table.extend(defaults.into_iter().map(|(k, p)| (k.to_owned(), p)));
+        Self { table }
+    }
+
+    /// Estimated cost of `usage` on `model`; unknown models cost 0.
+    pub fn cost(&self, model: Option<&str>, usage: &Usage) -> f64 {
+        let Some(model) = model else { return 0.0 };
+        let Some((_, p)) = self.table.iter().find(|(k, _)| model.contains(k.as_str())) else { return 0.0 };
+        let per = |tokens: i64, price: f64| tokens.max(0) as f64 * price / 1_000_000.0;
+        per(usage.input, p.input)
+            + per(usage.output, p.output)
+            + per(usage.cache_read, p.cache_read)
+            + per(usage.cache_creation, p.cache_write)
+    }
+}
+
+/// A fresh request id.
+pub fn request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sy_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_by_family_and_configuration() {
+        let usage = Usage { input: 1_000_000, output: 1_000_000, cache_read: 0, cache_creation: 0, error_type: None };
+        let pricing = Pricing::new(vec![(
+            "claude-sonnet-9".into(),
+            Price { input: 1.0, output: 2.0, cache_read: 0.0, cache_write: 0.0 },
+        )]);
+        assert!((pricing.cost(Some("claude-sonnet-4-5"), &usage) - 18.0).abs() < 1e-9);
+        assert!((pricing.cost(Some("claude-sonnet-9-x"), &usage) - 3.0).abs() < 1e-9);
+        assert_eq!(pricing.cost(Some("mystery"), &usage), 0.0);
+        assert_eq!(pricing.cost(None, &usage), 0.0);
+    }
+}
