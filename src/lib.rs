@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod ledger;
+pub mod metrics;
 pub mod oauth;
 pub mod secrets;
 pub mod server;

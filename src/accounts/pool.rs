@@ -462,11 +462,13 @@ impl Pool {
                     s.updated_at_ms = now;
                     s.unsaved = saved.is_err();
                 });
+                crate::metrics::refresh(&account.name, saved.is_ok());
                 saved?;
                 tracing::info!(account = %account.name, "refreshed OAuth token");
                 Ok(Credential::Bearer(access))
             }
             Err(OAuthError::InvalidGrant(reason)) => {
+                crate::metrics::refresh(&account.name, false);
                 tracing::warn!(account = %account.name, %reason, "refresh token refused; account needs a new login");
                 account.update(|s| s.status = AccountStatus::NeedsLogin);
                 if let Err(e) = self.registry.set_status(&account.id, AccountStatus::NeedsLogin).await {
@@ -485,6 +487,7 @@ impl Pool {
                 })
             }
             Err(source) => {
+                crate::metrics::refresh(&account.name, false);
                 tracing::warn!(account = %account.name, error = %source, "token refresh failed");
                 Err(AccountError::RefreshFailed { name: account.name.clone(), source })
             }

@@ -45,6 +45,37 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The request log, newest first.
+    Requests {
+        #[arg(long, default_value = "1h")]
+        since: String,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        status: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests, tokens, cost, error rate and latency, grouped.
+    Stats {
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[arg(long, default_value = "all", value_parser = ["all", "account", "model", "key"])]
+        by: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete request-log rows older than a duration and compact the database.
+    Cleanup {
+        #[arg(long, default_value = "30d")]
+        older_than: String,
+        #[arg(long = "type", default_value = "all", value_parser = ["requests", "payloads", "all"])]
+        kind: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the audit log of administrative actions.
     Audit {
         /// How far back, e.g. 1d, 12h, 30m.

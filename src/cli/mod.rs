@@ -4,6 +4,7 @@ mod accounts;
 mod args;
 mod auth;
 mod keys;
+mod ledger;
 mod serve;
 mod storage;
 
@@ -75,6 +76,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Keys { command } => keys::run(&config, command).await,
         Command::Audit { since, json } => keys::audit(&config, &since, json).await,
+        Command::Requests { since, account, status, limit, json } => {
+            ledger::requests(&config, &since, account, status, limit, json).await
+        }
+        Command::Stats { since, by, json } => ledger::stats(&config, &since, &by, json).await,
+        Command::Cleanup { older_than, kind, dry_run } => ledger::cleanup(&config, &older_than, &kind, dry_run).await,
         Command::Admin { command: args::AdminCommand::SetPassword { totp } } => keys::set_password(&config, totp).await,
     }
 }

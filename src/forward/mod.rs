@@ -564,6 +564,9 @@ impl futures_util::Stream for Tapped {
 
 impl Drop for Tapped {
     fn drop(&mut self) {
+        if self.is_sse {
+            crate::metrics::open_streams(-1.0);
+        }
         if let Some(recorder) = self.recorder.take() {
             recorder.finish(self.is_sse.then_some(&self.tap));
         }
@@ -588,6 +591,9 @@ fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>, recor
     }
     if is_sse {
         headers.remove(axum::http::header::CONTENT_LENGTH);
+    }
+    if is_sse {
+        crate::metrics::open_streams(1.0);
     }
     let body = Tapped {
         inner: Box::pin(upstream.bytes_stream()),

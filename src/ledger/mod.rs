@@ -23,19 +23,28 @@ pub struct RequestLog {
     dropped: AtomicU64,
     /// Rows the writer has finished with (written or given up on).
     done: Arc<AtomicU64>,
+    persist: bool,
 }
 
 impl RequestLog {
     /// Start the writer; it ends when every handle is gone and the queue is drained.
-    pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    /// With `store` `None` nothing is written; requests still feed the metrics.
+    pub fn start(store: Option<Arc<dyn Store>>, capacity: usize) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let done = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_batches(store, rx, done.clone()));
-        (Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done }), writer)
+        let store_on = store.is_some();
+        if let Some(store) = store {
+            tokio::spawn(write_batches(store, rx, done.clone()));
+        }
+        Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done, persist: store_on })
     }
 
     /// Queue a record without waiting; when the queue is full the record is dropped and counted.
     pub fn record(&self, row: RequestRow) {
+        crate::metrics::request(&row);
+        if !self.persist {
+            return;
+        }
         if self.tx.try_send(row).is_ok() {
             self.queued.fetch_add(1, Ordering::Relaxed);
         } else {

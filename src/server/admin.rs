@@ -92,6 +92,17 @@ fn authorize(
     Ok(session)
 }
 
+/// Whether a request carries a key or an admin session with `permission` (for routes outside `/admin`).
+pub fn allows(admin: &Admin, headers: &HeaderMap, permission: Permission) -> bool {
+    if authorize(admin, headers, permission, false).is_ok() {
+        return true;
+    }
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    });
+    matches!(admin.keys.check(key, crate::now_ms()), KeyCheck::Valid(k) if k.role.allows(permission))
+}
+
 fn logged_in(admin: &Admin, actor: String, role: Role, status: StatusCode) -> Response {
     let (id, session) = admin.sessions.create(actor.clone(), role);
     let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": session.csrf });

@@ -50,9 +50,15 @@ pub fn router(
         .route_layer(axum::middleware::from_fn_with_state(guard, authorize))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(AppState { forwarder });
+    let metrics_route = Router::new().route("/metrics", get(metrics)).with_state(MetricsState {
+        handle: crate::metrics::install(),
+        admin: admin.clone(),
+        log: web.log.clone(),
+    });
     let own = Router::new()
         .merge(admin::routes(admin))
         .route("/health", get(health))
+        .merge(metrics_route)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(headers::Tls(web.tls), headers::security_headers));
@@ -116,6 +122,30 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 pub struct WebOptions {
     pub tls: bool,
     pub allowed_origins: Vec<String>,
+    pub log: Option<Arc<crate::ledger::RequestLog>>,
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    admin: Arc<Admin>,
+    log: Option<Arc<crate::ledger::RequestLog>>,
+}
+
+/// Prometheus text; needs `dashboard.view` (a key or an admin session) once client keys exist.
+async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Response {
+    if state.admin.keys.any() && !admin::allows(&state.admin, &headers, crate::access::Permission::DashboardView) {
+        return ApiError::unauthorized("metrics need a key or session with dashboard.view").into_response();
+    }
+    let now = crate::now_ms();
+    let limited = state.admin.pool.snapshot().iter().filter(|a| a.unusable(None, now).is_some()).count();
+    crate::metrics::scrape_gauges(limited, state.log.as_ref().map_or(0, |l| l.dropped()));
+    match &state.handle {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => ApiError::internal("metrics are unavailable in this process").into_response(),
+    }
 }
 
 /// Everything `serve` runs, built from the configuration.
@@ -138,8 +168,8 @@ impl Gateway {
         open_without_keys: bool,
         http: reqwest::Client,
     ) -> Result<Self, ApiError> {
-        let log =
-            config.request_log.then(|| crate::ledger::RequestLog::start(pool.store().clone(), config.log_queue).0);
+        let store = config.request_log.then(|| pool.store().clone());
+        let log = Some(crate::ledger::RequestLog::start(store, config.log_queue));
         let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing)?);
         let guard = Arc::new(Guard::new(keys.clone(), open_without_keys, config.auth_failures_per_minute));
@@ -154,14 +184,18 @@ impl Gateway {
         Ok(Self {
             pool,
             keys,
-            log,
+            log: log.clone(),
             retention: config.retention,
             admin: admin.clone(),
             router: router(
                 forwarder,
                 guard,
                 admin,
-                WebOptions { tls: config.tls_cert.is_some(), allowed_origins: config.allowed_origins.clone() },
+                WebOptions {
+                    tls: config.tls_cert.is_some(),
+                    allowed_origins: config.allowed_origins.clone(),
+                    log: log.clone(),
+                },
                 config.body_limit,
             ),
             usage_poll: config.usage_poll,

@@ -1,0 +1,158 @@
+//! `switchyard requests`, `switchyard stats` and `switchyard cleanup`: reading and pruning the request log.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+
+use super::{format_ms, open_data};
+use crate::config::Config;
+use crate::store::RequestRow;
+
+fn since_ms(since: &str) -> anyhow::Result<i64> {
+    let window =
+        humantime::parse_duration(since).with_context(|| format!("bad duration {since:?} (e.g. 1h, 24h, 7d)"))?;
+    Ok(crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
+pub async fn requests(
+    config: &Config,
+    since: &str,
+    account: Option<String>,
+    status: Option<i64>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let rows: Vec<RequestRow> = opened
+        .registry
+        .store()
+        .list_requests(since_ms(since)?, 1_000_000)
+        .await?
+        .into_iter()
+        .filter(|r| account.as_ref().is_none_or(|a| r.account.as_ref() == Some(a)))
+        .filter(|r| status.is_none_or(|s| r.status == s))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no requests in the last {since}");
+    }
+    for r in &rows {
+        println!(
+            "{} {} {:<6} {:<14} {:<24} {}{} in {} out {} ${:.4} {} ms{}",
+            format_ms(r.at_ms),
+            r.status,
+            r.method,
+            r.account.as_deref().unwrap_or("-"),
+            r.model.as_deref().unwrap_or("-"),
+            if r.stream { "stream " } else { "" },
+            r.error_type.as_deref().map(|e| format!("[{e}] ")).unwrap_or_default(),
+            r.input_tokens,
+            r.output_tokens,
+            r.cost_usd,
+            r.duration_ms,
+            if r.attempts > 1 { format!(" (tried {})", r.accounts_tried) } else { String::new() },
+        );
+    }
+    Ok(())
+}
+
+/// Aggregates of a group of requests.
+#[derive(Debug, Default, serde::Serialize)]
+struct Group {
+    requests: u64,
+    errors: u64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_read_tokens: i64,
+    cache_creation_tokens: i64,
+    cost_usd: f64,
+    error_rate: f64,
+    p50_ms: i64,
+    p95_ms: i64,
+    #[serde(skip)]
+    durations: Vec<i64>,
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let rows = opened.registry.store().list_requests(since_ms(since)?, i64::MAX).await?;
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for r in &rows {
+        let key = match by {
+            "account" => r.account.clone().unwrap_or_else(|| "-".into()),
+            "model" => r.model.clone().unwrap_or_else(|| "-".into()),
+            "key" => r.client_key.clone().unwrap_or_else(|| "-".into()),
+            _ => "all".into(),
+        };
+        let g = groups.entry(key).or_default();
+        g.requests += 1;
+        if r.status >= 400 || r.error_type.is_some() {
+            g.errors += 1;
+        }
+        g.input_tokens += r.input_tokens;
+        g.output_tokens += r.output_tokens;
+        g.cache_read_tokens += r.cache_read_tokens;
+        g.cache_creation_tokens += r.cache_creation_tokens;
+        g.cost_usd += r.cost_usd;
+        g.durations.push(r.duration_ms);
+    }
+    for g in groups.values_mut() {
+        g.durations.sort_unstable();
+        g.p50_ms = percentile(&g.durations, 0.50);
+        g.p95_ms = percentile(&g.durations, 0.95);
+        g.error_rate = if g.requests == 0 { 0.0 } else { g.errors as f64 / g.requests as f64 };
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&groups)?);
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!("no requests in the last {since}");
+    }
+    for (name, g) in &groups {
+        println!(
+            "{name:<24} {} requests, {:.1}% errors, in {} out {} cache-read {} cache-write {}, ${:.4}, p50 {} ms, p95 {} ms",
+            g.requests,
+            g.error_rate * 100.0,
+            g.input_tokens,
+            g.output_tokens,
+            g.cache_read_tokens,
+            g.cache_creation_tokens,
+            g.cost_usd,
+            g.p50_ms,
+            g.p95_ms
+        );
+    }
+    Ok(())
+}
+
+pub async fn cleanup(config: &Config, older_than: &str, kind: &str, dry_run: bool) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let store = opened.registry.store();
+    let before = since_ms(older_than)?;
+    if kind == "payloads" {
+        println!("payloads: 0 removed (payload storage is off in this version)");
+        return Ok(());
+    }
+    let n = store.delete_requests_before(before, dry_run).await?;
+    if dry_run {
+        println!("would remove {n} request(s) older than {older_than}");
+        return Ok(());
+    }
+    store.vacuum().await?;
+    super::audit_cli(store.as_ref(), "cleanup", kind, &format!("{n} request(s) older than {older_than}")).await;
+    println!("removed {n} request(s) older than {older_than}; database compacted");
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The request log through the real binary: rows match what clients saw (JSON, SSE, failover, errors),
+//! the writer never blocks the proxy, stats and cleanup, and Prometheus metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Env, Fake, Script, message_body};
+
+async fn rows(env: &Env, expected: usize) -> Vec<serde_json::Value> {
+    for _ in 0..50 {
+        let out = env.ok(&["requests", "--since", "1h", "--json"]).await;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        if list.len() >= expected {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the request log never reached {expected} rows");
+}
+
+async fn two_accounts(fake: &Fake) -> Env {
+    let mut env = Env::new(fake);
+    for name in ["a", "b"] {
+        let key = format!("sk-ant-api03-ledger-{name}");
+        fake.add_api_key(&key);
+        env.ok(&["accounts", "add", name, "--api-key", &key]).await;
+    }
+    env.set("SWITCHYARD_RETRY_DELAY_MS", "10");
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_matches_what_clients_saw() {
+    let fake = Fake::start().await;
+    let env = two_accounts(&fake).await;
+    let gw = env.serve().await;
+    let mut opus = message_body(false);
+    opus["model"] = "claude-opus-4-1".into();
+    assert_eq!(gw.post("/v1/messages").json(&opus).send().await.unwrap().status(), 200);
+    let streamed = gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap().text().await.unwrap();
+    assert!(streamed.contains("message_stop"));
+    fake.push_for(
+        "sk-ant-api03-ledger-a",
+        Script::Status {
+            status: 529,
+            body: serde_json::json!({"type":"error","error":{"type":"overloaded_error","message":"x"}}),
+            headers: vec![],
+        },
+    );
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    let bad = gw.post("/v1/messages").header("content-type", "application/json").body("{oops").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let list = rows(&env, 4).await;
+    // Newest first.
+    let (invalid, failover, stream, json) = (&list[0], &list[1], &list[2], &list[3]);
+    assert_eq!(
+        (json["status"].as_i64(), json["stream"].as_bool(), json["model"].as_str()),
+        (Some(200), Some(false), Some("claude-opus-4-1"))
+    );
+    assert_eq!((json["input_tokens"].as_i64(), json["output_tokens"].as_i64()), (Some(12), Some(5)));
+    assert!((json["cost_usd"].as_f64().unwrap() - (12.0 * 15.0 + 5.0 * 75.0) / 1e6).abs() < 1e-12, "{json}");
+    assert_eq!(json["account"], "a");
+    assert!(json["ttfb_ms"].as_i64().unwrap() <= json["duration_ms"].as_i64().unwrap());
+    assert_eq!(json["ratelimit_status"], "allowed");
+    assert_eq!(
+        (stream["stream"].as_bool(), stream["input_tokens"].as_i64(), stream["output_tokens"].as_i64()),
+        (Some(true), Some(12), Some(5))
+    );
+    assert!(stream["error_type"].is_null(), "{stream}");
+    assert_eq!(
+        (failover["attempts"].as_i64(), failover["accounts_tried"].as_str(), failover["account"].as_str()),
+        (Some(2), Some("a,b"), Some("b"))
+    );
+    assert_eq!(
+        (invalid["status"].as_i64(), invalid["error_type"].as_str()),
+        (Some(400), Some("invalid_request_error"))
+    );
+
+    let text = env.ok(&["requests", "--status", "400"]).await.stdout;
+    assert!(text.contains("[invalid_request_error]") && !text.contains(" 200 "), "{text}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stats", "--by", "account", "--json"]).await.stdout).unwrap();
+    assert_eq!(stats["a"]["requests"], 2);
+    assert_eq!(stats["b"]["requests"], 1);
+    assert_eq!(stats["-"]["errors"], 1);
+    assert_eq!(stats["a"]["output_tokens"], 10);
+    let by_model = env.ok(&["stats", "--by", "model"]).await.stdout;
+    assert!(by_model.contains("claude-opus-4-1") && by_model.contains("p95"), "{by_model}");
+
+    // Cleanup: dry run counts, then removes and compacts.
+    let dry = env.ok(&["cleanup", "--older-than", "0s", "--dry-run"]).await.stdout;
+    assert!(dry.contains("would remove 4 request(s)"), "{dry}");
+    let done = env.ok(&["cleanup", "--older-than", "0s"]).await.stdout;
+    assert!(done.contains("removed 4 request(s)"), "{done}");
+    assert!(env.ok(&["requests"]).await.stdout.contains("no requests"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_writer_never_blocks_requests_and_drops_are_counted() {
+    let fake = Fake::start().await;
+    let mut env = two_accounts(&fake).await;
+    env.set("SWITCHYARD_LOG_QUEUE", "2");
+    let gw = env.serve().await;
+    // Hold the database's write lock, as a slow disk or a long cleanup would.
+    let db = env.home().join("switchyard.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
+    let started = Instant::now();
+    let requests = (0..40).map(|_| gw.post("/v1/messages").json(&message_body(false)).send());
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "requests waited on the log: {:?}", started.elapsed());
+    let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("switchyard_request_log_dropped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped >= 30.0, "drops counted: {dropped}");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    // What was queued before the queue filled is written once the lock is gone.
+    let list = rows(&env, 1).await;
+    assert!(list.len() <= 10, "{}", list.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_are_exposed_and_protected() {
+    let fake = Fake::start().await;
+    let env = two_accounts(&fake).await;
+    let gw = env.serve().await;
+    for stream in [false, true] {
+        let r = gw.post("/v1/messages").json(&message_body(stream)).send().await.unwrap();
+        let _ = r.text().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"switchyard_requests_total{account="a",model="claude-fake",status="200"} 2"#), "{text}");
+    assert!(text.contains(r#"switchyard_tokens_total{account="a",model="claude-fake",kind="output"} 10"#), "{text}");
+    assert!(text.contains("switchyard_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("switchyard_upstream_ttfb_seconds"), "{text}");
+    assert!(text.contains("switchyard_open_streams 0"), "{text}");
+    assert!(!text.contains("sk-ant-"), "no secrets in labels");
+    drop(gw);
+
+    // Once keys exist, metrics need dashboard.view.
+    let viewer = env.ok(&["keys", "create", "grafana", "--role", "viewer"]).await.stdout.trim().to_owned();
+    let user = env.ok(&["keys", "create", "app"]).await.stdout.trim().to_owned();
+    let gw = env.serve().await;
+    assert_eq!(gw.get("/metrics").send().await.unwrap().status(), 401);
+    assert_eq!(gw.get("/metrics").header("x-api-key", &user).send().await.unwrap().status(), 401);
+    assert_eq!(gw.get("/metrics").bearer_auth(&viewer).send().await.unwrap().status(), 200);
+}
