@@ -158,3 +158,49 @@ async fn prometheus_metrics_are_exposed_and_protected() {
     assert_eq!(gw.get("/metrics").header("x-api-key", &user).send().await.unwrap().status(), 401);
     assert_eq!(gw.get("/metrics").bearer_auth(&viewer).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_are_enforced_visible_and_survive_a_restart() {
+    let fake = Fake::start().await;
+    let env = two_accounts(&fake).await;
+    let tokens = env.ok(&["keys", "create", "small", "--budget-tokens-day", "20"]).await.stdout.trim().to_owned();
+    let dollars = env.ok(&["keys", "create", "cheap", "--budget-usd-day", "0.0005"]).await.stdout.trim().to_owned();
+    let gw = env.serve().await;
+    let send = |key: &str, model: &str| {
+        let mut body = message_body(false);
+        body["model"] = model.into();
+        gw.post("/v1/messages").header("x-api-key", key).json(&body).send()
+    };
+    // 17 tokens per reply: two fit under 20 (checked before each request), the third is refused.
+    assert_eq!(send(&tokens, "claude-fake").await.unwrap().status(), 200);
+    assert_eq!(send(&tokens, "claude-fake").await.unwrap().status(), 200);
+    let refused = send(&tokens, "claude-fake").await.unwrap();
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "{wait}");
+    let (kind, message) = support::error_type(refused, 429).await;
+    assert_eq!(kind, "rate_limit_error");
+    assert!(message.contains("daily token budget of 20"), "{message}");
+    // Opus replies cost $0.000555 each: the second is refused.
+    assert_eq!(send(&dollars, "claude-opus-4-1").await.unwrap().status(), 200);
+    let (_, message) = support::error_type(send(&dollars, "claude-opus-4-1").await.unwrap(), 429).await;
+    assert!(message.contains("daily spend budget of $0.00"), "{message}");
+
+    let keys: serde_json::Value = serde_json::from_str(&env.ok(&["keys", "list", "--json"]).await.stdout).unwrap();
+    let small = keys.as_array().unwrap().iter().find(|k| k["name"] == "small").unwrap();
+    assert_eq!(small["tokens_today"], 34);
+    let cheap = keys.as_array().unwrap().iter().find(|k| k["name"] == "cheap").unwrap();
+    assert!(cheap["spend_usd_today"].as_f64().unwrap() > 0.0005);
+    let by_key: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stats", "--by", "key", "--json"]).await.stdout).unwrap();
+    assert_eq!(by_key["small"]["requests"], 3);
+
+    // Spend is remembered across a restart; raising the budget lets the key through again.
+    drop(gw);
+    let gw = env.serve().await;
+    let again = gw.post("/v1/messages").header("x-api-key", &tokens).json(&message_body(false)).send().await.unwrap();
+    assert_eq!(again.status(), 429);
+    env.ok(&["keys", "set", "small", "--budget-tokens-day", "1000"]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let raised = gw.post("/v1/messages").header("x-api-key", &tokens).json(&message_body(false)).send().await.unwrap();
+    assert_eq!(raised.status(), 200);
+}

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::store::{AuditEntry, ClientKeyRecord, Store, StoreError};
+use crate::store::{AuditEntry, Budgets, ClientKeyRecord, Store, StoreError};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,7 @@ pub struct ClientKey {
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<DefaultDirectRateLimiter>,
     pub concurrency: Option<Arc<Semaphore>>,
+    pub budgets: Budgets,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -135,6 +136,11 @@ impl ClientKey {
                 .and_then(|c| usize::try_from(c).ok())
                 .filter(|c| *c > 0)
                 .map(|c| Arc::new(Semaphore::new(c))),
+            budgets: Budgets {
+                usd_day: r.budget_usd_day,
+                usd_month: r.budget_usd_month,
+                tokens_day: r.budget_tokens_day,
+            },
         })
     }
 
@@ -173,16 +179,18 @@ pub enum KeyCheck {
     Expired(String),
 }
 
-/// All client keys, for the hot path.
+/// All client keys, for the hot path, and what they have spent.
 #[derive(Debug, Default)]
 pub struct ClientKeys {
     keys: RwLock<Vec<Arc<ClientKey>>>,
+    pub spend: SpendBook,
 }
 
 impl ClientKeys {
     pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
         let keys = Self::default();
         keys.reload(store).await?;
+        keys.spend.load(store, crate::now_ms()).await?;
         Ok(keys)
     }
 
@@ -241,6 +249,127 @@ impl ClientKeys {
     }
 }
 
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 → (year, month) in UTC (Howard Hinnant's civil-from-days).
+fn year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// (year, month) → days since 1970-01-01 of its first day.
+fn first_day(year: i64, month: i64) -> i64 {
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * m + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Start of the UTC day and month containing `ms`, and the start of the next ones.
+pub fn periods(ms: i64) -> (i64, i64, i64, i64) {
+    let day = ms.div_euclid(DAY_MS);
+    let (y, m) = year_month(day);
+    let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (day * DAY_MS, (day + 1) * DAY_MS, first_day(y, m) * DAY_MS, first_day(next.0, next.1) * DAY_MS)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KeySpend {
+    day_start: i64,
+    usd_day: f64,
+    tokens_day: i64,
+    month_start: i64,
+    usd_month: f64,
+}
+
+/// Spend per client key for the current UTC day and month, kept in memory (loaded from the request log at
+/// start, added to as requests finish) so budget checks never touch the database.
+#[derive(Debug, Default)]
+pub struct SpendBook {
+    map: std::sync::Mutex<std::collections::HashMap<String, KeySpend>>,
+}
+
+impl SpendBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, KeySpend>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub async fn load(&self, store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
+        let (day, _, month, _) = periods(now_ms);
+        let by_month = store.spend_since(month).await?;
+        let by_day = store.spend_since(day).await?;
+        let mut map = self.lock();
+        for (key, usd, _) in by_month {
+            map.entry(key).or_default().usd_month = usd;
+        }
+        for (key, usd, tokens) in by_day {
+            let e = map.entry(key).or_default();
+            e.usd_day = usd;
+            e.tokens_day = tokens;
+        }
+        for e in map.values_mut() {
+            e.day_start = day;
+            e.month_start = month;
+        }
+        Ok(())
+    }
+
+    fn current(e: &mut KeySpend, now_ms: i64) {
+        let (day, _, month, _) = periods(now_ms);
+        if e.day_start != day {
+            *e = KeySpend { day_start: day, month_start: e.month_start, usd_month: e.usd_month, ..KeySpend::default() };
+        }
+        if e.month_start != month {
+            e.month_start = month;
+            e.usd_month = 0.0;
+        }
+    }
+
+    pub fn add(&self, key: &str, usd: f64, tokens: i64, at_ms: i64) {
+        let mut map = self.lock();
+        let e = map.entry(key.to_owned()).or_default();
+        Self::current(e, at_ms);
+        e.usd_day += usd;
+        e.usd_month += usd;
+        e.tokens_day += tokens;
+    }
+
+    /// The budget `key` is over, as a message, and seconds until it resets.
+    pub fn over_budget(&self, key: &ClientKey, now_ms: i64) -> Option<(String, u64)> {
+        let b = key.budgets;
+        if b.usd_day.is_none() && b.usd_month.is_none() && b.tokens_day.is_none() {
+            return None;
+        }
+        let mut map = self.lock();
+        let e = map.entry(key.name.clone()).or_default();
+        Self::current(e, now_ms);
+        let (_, next_day, _, next_month) = periods(now_ms);
+        let wait = |until: i64| u64::try_from((until - now_ms) / 1000 + 1).unwrap_or(1);
+        if let Some(limit) = b.usd_day.filter(|l| e.usd_day >= *l) {
+            return Some((format!("daily spend budget of ${limit:.2} (resets at 00:00 UTC)"), wait(next_day)));
+        }
+        if let Some(limit) = b.tokens_day.filter(|l| e.tokens_day >= *l) {
+            return Some((format!("daily token budget of {limit} (resets at 00:00 UTC)"), wait(next_day)));
+        }
+        if let Some(limit) = b.usd_month.filter(|l| e.usd_month >= *l) {
+            return Some((
+                format!("monthly spend budget of ${limit:.2} (resets on the 1st, 00:00 UTC)"),
+                wait(next_month),
+            ));
+        }
+        None
+    }
+}
+
 /// What `keys create` stores.
 #[derive(Debug, Clone, Default)]
 pub struct NewKey {
@@ -251,6 +380,7 @@ pub struct NewKey {
     pub concurrency: Option<i64>,
     pub accounts: Option<Vec<String>>,
     pub expires_at_ms: Option<i64>,
+    pub budgets: Budgets,
 }
 
 impl NewKey {
@@ -273,6 +403,9 @@ impl NewKey {
             expires_at_ms: self.expires_at_ms,
             revoked_at_ms: None,
             updated_at_ms: now,
+            budget_usd_day: self.budgets.usd_day,
+            budget_usd_month: self.budgets.usd_month,
+            budget_tokens_day: self.budgets.tokens_day,
         };
         store.insert_client_key(&record).await?;
         Ok(key)

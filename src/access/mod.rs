@@ -7,5 +7,6 @@ mod keys;
 pub mod totp;
 
 pub use keys::{
-    ClientKey, ClientKeys, KeyCheck, NewKey, Permission, Role, audit, generate_key, hash_key, parse_expiry,
+    ClientKey, ClientKeys, KeyCheck, NewKey, Permission, Role, SpendBook, audit, generate_key, hash_key, parse_expiry,
+    periods,
 };

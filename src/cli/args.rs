@@ -86,6 +86,30 @@ pub enum Command {
     },
 }
 
+/// Spend limits of a client key (estimated cost, UTC days and months).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BudgetArgs {
+    /// USD per day.
+    #[arg(long, value_name = "USD")]
+    pub budget_usd_day: Option<f64>,
+    /// USD per month.
+    #[arg(long, value_name = "USD")]
+    pub budget_usd_month: Option<f64>,
+    /// Tokens (input + output + cache) per day.
+    #[arg(long, value_name = "N")]
+    pub budget_tokens_day: Option<i64>,
+}
+
+impl BudgetArgs {
+    pub fn budgets(self) -> crate::store::Budgets {
+        crate::store::Budgets {
+            usd_day: self.budget_usd_day,
+            usd_month: self.budget_usd_month,
+            tokens_day: self.budget_tokens_day,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Set the administrator password (read from stdin, or SWITCHYARD_ADMIN_PASSWORD).
@@ -118,6 +142,14 @@ pub enum KeysCommand {
         /// Lifetime, e.g. 30d, 12h.
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+        #[command(flatten)]
+        budgets: BudgetArgs,
+    },
+    /// Change a key's budgets.
+    Set {
+        name: String,
+        #[command(flatten)]
+        budgets: BudgetArgs,
     },
     /// List keys (no secrets).
     List {

@@ -13,7 +13,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let store = opened.registry.store().clone();
     match command {
-        KeysCommand::Create { name, role, rpm, tpm, concurrency, accounts, expires } => {
+        KeysCommand::Create { name, role, rpm, tpm, concurrency, accounts, expires, budgets } => {
             let now = crate::now_ms();
             let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let new = NewKey {
@@ -29,6 +29,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                     .map(|e| parse_expiry(e, now))
                     .transpose()
                     .map_err(|e| anyhow::anyhow!(e))?,
+                budgets: budgets.budgets(),
             };
             let key = new.create(store.as_ref()).await?;
             super::audit_cli(store.as_ref(), "keys.create", &name, &format!("role {}", role.as_str())).await;
@@ -36,6 +37,16 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             eprintln!("created key {name} (role {}); it is shown only this once", role.as_str());
         }
         KeysCommand::List { json } => list(store.as_ref(), json).await?,
+        KeysCommand::Set { name, budgets } => {
+            let budgets = budgets.budgets();
+            anyhow::ensure!(budgets != crate::store::Budgets::default(), "nothing to set: give a --budget-… option");
+            anyhow::ensure!(
+                store.set_client_key_budgets(&name, &budgets, crate::now_ms()).await?,
+                "no key named {name:?}"
+            );
+            super::audit_cli(store.as_ref(), "keys.set", &name, &format!("{budgets:?}")).await;
+            println!("updated key {name}; a running server applies it within a second");
+        }
         KeysCommand::Revoke { name } => {
             anyhow::ensure!(store.revoke_client_key(&name, crate::now_ms()).await?, "no active key named {name:?}");
             super::audit_cli(store.as_ref(), "keys.revoke", &name, "").await;
@@ -56,6 +67,11 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
     let now = crate::now_ms();
     let keys = store.list_client_keys().await?;
+    let (day, _, month, _) = crate::access::periods(now);
+    let today: std::collections::HashMap<String, (f64, i64)> =
+        store.spend_since(day).await?.into_iter().map(|(k, usd, tokens)| (k, (usd, tokens))).collect();
+    let this_month: std::collections::HashMap<String, f64> =
+        store.spend_since(month).await?.into_iter().map(|(k, usd, _)| (k, usd)).collect();
     let rows: Vec<serde_json::Value> = keys
         .iter()
         .map(|k| {
@@ -78,6 +94,12 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
                 "expires_at_ms": k.expires_at_ms,
                 // A short fingerprint of the hash, to tell keys apart; never the key.
                 "fingerprint": &k.hash[..8],
+                "budget_usd_day": k.budget_usd_day,
+                "budget_usd_month": k.budget_usd_month,
+                "budget_tokens_day": k.budget_tokens_day,
+                "spend_usd_today": today.get(&k.name).map_or(0.0, |s| s.0),
+                "tokens_today": today.get(&k.name).map_or(0, |s| s.1),
+                "spend_usd_month": this_month.get(&k.name).copied().unwrap_or(0.0),
             })
         })
         .collect();
@@ -94,7 +116,7 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
     for (k, row) in keys.iter().zip(&rows) {
         let limit = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
         println!(
-            "{:<16} {:<7} {:<8} rpm {} tpm {} concurrency {} accounts {} expires {} fingerprint {}",
+            "{:<16} {:<7} {:<8} rpm {} tpm {} concurrency {} accounts {} expires {} fingerprint {} spend today ${:.4} month ${:.4}",
             k.name,
             k.role,
             row["status"].as_str().unwrap_or(""),
@@ -104,6 +126,8 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
             k.accounts.as_deref().unwrap_or("all"),
             k.expires_at_ms.map_or_else(|| "never".to_owned(), format_ms),
             &k.hash[..8],
+            row["spend_usd_today"].as_f64().unwrap_or(0.0),
+            row["spend_usd_month"].as_f64().unwrap_or(0.0),
         );
     }
     Ok(())

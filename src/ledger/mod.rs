@@ -24,24 +24,34 @@ pub struct RequestLog {
     /// Rows the writer has finished with (written or given up on).
     done: Arc<AtomicU64>,
     persist: bool,
+    /// Where per-key spend is added up for budgets.
+    spend: Option<Arc<crate::access::ClientKeys>>,
 }
 
 impl RequestLog {
     /// Start the writer; it ends when every handle is gone and the queue is drained.
     /// With `store` `None` nothing is written; requests still feed the metrics.
-    pub fn start(store: Option<Arc<dyn Store>>, capacity: usize) -> Arc<Self> {
+    pub fn start(
+        store: Option<Arc<dyn Store>>,
+        capacity: usize,
+        spend: Option<Arc<crate::access::ClientKeys>>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let done = Arc::new(AtomicU64::new(0));
         let store_on = store.is_some();
         if let Some(store) = store {
             tokio::spawn(write_batches(store, rx, done.clone()));
         }
-        Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done, persist: store_on })
+        Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done, persist: store_on, spend })
     }
 
     /// Queue a record without waiting; when the queue is full the record is dropped and counted.
     pub fn record(&self, row: RequestRow) {
         crate::metrics::request(&row);
+        if let (Some(keys), Some(name)) = (&self.spend, &row.client_key) {
+            let tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens + row.cache_creation_tokens;
+            keys.spend.add(name, row.cost_usd, tokens, row.at_ms);
+        }
         if !self.persist {
             return;
         }

@@ -310,6 +310,9 @@ struct CreateKey {
     concurrency: Option<i64>,
     accounts: Option<Vec<String>>,
     expires: Option<String>,
+    budget_usd_day: Option<f64>,
+    budget_usd_month: Option<f64>,
+    budget_tokens_day: Option<i64>,
 }
 
 async fn create_key(
@@ -341,6 +344,11 @@ async fn create_key(
         concurrency: body.concurrency,
         accounts: body.accounts,
         expires_at_ms,
+        budgets: crate::store::Budgets {
+            usd_day: body.budget_usd_day,
+            usd_month: body.budget_usd_month,
+            tokens_day: body.budget_tokens_day,
+        },
     };
     let result = new.create(admin.pool.store().as_ref()).await;
     record(&admin, &session, peer.ip(), "keys.create", &body.name, result.is_ok()).await;

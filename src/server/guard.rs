@@ -20,24 +20,48 @@ use crate::error::ApiError;
 #[derive(Debug)]
 pub struct Guard {
     pub keys: Arc<ClientKeys>,
+    /// Refusals are requests too: they go to the request log.
+    pub log: Option<Arc<crate::ledger::RequestLog>>,
     /// No keys configured and the operator allowed that (loopback, or `--allow-unauthenticated`).
     pub open_without_keys: bool,
     failures: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl Guard {
-    pub fn new(keys: Arc<ClientKeys>, open_without_keys: bool, failures_per_minute: u32) -> Self {
+    pub fn new(
+        keys: Arc<ClientKeys>,
+        log: Option<Arc<crate::ledger::RequestLog>>,
+        open_without_keys: bool,
+        failures_per_minute: u32,
+    ) -> Self {
         let quota = Quota::per_minute(NonZeroU32::new(failures_per_minute).unwrap_or(NonZeroU32::MIN));
-        Self { keys, open_without_keys, failures: RateLimiter::keyed(quota) }
+        Self { keys, log, open_without_keys, failures: RateLimiter::keyed(quota) }
+    }
+
+    /// Record a refused request and answer it.
+    fn deny(&self, req: &Request, key: Option<&str>, error: ApiError) -> Response {
+        if let Some(log) = &self.log {
+            log.record(crate::store::RequestRow {
+                id: crate::ledger::request_id(),
+                at_ms: crate::now_ms(),
+                client_key: key.map(str::to_owned),
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+                status: i64::from(error.status.as_u16()),
+                error_type: Some(error.kind.to_owned()),
+                ..crate::store::RequestRow::default()
+            });
+        }
+        error.into_response()
     }
 
     /// A failed attempt from `ip`: 401 normally, 429 once the IP has failed too often.
-    fn refuse(&self, ip: IpAddr, error: ApiError) -> Response {
+    fn refuse(&self, req: &Request, ip: IpAddr, error: ApiError) -> Response {
         if self.failures.check_key(&ip).is_err() {
-            return ApiError::client_limited("too many failed attempts from this address; slow down", 60)
-                .into_response();
+            let error = ApiError::client_limited("too many failed attempts from this address; slow down", 60);
+            return self.deny(req, None, error);
         }
-        error.into_response()
+        self.deny(req, None, error)
     }
 }
 
@@ -79,30 +103,35 @@ pub async fn authorize(
         KeyCheck::Valid(key) => key,
         KeyCheck::Missing => {
             let e = ApiError::unauthorized("an API key is required: send it as x-api-key or Authorization: Bearer");
-            return guard.refuse(peer.ip(), e);
+            return guard.refuse(&req, peer.ip(), e);
         }
-        KeyCheck::Unknown => return guard.refuse(peer.ip(), ApiError::unauthorized("invalid API key")),
+        KeyCheck::Unknown => return guard.refuse(&req, peer.ip(), ApiError::unauthorized("invalid API key")),
         KeyCheck::Revoked(name) => {
-            return guard.refuse(peer.ip(), ApiError::unauthorized(format!("API key {name:?} has been revoked")));
+            return guard.refuse(&req, peer.ip(), ApiError::unauthorized(format!("API key {name:?} has been revoked")));
         }
         KeyCheck::Expired(name) => {
-            return guard.refuse(peer.ip(), ApiError::unauthorized(format!("API key {name:?} has expired")));
+            return guard.refuse(&req, peer.ip(), ApiError::unauthorized(format!("API key {name:?} has expired")));
         }
     };
     if !key.role.allows(Permission::ApiRequest) {
         let message = format!("API key {:?} (role {}) may not send API requests", key.name, key.role.as_str());
-        return ApiError::forbidden(message).into_response();
+        return guard.deny(&req, Some(&key.name), ApiError::forbidden(message));
+    }
+    if let Some((budget, wait)) = guard.keys.spend.over_budget(&key, crate::now_ms()) {
+        let error = ApiError::client_limited(format!("API key {:?} is over its {budget}", key.name), wait);
+        return guard.deny(&req, Some(&key.name), error);
     }
     if let Err(wait) = key.check_rpm() {
-        return ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait)
-            .into_response();
+        let error =
+            ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait);
+        return guard.deny(&req, Some(&key.name), error);
     }
     let permit = match &key.concurrency {
         Some(slots) => match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 let message = format!("API key {:?} has reached its limit of concurrent requests", key.name);
-                return ApiError::client_limited(message, 1).into_response();
+                return guard.deny(&req, Some(&key.name), ApiError::client_limited(message, 1));
             }
         },
         None => None,

@@ -169,10 +169,10 @@ impl Gateway {
         http: reqwest::Client,
     ) -> Result<Self, ApiError> {
         let store = config.request_log.then(|| pool.store().clone());
-        let log = Some(crate::ledger::RequestLog::start(store, config.log_queue));
+        let log = Some(crate::ledger::RequestLog::start(store, config.log_queue, Some(keys.clone())));
         let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing)?);
-        let guard = Arc::new(Guard::new(keys.clone(), open_without_keys, config.auth_failures_per_minute));
+        let guard = Arc::new(Guard::new(keys.clone(), log.clone(), open_without_keys, config.auth_failures_per_minute));
         let admin = Arc::new(Admin {
             pool: pool.clone(),
             keys: keys.clone(),

@@ -121,6 +121,17 @@ pub struct ClientKeyRecord {
     pub expires_at_ms: Option<i64>,
     pub revoked_at_ms: Option<i64>,
     pub updated_at_ms: i64,
+    pub budget_usd_day: Option<f64>,
+    pub budget_usd_month: Option<f64>,
+    pub budget_tokens_day: Option<i64>,
+}
+
+/// Spend limits of a client key; `None` leaves a limit as it is (or unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budgets {
+    pub usd_day: Option<f64>,
+    pub usd_month: Option<f64>,
+    pub tokens_day: Option<i64>,
 }
 
 /// One proxied request, as the request log keeps it.
@@ -225,6 +236,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn revoke_client_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// Give a key a new secret (and un-revoke it). Returns false when no key had that name.
     async fn rehash_client_key(&self, name: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Set a key's budgets (given values only). Returns false when no key had that name.
+    async fn set_client_key_budgets(&self, name: &str, budgets: &Budgets, now_ms: i64) -> Result<bool, StoreError>;
+    /// Spend per client key since `since_ms`: (key name, USD, tokens).
+    async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError>;
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;

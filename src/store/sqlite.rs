@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AccountKind, AccountRecord, AccountStatus, AuditEntry, ClientKeyRecord, PendingLogin, RequestRow, SealedRow,
-    SealedTokens, Store, StoreError,
+    AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, PendingLogin, RequestRow,
+    SealedRow, SealedTokens, Store, StoreError,
 };
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
@@ -112,6 +112,12 @@ CREATE TABLE requests (
     cost_usd REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX requests_at ON requests(at_ms);
+"#,
+    r#"
+ALTER TABLE client_keys ADD COLUMN budget_usd_day REAL;
+ALTER TABLE client_keys ADD COLUMN budget_usd_month REAL;
+ALTER TABLE client_keys ADD COLUMN budget_tokens_day INTEGER;
+CREATE INDEX requests_key_at ON requests(client_key, at_ms);
 "#,
 ];
 
@@ -395,15 +401,50 @@ impl Store for SqliteStore {
                     expires_at_ms: r.try_get("expires_at_ms").map_err(db)?,
                     revoked_at_ms: r.try_get("revoked_at_ms").map_err(db)?,
                     updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+                    budget_usd_day: r.try_get("budget_usd_day").map_err(db)?,
+                    budget_usd_month: r.try_get("budget_usd_month").map_err(db)?,
+                    budget_tokens_day: r.try_get("budget_tokens_day").map_err(db)?,
                 })
             })
+            .collect()
+    }
+
+    async fn set_client_key_budgets(&self, name: &str, budgets: &Budgets, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE client_keys SET budget_usd_day = COALESCE(?, budget_usd_day),
+                 budget_usd_month = COALESCE(?, budget_usd_month),
+                 budget_tokens_day = COALESCE(?, budget_tokens_day), updated_at_ms = ? WHERE name = ?",
+        )
+        .bind(budgets.usd_day)
+        .bind(budgets.usd_month)
+        .bind(budgets.tokens_day)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_key, SUM(cost_usd), SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens)
+             FROM requests WHERE at_ms >= ? AND client_key IS NOT NULL GROUP BY client_key",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, r.try_get(2).map_err(db)?)))
             .collect()
     }
 
     async fn insert_client_key(&self, k: &ClientKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO client_keys (id, name, hash, role, rpm, tpm, concurrency, accounts, created_at_ms,
-                 expires_at_ms, revoked_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 expires_at_ms, revoked_at_ms, updated_at_ms, budget_usd_day, budget_usd_month, budget_tokens_day)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -417,6 +458,9 @@ impl Store for SqliteStore {
         .bind(k.expires_at_ms)
         .bind(k.revoked_at_ms)
         .bind(k.updated_at_ms)
+        .bind(k.budget_usd_day)
+        .bind(k.budget_usd_month)
+        .bind(k.budget_tokens_day)
         .execute(&self.pool)
         .await
         .map_err(|e| match db(e) {
