@@ -133,6 +133,14 @@ pub struct Config {
     pub log_queue: usize,
     /// Request-log rows older than this are deleted hourly.
     pub retention: Duration,
+    /// Which request and response bodies are kept (redacted, sealed).
+    pub payloads: crate::ledger::PayloadMode,
+    /// Bytes kept per body at most.
+    pub payload_max_bytes: usize,
+    /// Extra redaction regexes.
+    pub redact: Vec<String>,
+    /// Payloads older than this are deleted hourly.
+    pub payload_retention: Duration,
     /// `[prices.<model substring>]` from the config file, before the built-in estimates.
     pub prices: Vec<(String, crate::ledger::Price)>,
 }
@@ -209,6 +217,10 @@ struct RawOAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawRequests {
+    payloads: Option<String>,
+    payload_max_bytes: Option<usize>,
+    redact: Option<Vec<String>>,
+    payload_retention_days: Option<u64>,
     log: Option<bool>,
     queue: Option<usize>,
     retention_days: Option<u64>,
@@ -371,6 +383,23 @@ impl Config {
         let request_log = pick(env, "SWITCHYARD_REQUEST_LOG", raw.requests.log)?;
         let log_queue = pick(env, "SWITCHYARD_LOG_QUEUE", raw.requests.queue)?;
         let retention_days = pick(env, "SWITCHYARD_RETENTION_DAYS", raw.requests.retention_days)?;
+        let payloads: Option<String> = pick(env, "SWITCHYARD_PAYLOADS", raw.requests.payloads)?;
+        let payloads = match payloads {
+            Some(p) => p.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_PAYLOADS", message })?,
+            None => crate::ledger::PayloadMode::Off,
+        };
+        let payload_max = pick(env, "SWITCHYARD_PAYLOAD_MAX_BYTES", raw.requests.payload_max_bytes)?;
+        let payload_days = pick(env, "SWITCHYARD_PAYLOAD_RETENTION_DAYS", raw.requests.payload_retention_days)?;
+        let mut redact = raw.requests.redact.unwrap_or_default();
+        if let Some(extra) = env("SWITCHYARD_REDACT").filter(|v| !v.is_empty()) {
+            redact.push(extra);
+        }
+        for pattern in &redact {
+            regex::Regex::new(pattern).map_err(|e| ConfigError::Invalid {
+                name: "SWITCHYARD_REDACT",
+                message: format!("{pattern:?}: {e}"),
+            })?;
+        }
         let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
         let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
 
@@ -473,6 +502,10 @@ impl Config {
             log_queue: log_queue.unwrap_or(10_000).max(1),
             retention: Duration::from_secs(retention_days.unwrap_or(30).saturating_mul(86_400)),
             prices: raw.prices.into_iter().collect(),
+            payloads,
+            payload_max_bytes: payload_max.unwrap_or(64 * 1024),
+            redact,
+            payload_retention: Duration::from_secs(payload_days.unwrap_or(7).saturating_mul(86_400)),
             allow_unauthenticated: flags.allow_unauthenticated || allow_unauth.unwrap_or(false),
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),

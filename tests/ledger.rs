@@ -63,6 +63,7 @@ async fn the_log_matches_what_clients_saw() {
     assert_eq!((json["input_tokens"].as_i64(), json["output_tokens"].as_i64()), (Some(12), Some(5)));
     assert!((json["cost_usd"].as_f64().unwrap() - (12.0 * 15.0 + 5.0 * 75.0) / 1e6).abs() < 1e-12, "{json}");
     assert_eq!(json["account"], "a");
+    assert!(json["error_type"].is_null(), "a fully sent JSON answer is not a disconnect: {json}");
     assert!(json["ttfb_ms"].as_i64().unwrap() <= json["duration_ms"].as_i64().unwrap());
     assert_eq!(json["ratelimit_status"], "allowed");
     assert_eq!(
@@ -92,9 +93,9 @@ async fn the_log_matches_what_clients_saw() {
 
     // Cleanup: dry run counts, then removes and compacts.
     let dry = env.ok(&["cleanup", "--older-than", "0s", "--dry-run"]).await.stdout;
-    assert!(dry.contains("would remove 4 request(s)"), "{dry}");
+    assert!(dry.contains("would remove 4 request(s) and 0 payload(s)"), "{dry}");
     let done = env.ok(&["cleanup", "--older-than", "0s"]).await.stdout;
-    assert!(done.contains("removed 4 request(s)"), "{done}");
+    assert!(done.contains("removed 4 request(s) and 0 payload(s)"), "{done}");
     assert!(env.ok(&["requests"]).await.stdout.contains("no requests"));
 }
 
@@ -203,4 +204,51 @@ async fn budgets_are_enforced_visible_and_survive_a_restart() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let raised = gw.post("/v1/messages").header("x-api-key", &tokens).json(&message_body(false)).send().await.unwrap();
     assert_eq!(raised.status(), 200);
+}
+
+fn file_contains(env: &Env, needle: &str) -> bool {
+    ["switchyard.db", "switchyard.db-wal"].iter().any(|f| {
+        let data = std::fs::read(env.home().join(f)).unwrap_or_default();
+        data.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payloads_are_kept_by_policy_redacted_and_encrypted() {
+    let fake = Fake::start().await;
+    let mut env = two_accounts(&fake).await;
+    env.set("SWITCHYARD_PAYLOADS", "errors");
+    env.set("SWITCHYARD_REDACT", "customer-[0-9]+");
+    let gw = env.serve().await;
+    let mut ok_body = message_body(false);
+    ok_body["messages"][0]["content"] = "plain question customer-42".into();
+    assert_eq!(gw.post("/v1/messages").json(&ok_body).send().await.unwrap().status(), 200);
+    let bad = "{\"note\": \"broken sk-ant-api03-leakme customer-77 oopsmarker";
+    let r = gw.post("/v1/messages").header("content-type", "application/json").body(bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let list = rows(&env, 2).await;
+    let (failed, fine) = (&list[0], &list[1]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["requests", "--id", failed["id"].as_str().unwrap()]).await.stdout).unwrap();
+    let request = shown["payload"]["request"].as_str().unwrap();
+    assert!(request.contains("oopsmarker") && request.contains("[REDACTED]"), "{request}");
+    assert!(!request.contains("leakme") && !request.contains("customer-77"), "{request}");
+    assert!(shown["payload"]["response"].as_str().unwrap().contains("invalid_request_error"));
+    let fine_shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["requests", "--id", fine["id"].as_str().unwrap()]).await.stdout).unwrap();
+    assert!(fine_shown["payload"].is_null(), "successes are not kept under `errors`");
+    // Encrypted at rest: neither the body nor the secret is in the database files.
+    assert!(!file_contains(&env, "oopsmarker") && !file_contains(&env, "leakme"));
+    drop(gw);
+
+    env.set("SWITCHYARD_PAYLOADS", "full");
+    let gw = env.serve().await;
+    assert!(!gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap().text().await.unwrap().is_empty());
+    let list = rows(&env, 3).await;
+    let streamed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["requests", "--id", list[0]["id"].as_str().unwrap()]).await.stdout).unwrap();
+    assert!(streamed["payload"]["response"].as_str().unwrap().contains("message_stop"), "{streamed}");
+    assert!(!file_contains(&env, "message_stop"), "stored sealed");
+    let out = env.ok(&["cleanup", "--older-than", "0s", "--type", "payloads"]).await.stdout;
+    assert!(out.contains("removed 0 request(s) and 2 payload(s)"), "{out}");
 }

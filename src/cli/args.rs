@@ -55,6 +55,9 @@ pub enum Command {
         status: Option<i64>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Show one request, with its kept payload (decrypted, redacted) if any.
+        #[arg(long)]
+        id: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -14,6 +14,29 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
     Ok(crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
+/// One request with its payload, as JSON.
+pub async fn one_request(config: &Config, id: &str) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let store = opened.registry.store();
+    let row = store
+        .list_requests(0, i64::MAX)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .with_context(|| format!("no request with id {id:?}"))?;
+    let cipher = opened.registry.cipher();
+    let payload = store.get_payload(id).await?.map(|(request, response)| {
+        let open = |what: &str, sealed: Option<String>| {
+            sealed.and_then(|s| crate::ledger::PayloadPolicy::open(cipher, id, what, &s))
+        };
+        serde_json::json!({ "request": open("request", request), "response": open("response", response) })
+    });
+    let mut out = serde_json::to_value(&row)?;
+    out["payload"] = payload.unwrap_or(serde_json::Value::Null);
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
 pub async fn requests(
     config: &Config,
     since: &str,
@@ -142,17 +165,15 @@ pub async fn cleanup(config: &Config, older_than: &str, kind: &str, dry_run: boo
     let opened = open_data(config).await?;
     let store = opened.registry.store();
     let before = since_ms(older_than)?;
-    if kind == "payloads" {
-        println!("payloads: 0 removed (payload storage is off in this version)");
-        return Ok(());
-    }
-    let n = store.delete_requests_before(before, dry_run).await?;
+    let requests = if kind == "payloads" { 0 } else { store.delete_requests_before(before, dry_run).await? };
+    let payloads = if kind == "requests" { 0 } else { store.delete_payloads_before(before, dry_run).await? };
     if dry_run {
-        println!("would remove {n} request(s) older than {older_than}");
+        println!("would remove {requests} request(s) and {payloads} payload(s) older than {older_than}");
         return Ok(());
     }
     store.vacuum().await?;
-    super::audit_cli(store.as_ref(), "cleanup", kind, &format!("{n} request(s) older than {older_than}")).await;
-    println!("removed {n} request(s) older than {older_than}; database compacted");
+    let detail = format!("{requests} request(s), {payloads} payload(s) older than {older_than}");
+    super::audit_cli(store.as_ref(), "cleanup", kind, &detail).await;
+    println!("removed {requests} request(s) and {payloads} payload(s) older than {older_than}; database compacted");
     Ok(())
 }

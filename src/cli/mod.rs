@@ -76,7 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Keys { command } => keys::run(&config, command).await,
         Command::Audit { since, json } => keys::audit(&config, &since, json).await,
-        Command::Requests { since, account, status, limit, json } => {
+        Command::Requests { id: Some(id), .. } => ledger::one_request(&config, &id).await,
+        Command::Requests { since, account, status, limit, json, id: None } => {
             ledger::requests(&config, &since, account, status, limit, json).await
         }
         Command::Stats { since, by, json } => ledger::stats(&config, &since, &by, json).await,

@@ -18,7 +18,7 @@ use crate::anthropic::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::ledger::{Pricing, RequestLog, SseTap, Usage, json_usage};
+use crate::ledger::{PayloadPolicy, Pricing, RawPayload, RequestLog, SseTap, Usage, json_usage};
 use crate::store::RequestRow;
 
 pub mod tls;
@@ -48,6 +48,7 @@ pub struct Forwarder {
     retry: Retry,
     log: Option<Arc<RequestLog>>,
     pricing: Arc<Pricing>,
+    payloads: Option<Arc<PayloadPolicy>>,
 }
 
 /// Failover budget: how many upstream attempts a request may make and how long to wait between them.
@@ -141,6 +142,7 @@ impl Forwarder {
         pool: Arc<Pool>,
         log: Option<Arc<RequestLog>>,
         pricing: Arc<Pricing>,
+        payloads: Option<Arc<PayloadPolicy>>,
     ) -> Result<Self, ApiError> {
         Ok(Self {
             http,
@@ -159,6 +161,7 @@ impl Forwarder {
             },
             log,
             pricing,
+            payloads,
         })
     }
 
@@ -166,6 +169,7 @@ impl Forwarder {
     /// overload, a server error or a connection failure — all before the first byte reaches the client.
     pub async fn forward(&self, req: Inbound) -> Result<Response, ApiError> {
         let mut trace = Trace::new(&req);
+        let req_body = req.body.clone();
         let result = self.forward_inner(&req, &mut trace).await;
         if let (Err(error), Some(log)) = (&result, &self.log) {
             // Answered by Switchyard itself: recorded now; streamed answers are recorded when they end.
@@ -173,7 +177,10 @@ impl Forwarder {
             row.status = i64::from(error.status.as_u16());
             row.error_type = Some(error.kind.to_owned());
             row.duration_ms = millis(trace.started.elapsed());
-            log.record(row);
+            let keep = self.payloads.as_ref().is_some_and(|p| p.keeps(row.status, true));
+            let raw =
+                keep.then(|| RawPayload { request: req_body.clone(), response: error.body().to_string().into_bytes() });
+            log.record_with(row, raw);
         }
         result
     }
@@ -330,6 +337,7 @@ impl Forwarder {
             json: Some(Vec::new()),
             completed: false,
             broken: false,
+            payload: self.payloads.clone().map(|policy| (policy, trace.body.clone(), Vec::new())),
         })
     }
 
@@ -416,6 +424,8 @@ fn log_answer(req: &Inbound, account: &Account, status: StatusCode, started: Ins
 struct Trace {
     row: RequestRow,
     started: Instant,
+    /// The request body, for payload keeping (a reference-counted view, not a copy).
+    body: Bytes,
 }
 
 impl Trace {
@@ -428,7 +438,7 @@ impl Trace {
             path: req.path_and_query.split('?').next().unwrap_or("").to_owned(),
             ..RequestRow::default()
         };
-        Self { row, started: Instant::now() }
+        Self { row, started: Instant::now(), body: req.body.clone() }
     }
 
     fn tried(&mut self, account: &str, attempts: u32) {
@@ -454,12 +464,21 @@ struct Recorder {
     json: Option<Vec<u8>>,
     completed: bool,
     broken: bool,
+    /// Payload policy, request body and the response captured so far (capped), when payloads are kept.
+    payload: Option<(Arc<PayloadPolicy>, Bytes, Vec<u8>)>,
 }
 
 /// Largest JSON answer read for its usage; bigger ones are passed through without it.
 const JSON_USAGE_CAP: usize = 4 * 1024 * 1024;
 
 impl Recorder {
+    fn capture(&mut self, bytes: &[u8]) {
+        if let Some((policy, _, response)) = &mut self.payload {
+            let room = policy.max_bytes.saturating_sub(response.len());
+            response.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    }
+
     fn feed_json(&mut self, bytes: &[u8]) {
         if let Some(buffer) = &mut self.json {
             if buffer.len() + bytes.len() > JSON_USAGE_CAP {
@@ -489,7 +508,13 @@ impl Recorder {
             usage.error_type
         };
         self.row.duration_ms = millis(self.started.elapsed());
-        self.log.record(self.row);
+        let raw = match self.payload.take() {
+            Some((policy, request, response)) if policy.keeps(self.row.status, self.row.error_type.is_some()) => {
+                Some(RawPayload { request, response })
+            }
+            _ => None,
+        };
+        self.log.record_with(self.row, raw);
     }
 }
 
@@ -502,6 +527,10 @@ struct Tapped {
     account: Option<Arc<Account>>,
     tap: SseTap,
     recorder: Option<Recorder>,
+    /// `content-length` of the answer: hyper stops polling once it has sent that many bytes, so the end
+    /// is known by counting rather than by seeing the stream finish.
+    expected: Option<u64>,
+    seen: u64,
 }
 
 impl futures_util::Stream for Tapped {
@@ -519,6 +548,13 @@ impl futures_util::Stream for Tapped {
         match this.inner.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(bytes))) => {
+                this.seen += bytes.len() as u64;
+                if let Some(recorder) = &mut this.recorder {
+                    recorder.capture(&bytes);
+                    if this.expected.is_some_and(|n| this.seen >= n) {
+                        recorder.completed = true;
+                    }
+                }
                 if this.is_sse {
                     let had_error = this.tap.usage.error_type.is_some();
                     this.tap.feed(&bytes);
@@ -595,7 +631,10 @@ fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>, recor
     if is_sse {
         crate::metrics::open_streams(1.0);
     }
+    let expected = if is_sse { None } else { upstream.content_length() };
     let body = Tapped {
+        expected,
+        seen: 0,
         inner: Box::pin(upstream.bytes_stream()),
         is_sse,
         ended: false,

@@ -2,6 +2,7 @@
 //! from the answer as it streams past, and written to the store by a background writer fed through a
 //! bounded channel — a full channel drops (and counts) a record rather than slow a request.
 
+mod payload;
 mod usage;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+pub use payload::{PayloadMode, PayloadPolicy, RawPayload};
 pub use usage::{SseTap, Usage, json_usage};
 
 use crate::store::{RequestRow, Store};
@@ -18,7 +20,7 @@ use crate::store::{RequestRow, Store};
 /// Handle for recording requests; cheap to share.
 #[derive(Debug)]
 pub struct RequestLog {
-    tx: mpsc::Sender<RequestRow>,
+    tx: mpsc::Sender<(RequestRow, Option<RawPayload>)>,
     queued: AtomicU64,
     dropped: AtomicU64,
     /// Rows the writer has finished with (written or given up on).
@@ -35,18 +37,24 @@ impl RequestLog {
         store: Option<Arc<dyn Store>>,
         capacity: usize,
         spend: Option<Arc<crate::access::ClientKeys>>,
+        payloads: Option<Arc<PayloadPolicy>>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let done = Arc::new(AtomicU64::new(0));
         let store_on = store.is_some();
         if let Some(store) = store {
-            tokio::spawn(write_batches(store, rx, done.clone()));
+            tokio::spawn(write_batches(store, rx, done.clone(), payloads));
         }
         Arc::new(Self { tx, queued: AtomicU64::new(0), dropped: AtomicU64::new(0), done, persist: store_on, spend })
     }
 
     /// Queue a record without waiting; when the queue is full the record is dropped and counted.
     pub fn record(&self, row: RequestRow) {
+        self.record_with(row, None);
+    }
+
+    /// Queue a record with the bodies to keep (the writer redacts and seals them).
+    pub fn record_with(&self, row: RequestRow, payload: Option<RawPayload>) {
         crate::metrics::request(&row);
         if let (Some(keys), Some(name)) = (&self.spend, &row.client_key) {
             let tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens + row.cache_creation_tokens;
@@ -55,7 +63,7 @@ impl RequestLog {
         if !self.persist {
             return;
         }
-        if self.tx.try_send(row).is_ok() {
+        if self.tx.try_send((row, payload)).is_ok() {
             self.queued.fetch_add(1, Ordering::Relaxed);
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -76,12 +84,25 @@ impl RequestLog {
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<RequestRow>, done: Arc<AtomicU64>) {
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(RequestRow, Option<RawPayload>)>,
+    done: Arc<AtomicU64>,
+    payloads: Option<Arc<PayloadPolicy>>,
+) {
+    let seal = |(mut row, raw): (RequestRow, Option<RawPayload>)| {
+        if let (Some(policy), Some(raw)) = (&payloads, raw) {
+            let (request, response) = policy.seal(&row.id, &raw);
+            row.payload_request = request;
+            row.payload_response = response;
+        }
+        row
+    };
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+        let mut batch = vec![seal(first)];
         while batch.len() < 512 {
             match rx.try_recv() {
-                Ok(row) => batch.push(row),
+                Ok(item) => batch.push(seal(item)),
                 Err(_) => break,
             }
         }

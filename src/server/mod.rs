@@ -154,6 +154,7 @@ pub struct Gateway {
     pub keys: Arc<ClientKeys>,
     pub log: Option<Arc<crate::ledger::RequestLog>>,
     retention: Duration,
+    payload_retention: Duration,
     pub admin: Arc<Admin>,
     pub router: Router,
     usage_poll: Duration,
@@ -169,9 +170,21 @@ impl Gateway {
         http: reqwest::Client,
     ) -> Result<Self, ApiError> {
         let store = config.request_log.then(|| pool.store().clone());
-        let log = Some(crate::ledger::RequestLog::start(store, config.log_queue, Some(keys.clone())));
+        let payloads = match config.payloads {
+            crate::ledger::PayloadMode::Off => None,
+            mode => Some(Arc::new(
+                crate::ledger::PayloadPolicy::new(
+                    mode,
+                    config.payload_max_bytes,
+                    &config.redact,
+                    pool.registry().cipher().clone(),
+                )
+                .map_err(ApiError::internal)?,
+            )),
+        };
+        let log = Some(crate::ledger::RequestLog::start(store, config.log_queue, Some(keys.clone()), payloads.clone()));
         let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
-        let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing)?);
+        let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing, payloads)?);
         let guard = Arc::new(Guard::new(keys.clone(), log.clone(), open_without_keys, config.auth_failures_per_minute));
         let admin = Arc::new(Admin {
             pool: pool.clone(),
@@ -186,6 +199,7 @@ impl Gateway {
             keys,
             log: log.clone(),
             retention: config.retention,
+            payload_retention: config.payload_retention,
             admin: admin.clone(),
             router: router(
                 forwarder,
@@ -211,7 +225,7 @@ impl Gateway {
         options: ListenOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone(), self.retention));
+        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone(), self.retention, self.payload_retention));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         listen::serve(listener, self.router.clone(), options, shutdown).await;
@@ -234,7 +248,7 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
 /// refresh tokens that are about to expire.
-async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration) {
+async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration, payload_retention: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
@@ -258,6 +272,10 @@ async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "request log: removed rows past retention"),
                 Err(e) => tracing::warn!(error = %e, "request log retention failed"),
+            }
+            let before = crate::now_ms() - i64::try_from(payload_retention.as_millis()).unwrap_or(i64::MAX / 2);
+            if let Err(e) = pool.store().delete_payloads_before(before, false).await {
+                tracing::warn!(error = %e, "payload retention failed");
             }
         }
         rounds = rounds.wrapping_add(1);

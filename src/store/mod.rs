@@ -158,6 +158,12 @@ pub struct RequestRow {
     pub duration_ms: i64,
     pub ratelimit_status: Option<String>,
     pub cost_usd: f64,
+    /// Sealed, redacted request body, when payloads are kept.
+    #[serde(skip)]
+    pub payload_request: Option<String>,
+    /// Sealed, redacted response body, when payloads are kept.
+    #[serde(skip)]
+    pub payload_response: Option<String>,
 }
 
 /// One line of the audit log.
@@ -251,6 +257,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
     /// Delete (or with `dry_run` count) requests older than `before_ms`.
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
+    /// The sealed (request, response) bodies kept for request `id`.
+    async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError>;
+    /// Delete (or with `dry_run` count) payloads older than `before_ms`.
+    async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
     /// Give freed pages back to the file system.
     async fn vacuum(&self) -> Result<(), StoreError>;
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;

@@ -119,6 +119,15 @@ ALTER TABLE client_keys ADD COLUMN budget_usd_month REAL;
 ALTER TABLE client_keys ADD COLUMN budget_tokens_day INTEGER;
 CREATE INDEX requests_key_at ON requests(client_key, at_ms);
 "#,
+    r#"
+CREATE TABLE payloads (
+    request_id TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    request TEXT,
+    response TEXT
+);
+CREATE INDEX payloads_at ON payloads(at_ms);
+"#,
 ];
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -593,9 +602,48 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+            if r.payload_request.is_some() || r.payload_response.is_some() {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO payloads (request_id, at_ms, request, response) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&r.id)
+                .bind(r.at_ms)
+                .bind(&r.payload_request)
+                .bind(&r.payload_response)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
         }
         tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT request, response FROM payloads WHERE request_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| Ok((r.try_get("request").map_err(db)?, r.try_get("response").map_err(db)?))).transpose()
+    }
+
+    async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
+        if dry_run {
+            let row = sqlx::query("SELECT COUNT(*) FROM payloads WHERE at_ms < ?")
+                .bind(before_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+            let n: i64 = row.try_get(0).map_err(db)?;
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
+        let done = sqlx::query("DELETE FROM payloads WHERE at_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
     }
 
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
@@ -628,6 +676,8 @@ impl Store for SqliteStore {
                     duration_ms: r.try_get("duration_ms").map_err(db)?,
                     ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
                     cost_usd: r.try_get("cost_usd").map_err(db)?,
+                    payload_request: None,
+                    payload_response: None,
                 })
             })
             .collect()
