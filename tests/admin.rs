@@ -160,6 +160,24 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     for wanted in ["admin.login:denied", "admin.login:ok", "keys.create:ok", "keys.revoke:ok"] {
         assert!(actions.iter().any(|a| a == wanted), "{wanted} missing from {actions:?}");
     }
+    // The request log and stats over HTTP.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let requests: serde_json::Value = gw
+        .get("/admin/api/requests?since=1h")
+        .header("cookie", &admin.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(requests[0]["client_key"], "made-by-api");
+    assert_eq!(requests[0]["status"], 200);
+    let stats: serde_json::Value =
+        gw.get("/admin/api/stats?by=key").header("cookie", &admin.cookie).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["made-by-api"]["requests"], 1);
+    assert_eq!(gw.get("/admin/api/requests").header("cookie", &viewer.cookie).send().await.unwrap().status(), 403);
+    assert_eq!(gw.get("/admin/api/stats").header("cookie", &viewer.cookie).send().await.unwrap().status(), 200);
     let by_api = audit
         .as_array()
         .unwrap()

@@ -1,7 +1,5 @@
 //! `switchyard requests`, `switchyard stats` and `switchyard cleanup`: reading and pruning the request log.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 
 use super::{format_ms, open_data};
@@ -83,60 +81,10 @@ pub async fn requests(
     Ok(())
 }
 
-/// Aggregates of a group of requests.
-#[derive(Debug, Default, serde::Serialize)]
-struct Group {
-    requests: u64,
-    errors: u64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cache_read_tokens: i64,
-    cache_creation_tokens: i64,
-    cost_usd: f64,
-    error_rate: f64,
-    p50_ms: i64,
-    p95_ms: i64,
-    #[serde(skip)]
-    durations: Vec<i64>,
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let rows = opened.registry.store().list_requests(since_ms(since)?, i64::MAX).await?;
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    for r in &rows {
-        let key = match by {
-            "account" => r.account.clone().unwrap_or_else(|| "-".into()),
-            "model" => r.model.clone().unwrap_or_else(|| "-".into()),
-            "key" => r.client_key.clone().unwrap_or_else(|| "-".into()),
-            _ => "all".into(),
-        };
-        let g = groups.entry(key).or_default();
-        g.requests += 1;
-        if r.status >= 400 || r.error_type.is_some() {
-            g.errors += 1;
-        }
-        g.input_tokens += r.input_tokens;
-        g.output_tokens += r.output_tokens;
-        g.cache_read_tokens += r.cache_read_tokens;
-        g.cache_creation_tokens += r.cache_creation_tokens;
-        g.cost_usd += r.cost_usd;
-        g.durations.push(r.duration_ms);
-    }
-    for g in groups.values_mut() {
-        g.durations.sort_unstable();
-        g.p50_ms = percentile(&g.durations, 0.50);
-        g.p95_ms = percentile(&g.durations, 0.95);
-        g.error_rate = if g.requests == 0 { 0.0 } else { g.errors as f64 / g.requests as f64 };
-    }
+    let groups = crate::ledger::aggregate(&rows, by);
     if json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());

@@ -170,7 +170,9 @@ impl Forwarder {
     pub async fn forward(&self, req: Inbound) -> Result<Response, ApiError> {
         let mut trace = Trace::new(&req);
         let req_body = req.body.clone();
-        let result = self.forward_inner(&req, &mut trace).await;
+        // Every log line of this request carries its id (the same id as in the request log).
+        let span = tracing::info_span!("request", id = %trace.row.id);
+        let result = tracing::Instrument::instrument(self.forward_inner(&req, &mut trace), span).await;
         if let (Err(error), Some(log)) = (&result, &self.log) {
             // Answered by Switchyard itself: recorded now; streamed answers are recorded when they end.
             let mut row = trace.row;

@@ -174,6 +174,62 @@ pub fn request_id() -> String {
     format!("sy_{hex}")
 }
 
+/// Aggregates of a group of requests.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Group {
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub cost_usd: f64,
+    pub error_rate: f64,
+    pub p50_ms: i64,
+    pub p95_ms: i64,
+    #[serde(skip)]
+    durations: Vec<i64>,
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Group requests by `by` (`account`, `model`, `key`, anything else: one group `all`).
+pub fn aggregate(rows: &[RequestRow], by: &str) -> std::collections::BTreeMap<String, Group> {
+    let mut groups: std::collections::BTreeMap<String, Group> = std::collections::BTreeMap::new();
+    for r in rows {
+        let key = match by {
+            "account" => r.account.clone().unwrap_or_else(|| "-".into()),
+            "model" => r.model.clone().unwrap_or_else(|| "-".into()),
+            "key" => r.client_key.clone().unwrap_or_else(|| "-".into()),
+            _ => "all".into(),
+        };
+        let g = groups.entry(key).or_default();
+        g.requests += 1;
+        if r.status >= 400 || r.error_type.is_some() {
+            g.errors += 1;
+        }
+        g.input_tokens += r.input_tokens;
+        g.output_tokens += r.output_tokens;
+        g.cache_read_tokens += r.cache_read_tokens;
+        g.cache_creation_tokens += r.cache_creation_tokens;
+        g.cost_usd += r.cost_usd;
+        g.durations.push(r.duration_ms);
+    }
+    for g in groups.values_mut() {
+        g.durations.sort_unstable();
+        g.p50_ms = percentile(&g.durations, 0.50);
+        g.p95_ms = percentile(&g.durations, 0.95);
+        g.error_rate = if g.requests == 0 { 0.0 } else { g.errors as f64 / g.requests as f64 };
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/api/keys", get(list_keys).post(create_key))
         .route("/admin/api/keys/{name}/revoke", post(revoke_key))
         .route("/admin/api/audit", get(audit_log))
+        .route("/admin/api/requests", get(requests))
+        .route("/admin/api/stats", get(stats))
         .with_state(admin)
 }
 
@@ -380,6 +382,58 @@ async fn revoke_key(
     match result {
         Ok(true) => axum::Json(serde_json::json!({ "name": name, "revoked": true })).into_response(),
         Ok(false) => ApiError::not_found(format!("no active key named {name:?}")).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestQuery {
+    since: Option<String>,
+    account: Option<String>,
+    status: Option<i64>,
+    limit: Option<usize>,
+    by: Option<String>,
+}
+
+fn since_ms(text: Option<&str>, default: &str) -> Result<i64, ApiError> {
+    let window = humantime::parse_duration(text.unwrap_or(default))
+        .map_err(|e| ApiError::invalid_request(format!("bad since: {e}")))?;
+    Ok(crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
+/// The request log, newest first (`logs.view`).
+async fn requests(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+        return e.into_response();
+    }
+    let since = match since_ms(q.since.as_deref(), "1h") {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    match admin.pool.store().list_requests(since, 100_000).await {
+        Ok(rows) => axum::Json(
+            rows.into_iter()
+                .filter(|r| q.account.as_ref().is_none_or(|a| r.account.as_ref() == Some(a)))
+                .filter(|r| q.status.is_none_or(|s| r.status == s))
+                .take(q.limit.unwrap_or(100))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// Requests, tokens, cost, error rate and latency grouped by `by` (`dashboard.view`).
+async fn stats(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+        return e.into_response();
+    }
+    let since = match since_ms(q.since.as_deref(), "24h") {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    match admin.pool.store().list_requests(since, i64::MAX).await {
+        Ok(rows) => axum::Json(crate::ledger::aggregate(&rows, q.by.as_deref().unwrap_or("all"))).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }
