@@ -133,6 +133,10 @@ pub struct Config {
     pub log_queue: usize,
     /// Request-log rows older than this are deleted hourly.
     pub retention: Duration,
+    /// Where alerts are POSTed (JSON), if anywhere.
+    pub alert_webhook: Option<Url>,
+    /// 5-hour utilization (0..1) that raises an alert.
+    pub alert_utilization: f64,
     /// Which request and response bodies are kept (redacted, sealed).
     pub payloads: crate::ledger::PayloadMode,
     /// Bytes kept per body at most.
@@ -161,6 +165,7 @@ pub struct Overrides {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
+    alerts: RawAlerts,
     prices: std::collections::BTreeMap<String, crate::ledger::Price>,
     requests: RawRequests,
     secrets: RawSecrets,
@@ -212,6 +217,13 @@ struct RawOAuth {
     redirect_uri: Option<String>,
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAlerts {
+    webhook_url: Option<String>,
+    utilization: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -383,6 +395,10 @@ impl Config {
         let request_log = pick(env, "SWITCHYARD_REQUEST_LOG", raw.requests.log)?;
         let log_queue = pick(env, "SWITCHYARD_LOG_QUEUE", raw.requests.queue)?;
         let retention_days = pick(env, "SWITCHYARD_RETENTION_DAYS", raw.requests.retention_days)?;
+        let webhook: Option<String> = pick(env, "SWITCHYARD_ALERT_WEBHOOK_URL", raw.alerts.webhook_url)?;
+        let alert_webhook =
+            webhook.filter(|w| !w.is_empty()).map(|w| parse_url("SWITCHYARD_ALERT_WEBHOOK_URL", &w)).transpose()?;
+        let alert_utilization = pick(env, "SWITCHYARD_ALERT_UTILIZATION", raw.alerts.utilization)?.unwrap_or(0.9);
         let payloads: Option<String> = pick(env, "SWITCHYARD_PAYLOADS", raw.requests.payloads)?;
         let payloads = match payloads {
             Some(p) => p.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_PAYLOADS", message })?,
@@ -502,6 +518,8 @@ impl Config {
             log_queue: log_queue.unwrap_or(10_000).max(1),
             retention: Duration::from_secs(retention_days.unwrap_or(30).saturating_mul(86_400)),
             prices: raw.prices.into_iter().collect(),
+            alert_webhook,
+            alert_utilization,
             payloads,
             payload_max_bytes: payload_max.unwrap_or(64 * 1024),
             redact,

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod alerts;
 pub mod anthropic;
 pub mod cli;
 pub mod config;

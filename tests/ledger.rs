@@ -252,3 +252,66 @@ async fn payloads_are_kept_by_policy_redacted_and_encrypted() {
     let out = env.ok(&["cleanup", "--older-than", "0s", "--type", "payloads"]).await.stdout;
     assert!(out.contains("removed 0 request(s) and 2 payload(s)"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_reach_the_webhook_without_blocking_requests() {
+    // A webhook receiver that records what it gets.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "import", "max", "--refresh-token", "sk-ant-ort01-spent"]).await;
+    fake.add_api_key("sk-ant-api03-alerts");
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-alerts"]).await;
+    env.set("SWITCHYARD_ALERT_WEBHOOK_URL", &hook);
+    env.set("SWITCHYARD_ALERT_UTILIZATION", "0.2");
+    let gw = env.serve().await;
+    // max's refresh token is refused (needs login); k serves and reports 25% utilization (over 20%).
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    fake.push_for(
+        "sk-ant-api03-alerts",
+        Script::Status {
+            status: 429,
+            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"x"}}),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                (
+                    "anthropic-ratelimit-unified-reset".into(),
+                    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600)
+                        .to_string(),
+                ),
+            ],
+        },
+    );
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        kinds = received.lock().unwrap().iter().map(|v| v["kind"].as_str().unwrap().to_owned()).collect();
+        if ["account_needs_login", "utilization", "all_accounts_limited"].iter().all(|k| kinds.iter().any(|x| x == k)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for kind in ["account_needs_login", "utilization", "all_accounts_limited"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
+    }
+    let needs_login = received.lock().unwrap().iter().find(|v| v["kind"] == "account_needs_login").cloned().unwrap();
+    assert_eq!(needs_login["subject"], "max");
+    assert_eq!(kinds.iter().filter(|k| *k == "all_accounts_limited").count(), 1, "not repeated within 15 minutes");
+    assert!(!format!("{:?}", received.lock().unwrap()).contains("sk-ant-"), "no secrets in alerts");
+}

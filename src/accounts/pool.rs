@@ -147,6 +147,9 @@ impl Account {
     pub fn observe(&self, status: u16, info: &RateLimitInfo, family: Option<&str>) -> Verdict {
         let now = crate::now_ms();
         let verdict = self.change_limits(|l| l.observe(status, info, family, now));
+        if let Some(value) = info.utilization("5h") {
+            crate::alerts::utilization(&self.name, value);
+        }
         match &verdict {
             Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. } => {
                 let limits = self.limits();
@@ -469,6 +472,11 @@ impl Pool {
             }
             Err(OAuthError::InvalidGrant(reason)) => {
                 crate::metrics::refresh(&account.name, false);
+                crate::alerts::raise(
+                    "account_needs_login",
+                    &account.name,
+                    &format!("account {} needs a new login: its refresh token was refused", account.name),
+                );
                 tracing::warn!(account = %account.name, %reason, "refresh token refused; account needs a new login");
                 account.update(|s| s.status = AccountStatus::NeedsLogin);
                 if let Err(e) = self.registry.set_status(&account.id, AccountStatus::NeedsLogin).await {

@@ -40,6 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = Router::new(config.strategy, session_ms);
     let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
     let http = crate::forward::upstream_client(&config).map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new());
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
     let gateway =
         Gateway::new(&config, pool.clone(), keys.clone(), true, http).map_err(|e| anyhow::anyhow!(e.message))?;

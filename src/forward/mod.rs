@@ -93,6 +93,7 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
     }
     match unavailable {
         Unavailable::AllLimited { until_ms, .. } => {
+            crate::alerts::raise("all_accounts_limited", "*", &message);
             let secs = (until_ms - crate::now_ms()).max(0) / 1000 + 1;
             ApiError::all_limited(message, u64::try_from(secs).unwrap_or(1))
         }

@@ -56,6 +56,7 @@ impl RequestLog {
     /// Queue a record with the bodies to keep (the writer redacts and seals them).
     pub fn record_with(&self, row: RequestRow, payload: Option<RawPayload>) {
         crate::metrics::request(&row);
+        crate::alerts::request_finished(row.status >= 500 || row.status == 429 || row.error_type.is_some());
         if let (Some(keys), Some(name)) = (&self.spend, &row.client_key) {
             let tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens + row.cache_creation_tokens;
             keys.spend.add(name, row.cost_usd, tokens, row.at_ms);

@@ -1,0 +1,96 @@
+//! Operator alerts: an optional webhook (`SWITCHYARD_ALERT_WEBHOOK_URL`) receiving a JSON POST when an
+//! account needs a new login, when every account is rate-limited, when an account's 5-hour utilization
+//! passes a threshold, and when the error rate spikes. Sending happens in the background with retries;
+//! nothing waits for it, and the same alert is not repeated within 15 minutes. Every alert is logged too.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+const QUIET_MS: i64 = 15 * 60 * 1000;
+
+struct Alerts {
+    tx: Option<mpsc::Sender<serde_json::Value>>,
+    last: Mutex<HashMap<String, i64>>,
+    /// Requests and errors in the current minute, for spikes.
+    window: Mutex<(i64, u64, u64)>,
+    pub utilization: f64,
+}
+
+static ALERTS: OnceLock<Alerts> = OnceLock::new();
+
+/// Start the sender (when a webhook is configured). Call once, inside the runtime.
+pub fn init(webhook: Option<url::Url>, utilization: f64, http: reqwest::Client) {
+    let tx = webhook.map(|url| {
+        let (tx, mut rx) = mpsc::channel::<serde_json::Value>(256);
+        tokio::spawn(async move {
+            while let Some(alert) = rx.recv().await {
+                let mut delay = Duration::from_millis(500);
+                for attempt in 1..=3 {
+                    match http.post(url.clone()).json(&alert).timeout(Duration::from_secs(10)).send().await {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) => tracing::warn!(status = r.status().as_u16(), attempt, "alert webhook refused"),
+                        Err(e) => tracing::warn!(error = %e, attempt, "alert webhook unreachable"),
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+            }
+        });
+        tx
+    });
+    let _ = ALERTS.set(Alerts { tx, last: Mutex::new(HashMap::new()), window: Mutex::new((0, 0, 0)), utilization });
+}
+
+/// Raise an alert (`kind` like `account_needs_login`, `subject` the account or `*`).
+pub fn raise(kind: &str, subject: &str, message: &str) {
+    let Some(alerts) = ALERTS.get() else { return };
+    let now = crate::now_ms();
+    {
+        let mut last = alerts.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = format!("{kind}/{subject}");
+        if last.get(&key).is_some_and(|t| now - t < QUIET_MS) {
+            return;
+        }
+        last.insert(key, now);
+    }
+    tracing::warn!(alert = kind, subject, "{message}");
+    if let Some(tx) = &alerts.tx {
+        let body = serde_json::json!({
+            "source": "switchyard", "kind": kind, "subject": subject, "message": message, "at_ms": now,
+        });
+        let _ = tx.try_send(body);
+    }
+}
+
+/// An account's 5-hour utilization was seen; alerts past the threshold.
+pub fn utilization(account: &str, value: f64) {
+    if let Some(alerts) = ALERTS.get()
+        && value >= alerts.utilization
+    {
+        let message = format!("account {account} is at {:.0}% of its 5-hour limit", value * 100.0);
+        raise("utilization", account, &message);
+    }
+}
+
+/// A request finished; alerts when at least half of at least 20 requests in a minute failed.
+pub fn request_finished(failed: bool) {
+    let Some(alerts) = ALERTS.get() else { return };
+    let minute = crate::now_ms() / 60_000;
+    let spike = {
+        let mut w = alerts.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.0 != minute {
+            *w = (minute, 0, 0);
+        }
+        w.1 += 1;
+        if failed {
+            w.2 += 1;
+        }
+        (w.1 >= 20 && w.2 * 2 >= w.1).then_some((w.2, w.1))
+    };
+    if let Some((errors, total)) = spike {
+        raise("error_rate", "*", &format!("{errors} of {total} requests failed in the last minute"));
+    }
+}
