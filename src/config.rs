@@ -88,6 +88,8 @@ pub struct Config {
     pub refresh_margin: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Also write logs to this file, rotated by size.
+    pub log_file: Option<crate::telemetry::LogFile>,
     /// `SWITCHYARD_ENCRYPTION_KEY`: base64 data key overriding the key file.
     pub encryption_key: Option<SecretString>,
     /// How the router picks the first account.
@@ -259,6 +261,9 @@ struct RawRouting {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawLog {
+    file: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    keep: Option<usize>,
     level: Option<String>,
     format: Option<String>,
 }
@@ -416,6 +421,14 @@ impl Config {
                 message: format!("{pattern:?}: {e}"),
             })?;
         }
+        let log_file_path = pick(env, "SWITCHYARD_LOG_FILE", raw.log.file)?;
+        let log_max = pick(env, "SWITCHYARD_LOG_MAX_BYTES", raw.log.max_bytes)?;
+        let log_keep = pick(env, "SWITCHYARD_LOG_KEEP", raw.log.keep)?;
+        let log_file = log_file_path.map(|path| crate::telemetry::LogFile {
+            path,
+            max_bytes: log_max.unwrap_or(10 * 1024 * 1024).max(1024),
+            keep: log_keep.unwrap_or(5),
+        });
         let log_level = pick(env, "SWITCHYARD_LOG_LEVEL", raw.log.level)?;
         let log_format: Option<String> = pick(env, "SWITCHYARD_LOG_FORMAT", raw.log.format)?;
 
@@ -499,6 +512,7 @@ impl Config {
             refresh_margin: secs(margin, defaults::REFRESH_MARGIN_SECS),
             log_level: log_level.unwrap_or_else(|| "info".to_owned()),
             log_format,
+            log_file,
             strategy,
             session_duration: Duration::from_millis(session_ms.unwrap_or(defaults::SESSION_DURATION_MS)),
             retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),

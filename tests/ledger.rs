@@ -110,6 +110,9 @@ async fn a_stuck_writer_never_blocks_requests_and_drops_are_counted() {
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
     let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
+    // One request gets the writer stuck on the lock; the rest find its queue full.
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let requests = (0..40).map(|_| gw.post("/v1/messages").json(&message_body(false)).send());
     for r in futures_util::future::join_all(requests).await {
@@ -186,6 +189,7 @@ async fn budgets_are_enforced_visible_and_survive_a_restart() {
     let (_, message) = support::error_type(send(&dollars, "claude-opus-4-1").await.unwrap(), 429).await;
     assert!(message.contains("daily spend budget of $0.00"), "{message}");
 
+    rows(&env, 5).await; // written by the background writer
     let keys: serde_json::Value = serde_json::from_str(&env.ok(&["keys", "list", "--json"]).await.stdout).unwrap();
     let small = keys.as_array().unwrap().iter().find(|k| k["name"] == "small").unwrap();
     assert_eq!(small["tokens_today"], 34);

@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         overrides.tls_key = args.tls_key.clone();
     }
     let config = Config::load(&overrides)?;
-    crate::telemetry::init(&config.log_level, config.log_format);
+    crate::telemetry::init(&config.log_level, config.log_format, config.log_file.clone());
     match cli.command {
         Command::Serve(_) => serve::run(config).await,
         Command::Auth { command } => match command {
