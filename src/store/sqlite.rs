@@ -170,6 +170,23 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Count (`dry_run`) or delete the rows older than `before_ms`, with the two given statements.
+    async fn prune(
+        &self,
+        count: &'static str,
+        delete: &'static str,
+        before_ms: i64,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        if dry_run {
+            let row = sqlx::query(count).bind(before_ms).fetch_one(&self.pool).await.map_err(db)?;
+            let n: i64 = row.try_get(0).map_err(db)?;
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
+        let done = sqlx::query(delete).bind(before_ms).execute(&self.pool).await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(db)?;
@@ -635,21 +652,13 @@ impl Store for SqliteStore {
     }
 
     async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
-        if dry_run {
-            let row = sqlx::query("SELECT COUNT(*) FROM payloads WHERE at_ms < ?")
-                .bind(before_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db)?;
-            let n: i64 = row.try_get(0).map_err(db)?;
-            return Ok(u64::try_from(n).unwrap_or(0));
-        }
-        let done = sqlx::query("DELETE FROM payloads WHERE at_ms < ?")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected())
+        self.prune(
+            "SELECT COUNT(*) FROM payloads WHERE at_ms < ?",
+            "DELETE FROM payloads WHERE at_ms < ?",
+            before_ms,
+            dry_run,
+        )
+        .await
     }
 
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
@@ -690,21 +699,13 @@ impl Store for SqliteStore {
     }
 
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
-        if dry_run {
-            let row = sqlx::query("SELECT COUNT(*) FROM requests WHERE at_ms < ?")
-                .bind(before_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db)?;
-            let n: i64 = row.try_get(0).map_err(db)?;
-            return Ok(u64::try_from(n).unwrap_or(0));
-        }
-        let done = sqlx::query("DELETE FROM requests WHERE at_ms < ?")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected())
+        self.prune(
+            "SELECT COUNT(*) FROM requests WHERE at_ms < ?",
+            "DELETE FROM requests WHERE at_ms < ?",
+            before_ms,
+            dry_run,
+        )
+        .await
     }
 
     async fn vacuum(&self) -> Result<(), StoreError> {
