@@ -16,12 +16,7 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
 pub async fn one_request(config: &Config, id: &str) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let store = opened.registry.store();
-    let row = store
-        .list_requests(0, i64::MAX)
-        .await?
-        .into_iter()
-        .find(|r| r.id == id)
-        .with_context(|| format!("no request with id {id:?}"))?;
+    let row = store.get_request(id).await?.with_context(|| format!("no request with id {id:?}"))?;
     let cipher = opened.registry.cipher();
     let payload = store.get_payload(id).await?.map(|(request, response)| {
         let open = |what: &str, sealed: Option<String>| {

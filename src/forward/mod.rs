@@ -77,7 +77,8 @@ impl Failure {
     fn into_answer(self, forwarder: &Forwarder, trace: &mut Trace) -> Result<Response, ApiError> {
         match self {
             Self::Upstream { response, account, .. } => {
-                let recorder = forwarder.recorder(trace, Some(&account), &response);
+                let info = RateLimitInfo::parse(response.headers());
+                let recorder = forwarder.recorder(trace, Some(&account), &response, &info);
                 Ok(stream_back(response, None, recorder))
             }
             Self::Gateway(error) => Err(error),
@@ -305,7 +306,7 @@ impl Forwarder {
                 tried.push(account.id.clone());
                 reasons.push(format!("{} answered {}", account.name, status.as_u16()));
                 if attempts >= self.retry.max_attempts {
-                    let recorder = self.recorder(trace, Some(&account.name), &response);
+                    let recorder = self.recorder(trace, Some(&account.name), &response, &info);
                     return Ok(stream_back(response, None, recorder));
                 }
                 let transient = !matches!(status.as_u16(), 401 | 403 | 429);
@@ -319,19 +320,25 @@ impl Forwarder {
             log_answer(req, &account, status, started, attempts);
             account.record(!status.is_success());
             self.pool.served(&account, &want);
-            let recorder = self.recorder(trace, Some(&account.name), &response);
+            let recorder = self.recorder(trace, Some(&account.name), &response, &info);
             return Ok(stream_back(response, Some(account), recorder));
         }
     }
 
     /// What records this request once its answer has streamed out, if request logging is on.
-    fn recorder(&self, trace: &Trace, account: Option<&str>, response: &reqwest::Response) -> Option<Recorder> {
+    fn recorder(
+        &self,
+        trace: &Trace,
+        account: Option<&str>,
+        response: &reqwest::Response,
+        info: &RateLimitInfo,
+    ) -> Option<Recorder> {
         let log = self.log.clone()?;
         let mut row = trace.row.clone();
         row.account = account.map(str::to_owned);
         row.status = i64::from(response.status().as_u16());
         row.ttfb_ms = Some(millis(trace.started.elapsed()));
-        row.ratelimit_status = RateLimitInfo::parse(response.headers()).unified_status;
+        row.ratelimit_status = info.unified_status.clone();
         Some(Recorder {
             log,
             pricing: self.pricing.clone(),

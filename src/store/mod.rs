@@ -257,6 +257,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
     /// Delete (or with `dry_run` count) requests older than `before_ms`.
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
+    /// One request by id.
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
     /// The sealed (request, response) bodies kept for request `id`.
     async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError>;
     /// Delete (or with `dry_run` count) payloads older than `before_ms`.

@@ -236,6 +236,33 @@ fn account_from_row(row: &SqliteRow) -> Result<AccountRecord, StoreError> {
     })
 }
 
+fn request_from_row(r: &SqliteRow) -> Result<RequestRow, StoreError> {
+    Ok(RequestRow {
+        id: r.try_get("id").map_err(db)?,
+        at_ms: r.try_get("at_ms").map_err(db)?,
+        client_key: r.try_get("client_key").map_err(db)?,
+        account: r.try_get("account").map_err(db)?,
+        accounts_tried: r.try_get("accounts_tried").map_err(db)?,
+        attempts: r.try_get("attempts").map_err(db)?,
+        method: r.try_get("method").map_err(db)?,
+        path: r.try_get("path").map_err(db)?,
+        model: r.try_get("model").map_err(db)?,
+        stream: r.try_get("stream").map_err(db)?,
+        status: r.try_get("status").map_err(db)?,
+        error_type: r.try_get("error_type").map_err(db)?,
+        input_tokens: r.try_get("input_tokens").map_err(db)?,
+        output_tokens: r.try_get("output_tokens").map_err(db)?,
+        cache_read_tokens: r.try_get("cache_read_tokens").map_err(db)?,
+        cache_creation_tokens: r.try_get("cache_creation_tokens").map_err(db)?,
+        ttfb_ms: r.try_get("ttfb_ms").map_err(db)?,
+        duration_ms: r.try_get("duration_ms").map_err(db)?,
+        ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
+        cost_usd: r.try_get("cost_usd").map_err(db)?,
+        payload_request: None,
+        payload_response: None,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
@@ -668,34 +695,13 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(RequestRow {
-                    id: r.try_get("id").map_err(db)?,
-                    at_ms: r.try_get("at_ms").map_err(db)?,
-                    client_key: r.try_get("client_key").map_err(db)?,
-                    account: r.try_get("account").map_err(db)?,
-                    accounts_tried: r.try_get("accounts_tried").map_err(db)?,
-                    attempts: r.try_get("attempts").map_err(db)?,
-                    method: r.try_get("method").map_err(db)?,
-                    path: r.try_get("path").map_err(db)?,
-                    model: r.try_get("model").map_err(db)?,
-                    stream: r.try_get("stream").map_err(db)?,
-                    status: r.try_get("status").map_err(db)?,
-                    error_type: r.try_get("error_type").map_err(db)?,
-                    input_tokens: r.try_get("input_tokens").map_err(db)?,
-                    output_tokens: r.try_get("output_tokens").map_err(db)?,
-                    cache_read_tokens: r.try_get("cache_read_tokens").map_err(db)?,
-                    cache_creation_tokens: r.try_get("cache_creation_tokens").map_err(db)?,
-                    ttfb_ms: r.try_get("ttfb_ms").map_err(db)?,
-                    duration_ms: r.try_get("duration_ms").map_err(db)?,
-                    ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
-                    cost_usd: r.try_get("cost_usd").map_err(db)?,
-                    payload_request: None,
-                    payload_response: None,
-                })
-            })
-            .collect()
+        rows.iter().map(request_from_row).collect()
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM requests WHERE id = ?").bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(request_from_row).transpose()
     }
 
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
