@@ -99,9 +99,7 @@ pub fn allows(admin: &Admin, headers: &HeaderMap, permission: Permission) -> boo
     if authorize(admin, headers, permission, false).is_ok() {
         return true;
     }
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    });
+    let key = super::guard::presented_key(headers);
     matches!(admin.keys.check(key, crate::now_ms()), KeyCheck::Valid(k) if k.role.allows(permission))
 }
 

@@ -66,7 +66,7 @@ impl Guard {
 }
 
 /// The key a client presents: `x-api-key`, or `Authorization: Bearer` (the newer SDKs send that).
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim());
     }
