@@ -19,6 +19,12 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
+/// The epoch ms a duration like `1h` or `7d` ago, for `--since` style windows.
+pub fn since_ms(window: &str) -> Result<i64, humantime::DurationError> {
+    let d = humantime::parse_duration(window)?;
+    Ok(now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
 /// Milliseconds since the Unix epoch, the one clock unit used in storage and token expiries.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -159,8 +159,7 @@ pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
 
 pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
-    let window = humantime::parse_duration(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
-    let since_ms = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+    let since_ms = crate::since_ms(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
     let entries = opened.registry.store().list_audit(since_ms).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);

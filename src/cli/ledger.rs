@@ -7,9 +7,7 @@ use crate::config::Config;
 use crate::store::RequestRow;
 
 fn since_ms(since: &str) -> anyhow::Result<i64> {
-    let window =
-        humantime::parse_duration(since).with_context(|| format!("bad duration {since:?} (e.g. 1h, 24h, 7d)"))?;
-    Ok(crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2))
+    crate::since_ms(since).with_context(|| format!("bad duration {since:?} (e.g. 1h, 24h, 7d)"))
 }
 
 /// One request with its payload, as JSON.

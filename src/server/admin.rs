@@ -394,9 +394,7 @@ struct RequestQuery {
 }
 
 fn since_ms(text: Option<&str>, default: &str) -> Result<i64, ApiError> {
-    let window = humantime::parse_duration(text.unwrap_or(default))
-        .map_err(|e| ApiError::invalid_request(format!("bad since: {e}")))?;
-    Ok(crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2))
+    crate::since_ms(text.unwrap_or(default)).map_err(|e| ApiError::invalid_request(format!("bad since: {e}")))
 }
 
 /// The request log, newest first (`logs.view`).
@@ -445,11 +443,10 @@ async fn audit_log(State(admin): State<Shared>, headers: HeaderMap, Query(q): Qu
     if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
         return e.into_response();
     }
-    let window = match humantime::parse_duration(q.since.as_deref().unwrap_or("1d")) {
-        Ok(d) => d,
-        Err(e) => return ApiError::invalid_request(format!("bad since: {e}")).into_response(),
+    let since = match since_ms(q.since.as_deref(), "1d") {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
-    let since = crate::now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
     match admin.pool.store().list_audit(since).await {
         Ok(entries) => axum::Json(entries).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
