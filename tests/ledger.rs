@@ -211,10 +211,9 @@ async fn budgets_are_enforced_visible_and_survive_a_restart() {
 }
 
 fn file_contains(env: &Env, needle: &str) -> bool {
-    ["switchyard.db", "switchyard.db-wal"].iter().any(|f| {
-        let data = std::fs::read(env.home().join(f)).unwrap_or_default();
-        data.windows(needle.len()).any(|w| w == needle.as_bytes())
-    })
+    ["switchyard.db", "switchyard.db-wal"]
+        .iter()
+        .any(|f| support::contains(&std::fs::read(env.home().join(f)).unwrap_or_default(), needle))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Env, Fake, error_type, message_body};
+use support::{Env, Fake, contains, error_type, files_under, message_body};
 
 fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
@@ -16,26 +16,9 @@ async fn accounts_json(env: &Env) -> serde_json::Value {
     serde_json::from_str(&env.ok(&["accounts", "list", "--json"]).await.stdout).unwrap()
 }
 
-/// Every file under `dir`, read as bytes.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push((path.clone(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
-}
-
 fn assert_no_secret_in(haystack: &[u8], secrets: &[String], place: &str) {
     for secret in secrets {
-        assert!(
-            !haystack.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{place} contains the secret {secret}"
-        );
+        assert!(!contains(haystack, secret), "{place} contains the secret {secret}");
     }
 }
 

@@ -7,25 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Env, Fake, message_body};
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// Every file under `dir`, read as bytes.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
-        }
-    }
-    out
-}
+use support::{Env, Fake, contains, files_under, message_body};
 
 async fn status_json(env: &Env) -> serde_json::Value {
     serde_json::from_str(&env.ok(&["auth", "storage", "status", "--json"]).await.stdout).unwrap()
