@@ -207,14 +207,15 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
+        trace.row.model = parsed.as_ref().and_then(MessageBody::model);
         let want = Want {
-            family: parsed.as_ref().and_then(MessageBody::model).map(|m| model_family(&m)),
+            family: trace.row.model.as_deref().map(model_family),
             affinity: parsed.as_ref().and_then(MessageBody::user_id).or_else(|| header("x-claude-code-session-id")),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
         let family = want.family.as_deref();
-        trace.row.model = parsed.as_ref().and_then(MessageBody::model);
+
         trace.row.stream = parsed.as_ref().is_some_and(MessageBody::stream);
         // Computed at most once, and only if an OAuth account is used.
         let mut oauth_body: Option<Bytes> = None;
