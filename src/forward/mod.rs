@@ -9,6 +9,12 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::ExposeSecret;
 
 use crate::accounts::{Account, Credential, Pool, Unavailable, Want};
@@ -37,7 +43,7 @@ pub struct Inbound {
 
 #[derive(Debug)]
 pub struct Forwarder {
-    http: reqwest::Client,
+    http: UpstreamClient,
     pool: Arc<Pool>,
     base: String,
     identity: IdentityMode,
@@ -45,6 +51,7 @@ pub struct Forwarder {
     oauth_beta: String,
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
+    idle_timeout: Duration,
     retry: Retry,
     log: Option<Arc<RequestLog>>,
     pricing: Arc<Pricing>,
@@ -61,7 +68,7 @@ struct Retry {
 
 /// The last failed attempt, answered to the client when nothing better comes.
 enum Failure {
-    Upstream { response: reqwest::Response, transient: bool, account: String },
+    Upstream { response: hyper::Response<Incoming>, transient: bool, account: String },
     Gateway(ApiError),
 }
 
@@ -79,7 +86,7 @@ impl Failure {
             Self::Upstream { response, account, .. } => {
                 let info = RateLimitInfo::parse(response.headers());
                 let recorder = forwarder.recorder(trace, Some(&account), &response, &info);
-                Ok(stream_back(response, None, recorder))
+                Ok(stream_back(response, None, recorder, forwarder.idle_timeout))
             }
             Self::Gateway(error) => Err(error),
         }
@@ -103,22 +110,33 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
     }
 }
 
-/// The HTTP client for upstream calls: no decompression (bytes pass through untouched), bounded connect
-/// and read-idle times, no overall timeout (a stream may run for many minutes).
-pub fn upstream_client(config: &Config) -> Result<reqwest::Client, ApiError> {
-    let mut builder = reqwest::Client::builder();
-    match tls::client_tls(&config.upstream_pins, config.upstream_ca.as_deref()) {
-        Ok(Some(tls)) => builder = builder.tls_backend_preconfigured(tls),
-        Ok(None) => {}
-        Err(e) => return Err(ApiError::internal(e.to_string())),
-    }
-    builder
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.idle_timeout)
+/// The client for upstream calls: hyper's pooled client over rustls (h2 or HTTP/1.1 by ALPN; plain HTTP
+/// only reaches here for loopback upstreams, which the configuration checks). Used directly rather than
+/// through reqwest: on the hot path its URL parsing, redirect and timeout layers cost more CPU per request
+/// than the rest of the proxying together. No decompression (bytes pass through untouched); connect time
+/// bounded here, first byte and idle time by the forwarder; no overall timeout (a stream may run for many
+/// minutes).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub fn upstream_client(config: &Config) -> Result<UpstreamClient, ApiError> {
+    let mut tls = tls::tls_config(&config.upstream_pins, config.upstream_ca.as_deref())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // The connector offers exactly the versions enabled below.
+    tls.alpn_protocols.clear();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ApiError::internal(format!("cannot build the upstream client: {e}")))
+        .pool_timer(TokioTimer::new())
+        .build(https))
 }
 
 /// The innermost cause of a transport error (a TLS or pin failure reads better than "connect error").
@@ -140,7 +158,7 @@ fn header_value(secret: &str) -> Result<HeaderValue, ApiError> {
 impl Forwarder {
     pub fn new(
         config: &Config,
-        http: reqwest::Client,
+        http: UpstreamClient,
         pool: Arc<Pool>,
         log: Option<Arc<RequestLog>>,
         pricing: Arc<Pricing>,
@@ -156,6 +174,7 @@ impl Forwarder {
             anthropic_version: HeaderValue::from_str(&config.anthropic_version)
                 .map_err(|_| ApiError::internal("configured anthropic-version is not a valid header value"))?,
             first_byte_timeout: config.first_byte_timeout,
+            idle_timeout: config.idle_timeout,
             retry: Retry {
                 max_attempts: config.retry_attempts.saturating_add(1),
                 delay: config.retry_delay,
@@ -308,7 +327,7 @@ impl Forwarder {
                 reasons.push(format!("{} answered {}", account.name, status.as_u16()));
                 if attempts >= self.retry.max_attempts {
                     let recorder = self.recorder(trace, Some(&account.name), &response, &info);
-                    return Ok(stream_back(response, None, recorder));
+                    return Ok(stream_back(response, None, recorder, self.idle_timeout));
                 }
                 let transient = !matches!(status.as_u16(), 401 | 403 | 429);
                 last = Some(Failure::Upstream { response, transient, account: account.name.clone() });
@@ -322,7 +341,7 @@ impl Forwarder {
             account.record(!status.is_success());
             self.pool.served(&account, &want);
             let recorder = self.recorder(trace, Some(&account.name), &response, &info);
-            return Ok(stream_back(response, Some(account), recorder));
+            return Ok(stream_back(response, Some(account), recorder, self.idle_timeout));
         }
     }
 
@@ -331,7 +350,7 @@ impl Forwarder {
         &self,
         trace: &Trace,
         account: Option<&str>,
-        response: &reqwest::Response,
+        response: &hyper::Response<Incoming>,
         info: &RateLimitInfo,
     ) -> Option<Recorder> {
         let log = self.log.clone()?;
@@ -368,7 +387,12 @@ impl Forwarder {
         }
     }
 
-    async fn send(&self, req: &Inbound, credential: &Credential, body: Bytes) -> Result<reqwest::Response, ApiError> {
+    async fn send(
+        &self,
+        req: &Inbound,
+        credential: &Credential,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, ApiError> {
         let mut headers = HeaderMap::with_capacity(req.headers.len() + 3);
         for (name, value) in &req.headers {
             if forward_request_header(name.as_str()) && name != "anthropic-beta" {
@@ -400,11 +424,15 @@ impl Forwarder {
         if !body.is_empty() && !headers.contains_key(axum::http::header::CONTENT_TYPE) {
             headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        let url = format!("{}{}", self.base, req.path_and_query);
-        let request = self.http.request(req.method.clone(), url).headers(headers).body(body);
-        match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+        let uri: axum::http::Uri = format!("{}{}", self.base, req.path_and_query)
+            .parse()
+            .map_err(|_| ApiError::invalid_request("the request path is not a valid URI"))?;
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = req.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.first_byte_timeout, self.http.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_timeout() => Err(ApiError::gateway_timeout("the upstream timed out")),
             Ok(Err(e)) if e.is_connect() => {
                 Err(ApiError::bad_gateway(format!("cannot connect to the upstream: {}", root_cause(&e))))
             }
@@ -529,10 +557,10 @@ impl Recorder {
     }
 }
 
-/// The answer's body on its way to the client: forwarded chunk by chunk, read in passing for usage and
+/// The answer's body on its way to the client: forwarded frame by frame, read in passing for usage and
 /// errors, and recorded when it ends or is dropped.
 struct Tapped {
-    inner: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: Incoming,
     is_sse: bool,
     ended: bool,
     account: Option<Arc<Account>>,
@@ -542,62 +570,109 @@ struct Tapped {
     /// is known by counting rather than by seeing the stream finish.
     expected: Option<u64>,
     seen: u64,
+    idle: Idle,
 }
 
-impl futures_util::Stream for Tapped {
-    type Item = Result<Bytes, std::io::Error>;
+/// The upstream's idle limit between two frames. The timer is armed only while the upstream keeps us
+/// waiting and is moved only when it fires, so a busy stream costs a clock read per frame, not a timer.
+struct Idle {
+    limit: Duration,
+    last: Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
 
-    fn poll_next(
+impl Idle {
+    /// Whether the upstream has been silent for longer than the limit (arming the timer otherwise).
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::from_std(self.last + self.limit);
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = tokio::time::Instant::from_std(self.last + self.limit);
+            if deadline <= tokio::time::Instant::now() {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Tapped {
+    fn data(&mut self, bytes: &Bytes) {
+        self.idle.last = Instant::now();
+        self.seen += bytes.len() as u64;
+        if let Some(recorder) = &mut self.recorder {
+            recorder.capture(bytes);
+            if self.expected.is_some_and(|n| self.seen >= n) {
+                recorder.completed = true;
+            }
+        }
+        if self.is_sse {
+            let had_error = self.tap.usage.error_type.is_some();
+            self.tap.feed(bytes);
+            if !had_error
+                && self.tap.usage.error_type.is_some()
+                && let Some(account) = &self.account
+            {
+                account.stream_failed();
+            }
+        } else if let Some(recorder) = &mut self.recorder {
+            recorder.feed_json(bytes);
+        }
+    }
+
+    /// The upstream broke off (or went silent): a stream ends with our own `error` event, a JSON answer
+    /// with an error the client's HTTP library sees.
+    fn broke(&mut self, why: &str) -> Option<Result<Frame<Bytes>, std::io::Error>> {
+        self.ended = true;
+        tracing::warn!(error = %why, "upstream stream broke mid-way");
+        if let Some(recorder) = &mut self.recorder {
+            recorder.broken = true;
+        }
+        if self.tap.usage.error_type.is_none()
+            && let Some(account) = &self.account
+        {
+            account.stream_failed();
+        }
+        if self.is_sse {
+            let error = ApiError::bad_gateway("the upstream connection broke mid-stream");
+            Some(Ok(Frame::data(Bytes::from(format!("event: error\ndata: {}\n\n", error.body())))))
+        } else {
+            Some(Err(std::io::Error::other(why.to_owned())))
+        }
+    }
+}
+
+impl HttpBody for Tapped {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         use std::task::Poll;
         let this = &mut *self;
         if this.ended {
             return Poll::Ready(None);
         }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(bytes))) => {
-                this.seen += bytes.len() as u64;
-                if let Some(recorder) = &mut this.recorder {
-                    recorder.capture(&bytes);
-                    if this.expected.is_some_and(|n| this.seen >= n) {
-                        recorder.completed = true;
-                    }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    let why = format!("the upstream sent nothing for {}s", this.idle.limit.as_secs());
+                    return Poll::Ready(this.broke(&why));
                 }
-                if this.is_sse {
-                    let had_error = this.tap.usage.error_type.is_some();
-                    this.tap.feed(&bytes);
-                    if !had_error
-                        && this.tap.usage.error_type.is_some()
-                        && let Some(account) = &this.account
-                    {
-                        account.stream_failed();
-                    }
-                } else if let Some(recorder) = &mut this.recorder {
-                    recorder.feed_json(&bytes);
-                }
-                Poll::Ready(Some(Ok(bytes)))
+                Poll::Pending
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.ended = true;
-                tracing::warn!(error = %e, "upstream stream broke mid-way");
-                if let Some(recorder) = &mut this.recorder {
-                    recorder.broken = true;
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(bytes) = frame.data_ref() {
+                    this.data(bytes);
                 }
-                if this.tap.usage.error_type.is_none()
-                    && let Some(account) = &this.account
-                {
-                    account.stream_failed();
-                }
-                if this.is_sse {
-                    let error = ApiError::bad_gateway("the upstream connection broke mid-stream");
-                    Poll::Ready(Some(Ok(Bytes::from(format!("event: error\ndata: {}\n\n", error.body())))))
-                } else {
-                    Poll::Ready(Some(Err(std::io::Error::other(e))))
-                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(this.broke(&e.to_string())),
             Poll::Ready(None) => {
                 this.ended = true;
                 if let Some(recorder) = &mut this.recorder {
@@ -606,6 +681,15 @@ impl futures_util::Stream for Tapped {
                 Poll::Ready(None)
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A stream may gain an `error` event of ours at the end; a JSON answer keeps its length.
+        if self.is_sse { SizeHint::default() } else { self.inner.size_hint() }
     }
 }
 
@@ -623,38 +707,44 @@ impl Drop for Tapped {
 /// Hand the upstream answer to the client as it arrives: status, headers and each chunk unchanged.
 /// A stream that breaks after the first byte ends with an SSE `error` event instead of silently stopping;
 /// either that or an upstream `error` event counts as a failure of `account`.
-fn stream_back(upstream: reqwest::Response, account: Option<Arc<Account>>, recorder: Option<Recorder>) -> Response {
-    let status = upstream.status();
-    let is_sse = upstream
-        .headers()
+fn stream_back(
+    upstream: hyper::Response<Incoming>,
+    account: Option<Arc<Account>>,
+    recorder: Option<Recorder>,
+    idle_limit: Duration,
+) -> Response {
+    let (parts, inner) = upstream.into_parts();
+    let is_sse = parts
+        .headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let mut headers = HeaderMap::with_capacity(upstream.headers().len());
-    for (name, value) in upstream.headers() {
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
         if pass_back_response_header(name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }
-    if is_sse {
+    let expected = if is_sse {
         headers.remove(axum::http::header::CONTENT_LENGTH);
-    }
-    if is_sse {
         crate::metrics::open_streams(1.0);
-    }
-    let expected = if is_sse { None } else { upstream.content_length() };
+        None
+    } else {
+        inner.size_hint().exact()
+    };
     let body = Tapped {
         expected,
         seen: 0,
-        inner: Box::pin(upstream.bytes_stream()),
+        inner,
         is_sse,
         ended: false,
         account,
         tap: SseTap::default(),
         recorder,
+        idle: Idle { limit: idle_limit, last: Instant::now(), timer: None },
     };
-    let mut response = Response::new(Body::from_stream(body));
-    *response.status_mut() = status;
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     response
 }

@@ -137,6 +137,12 @@ pub fn client_tls(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<Option<ru
     if pins.is_empty() && ca_file.is_none() {
         return Ok(None);
     }
+    tls_config(pins, ca_file).map(Some)
+}
+
+/// The rustls client configuration for upstream connections: the platform's verifier, or the CA file's
+/// roots, wrapped in the pin check when pins are set; h2 and HTTP/1.1 offered by ALPN.
+pub fn tls_config(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let base: Arc<dyn ServerCertVerifier> = match ca_file {
         Some(path) => {
@@ -168,7 +174,7 @@ pub fn client_tls(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<Option<ru
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(config))
+    Ok(config)
 }
 
 #[cfg(test)]

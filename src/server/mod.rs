@@ -167,7 +167,7 @@ impl Gateway {
         pool: Arc<Pool>,
         keys: Arc<ClientKeys>,
         open_without_keys: bool,
-        http: reqwest::Client,
+        http: crate::forward::UpstreamClient,
     ) -> Result<Self, ApiError> {
         let store = config.request_log.then(|| pool.store().clone());
         let payloads = match config.payloads {
