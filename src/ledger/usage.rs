@@ -12,22 +12,51 @@ pub struct Usage {
     pub error_type: Option<String>,
 }
 
-fn int(v: &serde_json::Value, key: &str) -> Option<i64> {
-    v.get(key).and_then(serde_json::Value::as_i64)
+/// The parts of an answer or event that carry tokens or an error; everything else is skipped unread.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<EventMessage>,
+    #[serde(default)]
+    usage: Option<Tokens>,
+    #[serde(default)]
+    error: Option<EventError>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct EventMessage {
+    #[serde(default)]
+    usage: Option<Tokens>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct EventError {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Tokens {
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cache_read_input_tokens: Option<i64>,
+    cache_creation_input_tokens: Option<i64>,
 }
 
 impl Usage {
-    fn absorb(&mut self, usage: &serde_json::Value) {
-        if let Some(n) = int(usage, "input_tokens").filter(|n| *n > 0) {
+    fn absorb(&mut self, usage: &Tokens) {
+        if let Some(n) = usage.input_tokens.filter(|n| *n > 0) {
             self.input = n;
         }
-        if let Some(n) = int(usage, "output_tokens") {
+        if let Some(n) = usage.output_tokens {
             self.output = n;
         }
-        if let Some(n) = int(usage, "cache_read_input_tokens").filter(|n| *n > 0) {
+        if let Some(n) = usage.cache_read_input_tokens.filter(|n| *n > 0) {
             self.cache_read = n;
         }
-        if let Some(n) = int(usage, "cache_creation_input_tokens").filter(|n| *n > 0) {
+        if let Some(n) = usage.cache_creation_input_tokens.filter(|n| *n > 0) {
             self.cache_creation = n;
         }
     }
@@ -36,11 +65,11 @@ impl Usage {
 /// Usage of a complete JSON answer.
 pub fn json_usage(body: &[u8]) -> Usage {
     let mut usage = Usage::default();
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(u) = v.get("usage") {
-            usage.absorb(u);
+    if let Ok(answer) = serde_json::from_slice::<Event<'_>>(body) {
+        if let Some(tokens) = &answer.usage {
+            usage.absorb(tokens);
         }
-        usage.error_type = v.pointer("/error/type").and_then(|t| t.as_str()).map(str::to_owned);
+        usage.error_type = answer.error.and_then(|e| e.kind);
     }
     usage
 }
@@ -53,7 +82,14 @@ const MAX_LINE: usize = 256 * 1024;
 pub struct SseTap {
     line: Vec<u8>,
     skipping: bool,
+    /// The current event's `event:` name, when it had one: only a few names are worth parsing.
+    named: Option<bool>,
     pub usage: Usage,
+}
+
+/// Events that carry tokens or an error.
+fn wanted(name: &[u8]) -> bool {
+    matches!(name.trim_ascii(), b"message_start" | b"message_delta" | b"error")
 }
 
 impl SseTap {
@@ -85,29 +121,37 @@ impl SseTap {
     }
 
     fn line_done(&mut self, line: &[u8]) {
+        if line.is_empty() || line == b"\r" {
+            self.named = None;
+            return;
+        }
+        if let Some(name) = line.strip_prefix(b"event:") {
+            self.named = Some(wanted(name));
+            return;
+        }
         let Some(data) = line.strip_prefix(b"data:") else { return };
-        // Only the few events that carry usage or an error are parsed.
-        let interesting = memchr::memmem::find(data, b"message_start").is_some()
-            || memchr::memmem::find(data, b"message_delta").is_some()
-            || memchr::memmem::find(data, b"\"error\"").is_some();
+        // Anthropic names every event, so deltas are skipped by name; an unnamed event is looked into.
+        let interesting = self.named.unwrap_or_else(|| {
+            memchr::memmem::find(data, b"message_start").is_some()
+                || memchr::memmem::find(data, b"message_delta").is_some()
+                || memchr::memmem::find(data, b"\"error\"").is_some()
+        });
         if !interesting {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
-        match v.get("type").and_then(|t| t.as_str()) {
+        let Ok(event) = serde_json::from_slice::<Event<'_>>(data) else { return };
+        match event.kind.as_deref() {
             Some("message_start") => {
-                if let Some(u) = v.pointer("/message/usage") {
-                    self.usage.absorb(u);
+                if let Some(tokens) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    self.usage.absorb(tokens);
                 }
             }
             Some("message_delta") => {
-                if let Some(u) = v.get("usage") {
-                    self.usage.absorb(u);
+                if let Some(tokens) = &event.usage {
+                    self.usage.absorb(tokens);
                 }
             }
-            Some("error") => {
-                self.usage.error_type = v.pointer("/error/type").and_then(|t| t.as_str()).map(str::to_owned);
-            }
+            Some("error") => self.usage.error_type = event.error.and_then(|e| e.kind),
             _ => {}
         }
     }
@@ -144,6 +188,21 @@ mod tests {
         assert_eq!((u.input, u.output), (5, 7));
         let e = json_usage(br#"{"type":"error","error":{"type":"rate_limit_error","message":"m"}}"#);
         assert_eq!(e.error_type.as_deref(), Some("rate_limit_error"));
+    }
+
+    #[test]
+    fn unnamed_events_are_read_by_content_and_named_deltas_skipped() {
+        let mut tap = SseTap::default();
+        tap.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n");
+        assert_eq!(tap.usage.output, 9);
+        // A named event that carries no usage is not parsed, whatever its data says.
+        tap.feed(b"event: content_block_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1}}\n\n");
+        assert_eq!(tap.usage.output, 9);
+        // CRLF line ends work too.
+        tap.feed(
+            b"event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":11}}\r\n\r\n",
+        );
+        assert_eq!(tap.usage.output, 11);
     }
 
     #[test]

@@ -1,17 +1,13 @@
 //! The gate in front of the proxy: client key check, role, per-key request rate and concurrency, and a
 //! per-IP brake on failed attempts — all before any upstream work.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use axum::http::{HeaderMap, Method};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::access::{ClientKey, ClientKeys, KeyCheck, Permission};
 use crate::error::ApiError;
@@ -39,25 +35,25 @@ impl Guard {
     }
 
     /// Record a refused request and answer it.
-    fn deny(&self, req: &Request, key: Option<&str>, error: ApiError) -> Response {
+    fn deny(&self, req: &Asking<'_>, key: Option<&str>, error: ApiError) -> ApiError {
         if let Some(log) = &self.log {
             log.record(crate::store::RequestRow {
                 id: crate::ledger::request_id(),
                 at_ms: crate::now_ms(),
                 client_key: key.map(str::to_owned),
-                method: req.method().to_string(),
-                path: req.uri().path().to_owned(),
+                method: req.method.to_string(),
+                path: req.path.to_owned(),
                 status: i64::from(error.status.as_u16()),
                 error_type: Some(error.kind.to_owned()),
                 ..crate::store::RequestRow::default()
             });
         }
-        error.into_response()
+        error
     }
 
     /// A failed attempt from `ip`: 401 normally, 429 once the IP has failed too often.
-    fn refuse(&self, req: &Request, ip: IpAddr, error: ApiError) -> Response {
-        if self.failures.check_key(&ip).is_err() {
+    fn refuse(&self, req: &Asking<'_>, error: ApiError) -> ApiError {
+        if self.failures.check_key(&req.ip).is_err() {
             let error = ApiError::client_limited("too many failed attempts from this address; slow down", 60);
             return self.deny(req, None, error);
         }
@@ -77,8 +73,71 @@ pub(super) fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// What the guard looks at.
+pub struct Asking<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub ip: IpAddr,
+}
+
+/// A request let through: its client key (when keys are in use) and its concurrency slot, which the
+/// caller holds until the answer's last byte (a stream may run for minutes).
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub key: Option<Arc<ClientKey>>,
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Guard {
+    /// Let `req` through, or answer it (and log the refusal).
+    pub fn admit(&self, req: &Asking<'_>) -> Result<Admitted, ApiError> {
+        if !self.keys.any() && self.open_without_keys {
+            return Ok(Admitted::default());
+        }
+        let key = match self.keys.check(presented_key(req.headers), crate::now_ms()) {
+            KeyCheck::Valid(key) => key,
+            KeyCheck::Missing => {
+                let e = ApiError::unauthorized("an API key is required: send it as x-api-key or Authorization: Bearer");
+                return Err(self.refuse(req, e));
+            }
+            KeyCheck::Unknown => return Err(self.refuse(req, ApiError::unauthorized("invalid API key"))),
+            KeyCheck::Revoked(name) => {
+                return Err(self.refuse(req, ApiError::unauthorized(format!("API key {name:?} has been revoked"))));
+            }
+            KeyCheck::Expired(name) => {
+                return Err(self.refuse(req, ApiError::unauthorized(format!("API key {name:?} has expired"))));
+            }
+        };
+        if !key.role.allows(Permission::ApiRequest) {
+            let message = format!("API key {:?} (role {}) may not send API requests", key.name, key.role.as_str());
+            return Err(self.deny(req, Some(&key.name), ApiError::forbidden(message)));
+        }
+        if let Some((budget, wait)) = self.keys.spend.over_budget(&key, crate::now_ms()) {
+            let error = ApiError::client_limited(format!("API key {:?} is over its {budget}", key.name), wait);
+            return Err(self.deny(req, Some(&key.name), error));
+        }
+        if let Err(wait) = key.check_rpm() {
+            let error =
+                ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait);
+            return Err(self.deny(req, Some(&key.name), error));
+        }
+        let slot = match &key.concurrency {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let message = format!("API key {:?} has reached its limit of concurrent requests", key.name);
+                    return Err(self.deny(req, Some(&key.name), ApiError::client_limited(message, 1)));
+                }
+            },
+            None => None,
+        };
+        Ok(Admitted { key: Some(key), slot })
+    }
+}
+
 /// Client credentials stay out of any `Debug` or trace output from here on.
-fn mark_sensitive(headers: &mut HeaderMap) {
+pub fn mark_sensitive(headers: &mut HeaderMap) {
     for name in ["authorization", "x-api-key", "cookie", "proxy-authorization"] {
         if let axum::http::header::Entry::Occupied(mut entry) = headers.entry(name) {
             for value in entry.iter_mut() {
@@ -87,69 +146,3 @@ fn mark_sensitive(headers: &mut HeaderMap) {
         }
     }
 }
-
-/// Middleware on the proxy routes.
-pub async fn authorize(
-    State(guard): State<Arc<Guard>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    mark_sensitive(req.headers_mut());
-    if !guard.keys.any() && guard.open_without_keys {
-        return next.run(req).await;
-    }
-    let key = match guard.keys.check(presented_key(req.headers()), crate::now_ms()) {
-        KeyCheck::Valid(key) => key,
-        KeyCheck::Missing => {
-            let e = ApiError::unauthorized("an API key is required: send it as x-api-key or Authorization: Bearer");
-            return guard.refuse(&req, peer.ip(), e);
-        }
-        KeyCheck::Unknown => return guard.refuse(&req, peer.ip(), ApiError::unauthorized("invalid API key")),
-        KeyCheck::Revoked(name) => {
-            return guard.refuse(&req, peer.ip(), ApiError::unauthorized(format!("API key {name:?} has been revoked")));
-        }
-        KeyCheck::Expired(name) => {
-            return guard.refuse(&req, peer.ip(), ApiError::unauthorized(format!("API key {name:?} has expired")));
-        }
-    };
-    if !key.role.allows(Permission::ApiRequest) {
-        let message = format!("API key {:?} (role {}) may not send API requests", key.name, key.role.as_str());
-        return guard.deny(&req, Some(&key.name), ApiError::forbidden(message));
-    }
-    if let Some((budget, wait)) = guard.keys.spend.over_budget(&key, crate::now_ms()) {
-        let error = ApiError::client_limited(format!("API key {:?} is over its {budget}", key.name), wait);
-        return guard.deny(&req, Some(&key.name), error);
-    }
-    if let Err(wait) = key.check_rpm() {
-        let error =
-            ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait);
-        return guard.deny(&req, Some(&key.name), error);
-    }
-    let permit = match &key.concurrency {
-        Some(slots) => match slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let message = format!("API key {:?} has reached its limit of concurrent requests", key.name);
-                return guard.deny(&req, Some(&key.name), ApiError::client_limited(message, 1));
-            }
-        },
-        None => None,
-    };
-    req.extensions_mut().insert(Caller(key));
-    let response = next.run(req).await;
-    match permit {
-        // The slot is held until the last byte of the answer (a stream may run for minutes).
-        Some(permit) => response.map(|body| {
-            Body::from_stream(body.into_data_stream().map(move |chunk| {
-                let _held = &permit;
-                chunk
-            }))
-        }),
-        None => response,
-    }
-}
-
-/// The authenticated client of a request.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Arc<ClientKey>);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -22,9 +22,30 @@ const EXPOSE_HEADERS: &str = "request-id, retry-after, x-should-retry, anthropic
     anthropic-ratelimit-unified-reset, anthropic-ratelimit-unified-5h-utilization, \
     anthropic-ratelimit-unified-7d-utilization";
 
+impl Cors {
+    /// The request's `Origin` when it is on the list.
+    pub fn allowed(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        if self.origins.is_empty() {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        self.origins.iter().any(|a| a == text).then(|| origin.clone())
+    }
+
+    /// Let the allowed origin read the answer.
+    pub fn expose(allowed: Option<HeaderValue>, response: &mut Response) {
+        if let Some(origin) = allowed {
+            let h = response.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
+            h.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+    }
+}
+
 pub async fn cors(State(policy): State<Cors>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let allowed = origin.filter(|o| policy.origins.iter().any(|a| a == o));
+    let allowed = policy.allowed(req.headers());
     let preflight =
         req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
@@ -33,9 +54,7 @@ pub async fn cors(State(policy): State<Cors>, req: Request, next: Next) -> Respo
         };
         let mut response = StatusCode::NO_CONTENT.into_response();
         let h = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&origin) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        }
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOW_HEADERS));
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
@@ -43,14 +62,7 @@ pub async fn cors(State(policy): State<Cors>, req: Request, next: Next) -> Respo
         return response;
     }
     let mut response = next.run(req).await;
-    if let Some(origin) = allowed
-        && let Ok(v) = HeaderValue::from_str(&origin)
-    {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
-        h.append(header::VARY, HeaderValue::from_static("origin"));
-    }
+    Cors::expose(allowed, &mut response);
     response
 }
 

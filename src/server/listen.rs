@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -108,7 +107,7 @@ where
 /// Serve `app` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    front: super::Front,
     options: ListenOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
@@ -161,10 +160,16 @@ pub async fn serve(
             tokio::spawn(turn_away(tcp, error));
             continue;
         };
-        let app = app.clone();
+        let front = front.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            let front = front.clone();
+            async move {
+                if super::is_api(req.method(), req.uri().path()) {
+                    return Ok(front.api.serve(req, peer.ip()).await);
+                }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                front.router.oneshot(req.map(axum::body::Body::new)).await
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

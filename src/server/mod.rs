@@ -1,15 +1,17 @@
 //! The HTTP front: routes, request reading and limits, background upkeep, graceful shutdown.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 
 mod admin;
@@ -18,8 +20,8 @@ mod headers;
 mod listen;
 
 pub use admin::Admin;
+use guard::Asking;
 pub use guard::Guard;
-use guard::{Caller, authorize};
 pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 
 use crate::access::ClientKeys;
@@ -28,28 +30,24 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{Forwarder, Inbound};
 
-#[derive(Debug, Clone)]
-struct AppState {
-    forwarder: Arc<Forwarder>,
-}
-
-/// The router: the proxied Anthropic endpoints behind the guard, `/health`, and JSON errors for everything
-/// else.
-pub fn router(
+/// The proxied Anthropic endpoints behind the guard, the router for `/health`, `/metrics` and the admin
+/// API, and JSON errors for everything else.
+pub fn front(
     forwarder: Arc<Forwarder>,
     guard: Arc<Guard>,
     admin: Arc<Admin>,
     web: WebOptions,
     body_limit: usize,
-) -> Router {
-    let api = Router::new()
+) -> Front {
+    let cors = headers::Cors { origins: Arc::new(web.allowed_origins) };
+    let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), body_limit });
+    let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
-        .route_layer(axum::middleware::from_fn_with_state(guard, authorize))
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(AppState { forwarder });
+        .with_state(api.clone());
     let metrics_route = Router::new().route("/metrics", get(metrics)).with_state(MetricsState {
         handle: crate::metrics::install(),
         admin: admin.clone(),
@@ -62,47 +60,122 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(headers::Tls(web.tls), headers::security_headers));
-    own.merge(api).layer(DefaultBodyLimit::max(body_limit)).layer(axum::middleware::from_fn_with_state(
-        headers::Cors { origins: Arc::new(web.allowed_origins) },
-        headers::cors,
-    ))
+    let router = own
+        .merge(api_routes)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(cors, headers::cors));
+    Front { api, router }
 }
 
-async fn proxy(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    caller: Option<axum::Extension<Caller>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(BytesRejection::FailedToBufferBody(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::too_large("request body exceeds the configured limit").into_response();
+/// The proxied Anthropic endpoints: guard, body, forward. The accept loop calls this directly for the
+/// methods and paths `is_api` names (on the hot path the router's layers and extractors cost as much CPU
+/// as the forwarding itself); the router lists the same paths, so other methods get 405 and preflights
+/// get CORS.
+#[derive(Debug)]
+pub struct Api {
+    forwarder: Arc<Forwarder>,
+    guard: Arc<Guard>,
+    cors: headers::Cors,
+    body_limit: usize,
+}
+
+/// Whether `method path` is one of the proxied endpoints.
+pub fn is_api(method: &Method, path: &str) -> bool {
+    let get = *method == Method::GET || *method == Method::HEAD;
+    match path {
+        "/v1/messages" | "/v1/messages/count_tokens" => *method == Method::POST,
+        "/v1/models" => get,
+        _ => get && path.strip_prefix("/v1/models/").is_some_and(|id| !id.is_empty() && !id.contains('/')),
+    }
+}
+
+impl Api {
+    pub async fn serve<B>(&self, req: axum::http::Request<B>, peer: IpAddr) -> Response
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<axum::BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        guard::mark_sensitive(&mut parts.headers);
+        let allowed = self.cors.allowed(&parts.headers);
+        let mut response = self.proxy(parts, body, peer).await;
+        headers::Cors::expose(allowed, &mut response);
+        response
+    }
+
+    async fn proxy<B>(&self, parts: axum::http::request::Parts, body: B, peer: IpAddr) -> Response
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<axum::BoxError>,
+    {
+        let asking = Asking { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, ip: peer };
+        let admitted = match self.guard.admit(&asking) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused.into_response(),
+        };
+        let body = match read_body(body, &parts.headers, self.body_limit).await {
+            Ok(body) => body,
+            Err(error) => return error.into_response(),
+        };
+        if let Some(key) = &admitted.key {
+            // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
+            let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
+            if let Err(wait) = key.check_tpm(estimate) {
+                let message = format!("API key {:?} is over its input-tokens-per-minute limit", key.name);
+                return ApiError::client_limited(message, wait).into_response();
+            }
         }
-        Err(_) => {
-            return ApiError::invalid_request("could not read the request body").into_response();
-        }
-    };
-    let caller = caller.map(|axum::Extension(Caller(key))| key);
-    if let Some(key) = &caller {
-        // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
-        let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
-        if let Err(wait) = key.check_tpm(estimate) {
-            let message = format!("API key {:?} is over its input-tokens-per-minute limit", key.name);
-            return ApiError::client_limited(message, wait).into_response();
+        let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str()).to_owned();
+        let inbound =
+            Inbound { method: parts.method, path_and_query, headers: parts.headers, body, caller: admitted.key };
+        let response = match self.forwarder.forward(inbound).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(status = error.status.as_u16(), error = %error.message, "request failed");
+                error.into_response()
+            }
+        };
+        match admitted.slot {
+            // The slot is held until the last byte of the answer (a stream may run for minutes).
+            Some(slot) => response.map(|body| {
+                axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+                    let _held = &slot;
+                    chunk
+                }))
+            }),
+            None => response,
         }
     }
-    let path_and_query = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| uri.path().to_owned());
-    let inbound = Inbound { method, path_and_query, headers, body, caller };
-    match state.forwarder.forward(inbound).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(status = error.status.as_u16(), error = %error.message, "request failed");
-            error.into_response()
-        }
+}
+
+/// The whole request body, refused with 413 past `limit` (by its `content-length` before reading a byte).
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let too_large = || ApiError::too_large("request body exceeds the configured limit");
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::invalid_request("could not read the request body")),
+    }
+}
+
+/// The router's entry to the proxied endpoints (the accept loop normally gets there first).
+async fn proxy(State(api): State<Arc<Api>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    api.serve(req, peer.ip()).await
+}
+
+/// What the accept loop serves: the proxied endpoints directly, everything else through the router.
+#[derive(Debug, Clone)]
+pub struct Front {
+    pub api: Arc<Api>,
+    pub router: Router,
 }
 
 async fn health() -> Response {
@@ -156,7 +229,7 @@ pub struct Gateway {
     retention: Duration,
     payload_retention: Duration,
     pub admin: Arc<Admin>,
-    pub router: Router,
+    pub front: Front,
     usage_poll: Duration,
     oauth_beta: String,
 }
@@ -201,7 +274,7 @@ impl Gateway {
             retention: config.retention,
             payload_retention: config.payload_retention,
             admin: admin.clone(),
-            router: router(
+            front: front(
                 forwarder,
                 guard,
                 admin,
@@ -228,7 +301,7 @@ impl Gateway {
         let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone(), self.retention, self.payload_retention));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
-        listen::serve(listener, self.router.clone(), options, shutdown).await;
+        listen::serve(listener, self.front.clone(), options, shutdown).await;
         upkeep.abort();
         if let Some(poller) = poller {
             poller.abort();
