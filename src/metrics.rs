@@ -9,10 +9,21 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::RequestRow;
 
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
 /// Install the process-wide recorder (once); `None` if another recorder is already installed.
 pub fn install() -> Option<PrometheusHandle> {
     let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-    PrometheusBuilder::new().set_buckets(&buckets).ok()?.install_recorder().ok()
+    let handle = PrometheusBuilder::new().set_buckets(&buckets).ok()?.install_recorder().ok()?;
+    Some(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Fold recorded histogram samples into their buckets. The recorder keeps every sample until this (or a
+/// scrape) runs, so without it memory grows with each request and allocation slows the proxy.
+pub fn upkeep() {
+    if let Some(handle) = HANDLE.get() {
+        handle.run_upkeep();
+    }
 }
 
 /// The handles one (account, model, status) records into.

@@ -14,10 +14,11 @@ pub enum IdentityMode {
     PassThrough,
 }
 
-/// A JSON request body parsed only one level deep: each top-level value stays the client's exact bytes.
+/// A JSON request body parsed only one level deep: each top-level value stays the client's exact bytes,
+/// borrowed from the body rather than copied (a long conversation is most of the body).
 #[derive(Debug)]
-pub struct MessageBody {
-    fields: IndexMap<String, Box<RawValue>>,
+pub struct MessageBody<'a> {
+    fields: IndexMap<String, &'a RawValue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +27,10 @@ pub enum BodyError {
     Json(String),
 }
 
-impl MessageBody {
+impl<'a> MessageBody<'a> {
     /// Parse a request body; it must be a JSON object.
-    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
-        let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(bytes).map_err(|e| {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BodyError> {
+        let fields: IndexMap<String, &'a RawValue> = serde_json::from_slice(bytes).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
                 BodyError::Json("expected a JSON object".to_owned())
             } else {
@@ -80,7 +81,7 @@ impl MessageBody {
         let raw = serde_json::value::to_raw_value(&new_system).ok()?;
         let mut fields = self.fields.clone();
         // An existing key keeps its place; a new one goes last.
-        fields.insert("system".to_owned(), raw);
+        fields.insert("system".to_owned(), &raw);
         serde_json::to_vec(&fields).ok()
     }
 }

@@ -348,13 +348,14 @@ impl Forwarder {
     /// What records this request once its answer has streamed out, if request logging is on.
     fn recorder(
         &self,
-        trace: &Trace,
+        trace: &mut Trace,
         account: Option<&str>,
         response: &hyper::Response<Incoming>,
         info: &RateLimitInfo,
     ) -> Option<Recorder> {
         let log = self.log.clone()?;
-        let mut row = trace.row.clone();
+        // The answer is final from here on: the row moves into what records it.
+        let mut row = std::mem::take(&mut trace.row);
         row.account = account.map(str::to_owned);
         row.status = i64::from(response.status().as_u16());
         row.ttfb_ms = Some(millis(trace.started.elapsed()));
@@ -377,7 +378,7 @@ impl Forwarder {
     }
 
     /// The body an OAuth account sends: the identity first in `system` (Messages endpoints only).
-    fn oauth_body(&self, original: &Bytes, parsed: Option<&MessageBody>) -> Bytes {
+    fn oauth_body(&self, original: &Bytes, parsed: Option<&MessageBody<'_>>) -> Bytes {
         match (self.identity, parsed) {
             (IdentityMode::Inject, Some(body)) => match body.with_identity(&self.identity_prompt) {
                 Some(rewritten) => Bytes::from(rewritten),

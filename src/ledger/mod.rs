@@ -178,16 +178,8 @@ impl Pricing {
 /// A fresh request id: time first, so ids sort by time and the log's primary-key index grows at its end
 /// (random keys would scatter every insert across the index), then 48 random bits.
 pub fn request_id() -> String {
-    use rand::RngCore;
-    use std::fmt::Write;
-    let mut bytes = [0u8; 6];
-    rand::rng().fill_bytes(&mut bytes);
-    let mut id = String::with_capacity(28);
-    let _ = write!(id, "sy_{:012x}", crate::now_ms());
-    for b in bytes {
-        let _ = write!(id, "{b:02x}");
-    }
-    id
+    let random: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("sy_{:012x}{random:012x}", crate::now_ms())
 }
 
 /// Aggregates of a group of requests.
