@@ -14,6 +14,53 @@ pub enum IdentityMode {
     PassThrough,
 }
 
+/// What routing and the request log need from a request body, read in one pass that keeps nothing of
+/// the body's structure (the full parse below is only for bodies an OAuth account rewrites).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Peek {
+    /// `model`, when it is a string.
+    pub model: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// `metadata.user_id`: Claude Code sends one per session; the router keeps a conversation on one account.
+    pub user_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekFields<'a> {
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+fn json_error(bytes: &[u8], e: &serde_json::Error) -> BodyError {
+    let object = bytes.trim_ascii_start().first() == Some(&b'{');
+    if e.classify() == serde_json::error::Category::Data && !object {
+        BodyError::Json("expected a JSON object".to_owned())
+    } else {
+        BodyError::Json(e.to_string())
+    }
+}
+
+impl Peek {
+    /// Read a request body; it must be a JSON object.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
+        let fields: PeekFields<'_> = serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
+        let user_id = fields.metadata.and_then(|raw| {
+            let metadata: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
+            metadata.get("user_id")?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+        });
+        Ok(Self {
+            model: fields.model.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            stream: fields.stream.is_some_and(|raw| raw.get() == "true"),
+            user_id,
+        })
+    }
+}
+
 /// A JSON request body parsed only one level deep: each top-level value stays the client's exact bytes,
 /// borrowed from the body rather than copied (a long conversation is most of the body).
 #[derive(Debug)]
@@ -30,30 +77,9 @@ pub enum BodyError {
 impl<'a> MessageBody<'a> {
     /// Parse a request body; it must be a JSON object.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BodyError> {
-        let fields: IndexMap<String, &'a RawValue> = serde_json::from_slice(bytes).map_err(|e| {
-            if e.classify() == serde_json::error::Category::Data {
-                BodyError::Json("expected a JSON object".to_owned())
-            } else {
-                BodyError::Json(e.to_string())
-            }
-        })?;
+        let fields: IndexMap<String, &'a RawValue> =
+            serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
         Ok(Self { fields })
-    }
-
-    /// The `model` field, when it is a string.
-    pub fn model(&self) -> Option<String> {
-        self.fields.get("model").and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-
-    /// `metadata.user_id`: Claude Code sends one per session; the router keeps a conversation on one account.
-    pub fn user_id(&self) -> Option<String> {
-        let metadata: serde_json::Value = serde_json::from_str(self.fields.get("metadata")?.get()).ok()?;
-        metadata.get("user_id")?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
-    }
-
-    /// Whether the client asked for a stream.
-    pub fn stream(&self) -> bool {
-        self.fields.get("stream").is_some_and(|raw| raw.get() == "true")
     }
 
     /// The body with `identity` first in `system`, or `None` when it needs no change: the request already
@@ -157,8 +183,15 @@ mod tests {
     }
 
     #[test]
-    fn model_and_stream_are_read() {
-        let b = MessageBody::parse(br#"{"model":"claude-x","stream":true}"#).unwrap();
-        assert_eq!((b.model().as_deref(), b.stream()), (Some("claude-x"), true));
+    fn model_stream_and_user_are_read() {
+        let b =
+            Peek::parse(br#"{"model":"claude-x","stream":true,"metadata":{"user_id":"u1"},"messages":[]}"#).unwrap();
+        assert_eq!(b, Peek { model: Some("claude-x".into()), stream: true, user_id: Some("u1".into()) });
+        assert_eq!(Peek::parse(br#"{"model":7,"stream":"yes"}"#).unwrap(), Peek::default());
+        for bad in [&b"{not json"[..], b"[1,2]", b"", b"\"x\""] {
+            assert!(Peek::parse(bad).is_err(), "{bad:?}");
+        }
+        let not_object = Peek::parse(b"[1]").unwrap_err().to_string();
+        assert!(not_object.contains("expected a JSON object"), "{not_object}");
     }
 }

@@ -6,7 +6,7 @@ mod identity;
 mod ratelimit;
 
 pub use headers::{forward_request_header, merge_beta, pass_back_response_header};
-pub use identity::{IdentityMode, MessageBody, carries_identity};
+pub use identity::{IdentityMode, MessageBody, Peek, carries_identity};
 pub use ratelimit::{RateLimitInfo, Verdict, Window, classify, model_family, parse_timestamp_ms};
 
 /// Sentences that open a Claude Code or Agent SDK system prompt.

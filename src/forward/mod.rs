@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 
 use crate::accounts::{Account, Credential, Pool, Unavailable, Want};
 use crate::anthropic::{
-    IdentityMode, MessageBody, RateLimitInfo, Verdict, forward_request_header, merge_beta, model_family,
+    IdentityMode, MessageBody, Peek, RateLimitInfo, Verdict, forward_request_header, merge_beta, model_family,
     pass_back_response_header,
 };
 use crate::config::Config;
@@ -214,7 +214,7 @@ impl Forwarder {
             if req.body.is_empty() {
                 return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
             }
-            Some(MessageBody::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?)
+            Some(Peek::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?)
         } else {
             None
         };
@@ -226,16 +226,17 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        trace.row.model = parsed.as_ref().and_then(MessageBody::model);
+        let (model, stream, user_id) = parsed.map(|p| (p.model, p.stream, p.user_id)).unwrap_or_default();
+        trace.row.model = model;
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
-            affinity: parsed.as_ref().and_then(MessageBody::user_id).or_else(|| header("x-claude-code-session-id")),
+            affinity: user_id.or_else(|| header("x-claude-code-session-id")),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
         let family = want.family.as_deref();
 
-        trace.row.stream = parsed.as_ref().is_some_and(MessageBody::stream);
+        trace.row.stream = stream;
         // Computed at most once, and only if an OAuth account is used.
         let mut oauth_body: Option<Bytes> = None;
         // Accounts that answered badly (may be tried again for transient failures) and accounts that
@@ -276,9 +277,7 @@ impl Forwarder {
             };
             let body = match credential {
                 Credential::ApiKey(_) => req.body.clone(),
-                Credential::Bearer(_) => {
-                    oauth_body.get_or_insert_with(|| self.oauth_body(&req.body, parsed.as_ref())).clone()
-                }
+                Credential::Bearer(_) => oauth_body.get_or_insert_with(|| self.oauth_body(req)).clone(),
             };
             attempts += 1;
             trace.tried(&account.name, attempts);
@@ -378,13 +377,13 @@ impl Forwarder {
     }
 
     /// The body an OAuth account sends: the identity first in `system` (Messages endpoints only).
-    fn oauth_body(&self, original: &Bytes, parsed: Option<&MessageBody<'_>>) -> Bytes {
-        match (self.identity, parsed) {
-            (IdentityMode::Inject, Some(body)) => match body.with_identity(&self.identity_prompt) {
-                Some(rewritten) => Bytes::from(rewritten),
-                None => original.clone(),
-            },
-            _ => original.clone(),
+    fn oauth_body(&self, req: &Inbound) -> Bytes {
+        if self.identity != IdentityMode::Inject || req.method != Method::POST {
+            return req.body.clone();
+        }
+        match MessageBody::parse(&req.body).ok().and_then(|body| body.with_identity(&self.identity_prompt)) {
+            Some(rewritten) => Bytes::from(rewritten),
+            None => req.body.clone(),
         }
     }
 

@@ -623,8 +623,18 @@ impl Store for SqliteStore {
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError> {
         let mut tx = self.log_pool.begin().await.map_err(db)?;
         // Many rows per statement: the writer keeps up with the proxy at a fraction of the CPU of one
-        // statement per row. 400 rows × 20 columns stays under SQLite's 32766 bound parameters.
-        for chunk in rows.chunks(400) {
+        // statement per row. Three fixed sizes keep the statements few enough to stay prepared (the cache
+        // is keyed by SQL text); 256 rows × 20 columns stays under SQLite's 32766 bound parameters.
+        let mut chunks = Vec::new();
+        let mut rest = rows;
+        for size in [256, 16, 1] {
+            while rest.len() >= size {
+                let (chunk, tail) = rest.split_at(size);
+                chunks.push(chunk);
+                rest = tail;
+            }
+        }
+        for chunk in chunks {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT OR REPLACE INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method, \
                  path, model, stream, status, error_type, input_tokens, output_tokens, cache_read_tokens, \
