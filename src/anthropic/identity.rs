@@ -48,6 +48,10 @@ fn json_error(bytes: &[u8], e: &serde_json::Error) -> BodyError {
 impl Peek {
     /// Read a request body; it must be a JSON object.
     pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
+        // A derived struct would also take a JSON array (its fields in order).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(BodyError::Json("expected a JSON object".to_owned()));
+        }
         let fields: PeekFields<'_> = serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
         let user_id = fields.metadata.and_then(|raw| {
             let metadata: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
