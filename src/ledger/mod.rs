@@ -182,6 +182,12 @@ pub fn request_id() -> String {
     format!("sy_{:012x}{random:012x}", crate::now_ms())
 }
 
+/// The start time an id made by `request_id` carries.
+pub fn request_id_time(id: &str) -> Option<i64> {
+    let hex = id.strip_prefix("sy_")?.get(..12)?;
+    i64::from_str_radix(hex, 16).ok()
+}
+
 /// Aggregates of a group of requests.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Group {
@@ -241,6 +247,17 @@ pub fn aggregate(rows: &[RequestRow], by: &str) -> std::collections::BTreeMap<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_sort_by_time_and_carry_it() {
+        let before = crate::now_ms();
+        let id = request_id();
+        let at = request_id_time(&id).unwrap_or(0);
+        assert!(at >= before && at <= crate::now_ms(), "{id}");
+        assert_eq!(id.len(), 27);
+        assert!(request_id_time("msg_123").is_none());
+        assert!(request_id_time("sy_zz").is_none());
+    }
 
     #[test]
     fn prices_by_family_and_configuration() {

@@ -128,6 +128,42 @@ CREATE TABLE payloads (
 );
 CREATE INDEX payloads_at ON payloads(at_ms);
 "#,
+    // The request log keyed by time: rows live in the time-ordered key itself (no rowid table and no
+    // separate time index), so each logged request touches two B-trees instead of four.
+    r#"
+CREATE TABLE requests_by_time (
+    id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    client_key TEXT,
+    account TEXT,
+    accounts_tried TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    model TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL,
+    error_type TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    ttfb_ms INTEGER,
+    duration_ms INTEGER NOT NULL,
+    ratelimit_status TEXT,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (at_ms, id)
+) WITHOUT ROWID;
+INSERT INTO requests_by_time (id, at_ms, client_key, account, accounts_tried, attempts, method, path, model, stream,
+    status, error_type, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ttfb_ms,
+    duration_ms, ratelimit_status, cost_usd)
+  SELECT id, at_ms, client_key, account, accounts_tried, attempts, method, path, model, stream, status,
+    error_type, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ttfb_ms, duration_ms,
+    ratelimit_status, cost_usd FROM requests;
+DROP TABLE requests;
+ALTER TABLE requests_by_time RENAME TO requests;
+CREATE INDEX requests_key_at ON requests(client_key, at_ms);
+"#,
 ];
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -708,8 +744,16 @@ impl Store for SqliteStore {
     }
 
     async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
-        let row =
-            sqlx::query("SELECT * FROM requests WHERE id = ?").bind(id).fetch_optional(&self.pool).await.map_err(db)?;
+        // An id opens with its request's start time: look around it in the time-ordered key rather than
+        // scan the log. The minute either side is far more than the gap between the two clock reads.
+        let (from, to) = crate::ledger::request_id_time(id).map_or((i64::MIN, i64::MAX), |t| (t - 60_000, t + 60_000));
+        let row = sqlx::query("SELECT * FROM requests WHERE at_ms BETWEEN ? AND ? AND id = ?")
+            .bind(from)
+            .bind(to)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         row.as_ref().map(request_from_row).transpose()
     }
 
@@ -797,6 +841,37 @@ mod tests {
             weight: 1,
             plan: None,
         }
+    }
+
+    #[tokio::test]
+    async fn request_log_rows_survive_the_move_to_the_time_keyed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // A database as the release before the time-keyed table left it, with one logged request.
+            use sqlx::ConnectOptions;
+            let options = SqliteConnectOptions::from_str("sqlite://").unwrap().filename(&path).create_if_missing(true);
+            let mut conn = options.connect().await.unwrap();
+            let before = MIGRATIONS.len() - 1;
+            for sql in &MIGRATIONS[..before] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut conn).await.unwrap();
+            }
+            let version = format!("PRAGMA user_version = {before}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(version)).execute(&mut conn).await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO requests (id, at_ms, account, method, path, status, duration_ms, input_tokens, cost_usd)
+                 VALUES ('sy_00000000000a000000000001', 10, 'acct', 'POST', '/v1/messages', 200, 5, 7, 0.5)",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = store.get_request("sy_00000000000a000000000001").await.unwrap().unwrap();
+        assert_eq!((row.at_ms, row.account.as_deref(), row.input_tokens, row.status), (10, Some("acct"), 7, 200));
+        assert_eq!(store.list_requests(0, 10).await.unwrap().len(), 1);
+        assert_eq!(store.delete_requests_before(11, false).await.unwrap(), 1);
+        assert!(store.get_request("sy_00000000000a000000000001").await.unwrap().is_none());
     }
 
     #[tokio::test]
