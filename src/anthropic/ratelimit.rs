@@ -92,11 +92,15 @@ impl RateLimitInfo {
             }
         }
         info.retry_after = header(headers, "retry-after").and_then(|v| v.parse::<f64>().ok()).map(|s| s.ceil() as i64);
-        for counter in ["requests", "tokens", "input-tokens", "output-tokens"] {
-            let remaining = header(headers, &format!("anthropic-ratelimit-{counter}-remaining"));
-            if remaining.and_then(|r| r.parse::<i64>().ok()) == Some(0)
-                && let Some(reset) =
-                    header(headers, &format!("anthropic-ratelimit-{counter}-reset")).and_then(rfc3339_secs)
+        const COUNTERS: [(&str, &str); 4] = [
+            ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+            ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+            ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+            ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+        ];
+        for (remaining, reset) in COUNTERS.iter().filter(|_| info.present) {
+            if header(headers, remaining).and_then(|r| r.parse::<i64>().ok()) == Some(0)
+                && let Some(reset) = header(headers, reset).and_then(rfc3339_secs)
             {
                 info.api_key_exhausted_until = Some(info.api_key_exhausted_until.map_or(reset, |r: i64| r.min(reset)));
             }
