@@ -166,6 +166,20 @@ CREATE INDEX requests_key_at ON requests(client_key, at_ms);
 "#,
 ];
 
+/// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
+/// longer to format than the rows take to bind).
+static INSERT_REQUESTS: std::sync::LazyLock<[String; 3]> = std::sync::LazyLock::new(|| {
+    [256, 16, 1].map(|rows| {
+        let row = format!("({})", ["?"; 20].join(", "));
+        format!(
+            "INSERT OR REPLACE INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method, path, \
+             model, stream, status, error_type, input_tokens, output_tokens, cache_read_tokens, \
+             cache_creation_tokens, ttfb_ms, duration_ms, ratelimit_status, cost_usd) VALUES {}",
+            vec![row; rows].join(", ")
+        )
+    })
+});
+
 fn db(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate(String::new()),
@@ -661,44 +675,37 @@ impl Store for SqliteStore {
         // Many rows per statement: the writer keeps up with the proxy at a fraction of the CPU of one
         // statement per row. Three fixed sizes keep the statements few enough to stay prepared (the cache
         // is keyed by SQL text); 256 rows × 20 columns stays under SQLite's 32766 bound parameters.
-        let mut chunks = Vec::new();
         let mut rest = rows;
-        for size in [256, 16, 1] {
+        for (size, sql) in [256, 16, 1].into_iter().zip(INSERT_REQUESTS.iter()) {
             while rest.len() >= size {
                 let (chunk, tail) = rest.split_at(size);
-                chunks.push(chunk);
                 rest = tail;
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for r in chunk {
+                    insert = insert
+                        .bind(&r.id)
+                        .bind(r.at_ms)
+                        .bind(&r.client_key)
+                        .bind(&r.account)
+                        .bind(&r.accounts_tried)
+                        .bind(r.attempts)
+                        .bind(&r.method)
+                        .bind(&r.path)
+                        .bind(&r.model)
+                        .bind(r.stream)
+                        .bind(r.status)
+                        .bind(&r.error_type)
+                        .bind(r.input_tokens)
+                        .bind(r.output_tokens)
+                        .bind(r.cache_read_tokens)
+                        .bind(r.cache_creation_tokens)
+                        .bind(r.ttfb_ms)
+                        .bind(r.duration_ms)
+                        .bind(&r.ratelimit_status)
+                        .bind(r.cost_usd);
+                }
+                insert.execute(&mut *tx).await.map_err(db)?;
             }
-        }
-        for chunk in chunks {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT OR REPLACE INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method, \
-                 path, model, stream, status, error_type, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_creation_tokens, ttfb_ms, duration_ms, ratelimit_status, cost_usd) ",
-            );
-            insert.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.id)
-                    .push_bind(r.at_ms)
-                    .push_bind(&r.client_key)
-                    .push_bind(&r.account)
-                    .push_bind(&r.accounts_tried)
-                    .push_bind(r.attempts)
-                    .push_bind(&r.method)
-                    .push_bind(&r.path)
-                    .push_bind(&r.model)
-                    .push_bind(r.stream)
-                    .push_bind(r.status)
-                    .push_bind(&r.error_type)
-                    .push_bind(r.input_tokens)
-                    .push_bind(r.output_tokens)
-                    .push_bind(r.cache_read_tokens)
-                    .push_bind(r.cache_creation_tokens)
-                    .push_bind(r.ttfb_ms)
-                    .push_bind(r.duration_ms)
-                    .push_bind(&r.ratelimit_status)
-                    .push_bind(r.cost_usd);
-            });
-            insert.build().execute(&mut *tx).await.map_err(db)?;
         }
         for r in rows.iter().filter(|r| r.payload_request.is_some() || r.payload_response.is_some()) {
             sqlx::query("INSERT OR REPLACE INTO payloads (request_id, at_ms, request, response) VALUES (?, ?, ?, ?)")
