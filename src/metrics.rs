@@ -3,8 +3,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::RequestRow;
@@ -13,8 +16,7 @@ static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new(
 
 /// Install the process-wide recorder (once); `None` if another recorder is already installed.
 pub fn install() -> Option<PrometheusHandle> {
-    let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-    let handle = PrometheusBuilder::new().set_buckets(&buckets).ok()?.install_recorder().ok()?;
+    let handle = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?.install_recorder().ok()?;
     Some(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -26,14 +28,72 @@ pub fn upkeep() {
     }
 }
 
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 15] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// A latency histogram kept here rather than in the exporter: the exporter stores every sample in a
+/// shared lock-free list until upkeep, which under load costs more than the rest of a request's metrics
+/// and makes the proxy's speed depend on which cores its threads land on. Buckets are plain counters.
+#[derive(Default)]
+struct Latency {
+    /// Per bucket (the last one is `+Inf`), not cumulative; rendering adds them up.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, ms: i64) {
+        let secs = ms as f64 / 1000.0;
+        let slot = BUCKETS.partition_point(|bound| *bound < secs);
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(ms).unwrap_or(0) * 1000, Ordering::Relaxed);
+    }
+}
+
+/// The histograms by name and account, for rendering.
+type LatencyTable = Vec<(&'static str, String, Arc<Latency>)>;
+static LATENCY: Mutex<LatencyTable> = Mutex::new(Vec::new());
+
+fn latency(name: &'static str, account: &str) -> Arc<Latency> {
+    let mut table = LATENCY.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, _, h)) = table.iter().find(|(n, a, _)| *n == name && a == account) {
+        return h.clone();
+    }
+    let h = Arc::new(Latency::default());
+    table.push((name, account.to_owned(), h.clone()));
+    h
+}
+
+/// The latency histograms in Prometheus text, to follow the exporter's output.
+pub fn render_latency() -> String {
+    let table = LATENCY.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut out = String::new();
+    for name in ["switchyard_request_duration_seconds", "switchyard_upstream_ttfb_seconds"] {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (_, account, h) in table.iter().filter(|(n, _, _)| *n == name) {
+            let account = account.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let mut total = 0u64;
+            for (i, bucket) in h.buckets.iter().enumerate() {
+                total += bucket.load(Ordering::Relaxed);
+                let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
+                let _ = writeln!(out, "{name}_bucket{{account=\"{account}\",le=\"{le}\"}} {total}");
+            }
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{account=\"{account}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{account=\"{account}\"}} {total}");
+        }
+    }
+    out
+}
+
 /// The handles one (account, model, status) records into.
 struct Handles {
     requests: Counter,
     tokens: [Counter; 4],
     cost: Gauge,
     failovers: Counter,
-    duration: Histogram,
-    ttfb: Histogram,
+    duration: Arc<Latency>,
+    ttfb: Arc<Latency>,
 }
 
 const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_creation"];
@@ -49,8 +109,8 @@ impl Handles {
             }),
             cost: gauge!("switchyard_cost_usd_total", "account" => account.clone(), "model" => model),
             failovers: counter!("switchyard_failovers_total"),
-            duration: histogram!("switchyard_request_duration_seconds", "account" => account.clone()),
-            ttfb: histogram!("switchyard_upstream_ttfb_seconds", "account" => account),
+            duration: latency("switchyard_request_duration_seconds", &account),
+            ttfb: latency("switchyard_upstream_ttfb_seconds", &account),
         }
     }
 }
@@ -71,7 +131,6 @@ pub fn request(row: &RequestRow) {
     let account = row.account.as_deref().unwrap_or("none");
     let model = row.model.as_deref().unwrap_or("none");
     CACHE.with_borrow_mut(|cache| {
-        use std::fmt::Write;
         cache.key.clear();
         let _ = write!(cache.key, "{account}\0{model}\0{}", row.status);
         if !cache.handles.contains_key(cache.key.as_str()) {
@@ -94,9 +153,9 @@ pub fn request(row: &RequestRow) {
         if row.attempts > 1 {
             h.failovers.increment(u64::try_from(row.attempts - 1).unwrap_or(0));
         }
-        h.duration.record(row.duration_ms as f64 / 1000.0);
+        h.duration.record(row.duration_ms);
         if let Some(ttfb) = row.ttfb_ms {
-            h.ttfb.record(ttfb as f64 / 1000.0);
+            h.ttfb.record(ttfb);
         }
     });
 }
@@ -119,4 +178,25 @@ pub fn open_streams(delta: f64) {
 pub fn scrape_gauges(rate_limited_accounts: usize, log_dropped: u64) {
     gauge!("switchyard_rate_limited_accounts").set(rate_limited_accounts as f64);
     gauge!("switchyard_request_log_dropped_total").set(log_dropped as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_render_cumulative_with_sum_and_count() {
+        let h = latency("switchyard_upstream_ttfb_seconds", "we\"ird");
+        for ms in [3, 7, 7, 400_000] {
+            h.record(ms);
+        }
+        let text = render_latency();
+        let line = |le: &str| format!("switchyard_upstream_ttfb_seconds_bucket{{account=\"we\\\"ird\",le=\"{le}\"}}");
+        assert!(text.contains(&format!("{} 1\n", line("0.005"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", line("0.01"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", line("300"))), "{text}");
+        assert!(text.contains(&format!("{} 4\n", line("+Inf"))), "{text}");
+        assert!(text.contains("switchyard_upstream_ttfb_seconds_count{account=\"we\\\"ird\"} 4\n"), "{text}");
+        assert!(text.contains("switchyard_upstream_ttfb_seconds_sum{account=\"we\\\"ird\"} 400.017\n"), "{text}");
+    }
 }

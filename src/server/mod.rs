@@ -215,7 +215,9 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
     crate::metrics::scrape_gauges(limited, state.log.as_ref().map_or(0, |l| l.dropped()));
     match &state.handle {
         Some(handle) => {
-            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+            let mut text = handle.render();
+            text.push_str(&crate::metrics::render_latency());
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         None => ApiError::internal("metrics are unavailable in this process").into_response(),
     }
