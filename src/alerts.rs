@@ -15,7 +15,7 @@ struct Alerts {
     tx: Option<mpsc::Sender<serde_json::Value>>,
     last: Mutex<HashMap<String, i64>>,
     /// Requests and errors in the current minute, for spikes.
-    window: Mutex<(i64, u64, u64)>,
+    window: Window,
     pub utilization: f64,
 }
 
@@ -41,7 +41,7 @@ pub fn init(webhook: Option<url::Url>, utilization: f64, http: reqwest::Client) 
         });
         tx
     });
-    let _ = ALERTS.set(Alerts { tx, last: Mutex::new(HashMap::new()), window: Mutex::new((0, 0, 0)), utilization });
+    let _ = ALERTS.set(Alerts { tx, last: Mutex::new(HashMap::new()), window: Window::default(), utilization });
 }
 
 /// Raise an alert (`kind` like `account_needs_login`, `subject` the account or `*`).
@@ -76,21 +76,56 @@ pub fn utilization(account: &str, value: f64) {
 }
 
 /// A request finished; alerts when at least half of at least 20 requests in a minute failed.
+/// Requests and failures in the current minute. Counted with atomics, not a lock: every request passes
+/// here. A request counted into a minute just as it rolls over may land in either; for a spike alert
+/// that is immaterial.
+#[derive(Debug, Default)]
+struct Window {
+    minute: std::sync::atomic::AtomicI64,
+    total: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Window {
+    /// Count a request; `Some((failed, total))` when at least half of 20 or more failed this minute.
+    fn count(&self, minute: i64, failed: bool) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.minute.load(Relaxed) != minute && self.minute.swap(minute, Relaxed) != minute {
+            self.total.store(0, Relaxed);
+            self.failed.store(0, Relaxed);
+        }
+        let total = self.total.fetch_add(1, Relaxed) + 1;
+        let errors = if failed { self.failed.fetch_add(1, Relaxed) + 1 } else { self.failed.load(Relaxed) };
+        (total >= 20 && errors * 2 >= total).then_some((errors, total))
+    }
+}
+
 pub fn request_finished(failed: bool) {
     let Some(alerts) = ALERTS.get() else { return };
-    let minute = crate::now_ms() / 60_000;
-    let spike = {
-        let mut w = alerts.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if w.0 != minute {
-            *w = (minute, 0, 0);
-        }
-        w.1 += 1;
-        if failed {
-            w.2 += 1;
-        }
-        (w.1 >= 20 && w.2 * 2 >= w.1).then_some((w.2, w.1))
-    };
-    if let Some((errors, total)) = spike {
+    if let Some((errors, total)) = alerts.window.count(crate::now_ms() / 60_000, failed) {
         raise("error_rate", "*", &format!("{errors} of {total} requests failed in the last minute"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_spikes_need_twenty_requests_and_half_failing_within_the_minute() {
+        let w = Window::default();
+        for _ in 0..19 {
+            assert_eq!(w.count(7, true), None);
+        }
+        assert_eq!(w.count(7, false), Some((19, 20)));
+        // A new minute starts from nothing.
+        for _ in 0..11 {
+            assert_eq!(w.count(8, false), None);
+        }
+        for _ in 0..9 {
+            assert_eq!(w.count(8, true), None);
+        }
+        assert_eq!(w.count(8, true), None, "10 of 21 is under half");
+        assert_eq!(w.count(8, true), Some((11, 22)));
     }
 }
