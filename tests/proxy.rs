@@ -209,6 +209,35 @@ async fn broken_upstream_stream_ends_with_an_sse_error_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_silent_upstream_is_cut_after_the_idle_limit() {
+    let fake = Fake::start().await;
+    // The upstream sends its first event, then nothing, ever.
+    fake.lock().sse_gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    fake.add_api_key("sk-ant-api03-upstream-key");
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_IDLE_TIMEOUT_SECS", "1");
+    env.ok(&["accounts", "add", "work", "--api-key", "sk-ant-api03-upstream-key"]).await;
+    let gw = env.serve().await;
+    let started = std::time::Instant::now();
+    let response = gw.post("/v1/messages").json(&message_body(true)).send().await.unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text()).await.expect("never cut").unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut too early: {:?}", started.elapsed());
+    assert!(text.starts_with(support::fake::SSE_EVENTS[0]), "{text}");
+    assert!(text.contains("event: error\ndata: {\"type\":\"error\""), "{text}");
+    // The log says what happened.
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = env.ok(&["requests", "--since", "1h", "--json"]).await;
+        rows = serde_json::from_str(&out.stdout).unwrap();
+        if rows.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows[0]["error_type"], "stream_broken", "{rows}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_errors_pass_through_with_status_and_headers() {
     let fake = Fake::start().await;
     let (_env, gw) = api_key_gateway(&fake).await;
