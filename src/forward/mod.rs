@@ -210,13 +210,13 @@ impl Forwarder {
 
     async fn forward_inner(&self, req: &Inbound, trace: &mut Trace) -> Result<Response, ApiError> {
         let started = trace.started;
-        let parsed = if req.method == Method::POST {
+        let peek = if req.method == Method::POST {
             if req.body.is_empty() {
                 return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
             }
-            Some(Peek::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?)
+            Peek::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?
         } else {
-            None
+            Peek::default()
         };
         let header = |name: &str| {
             req.headers
@@ -226,17 +226,16 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let (model, stream, user_id) = parsed.map(|p| (p.model, p.stream, p.user_id)).unwrap_or_default();
-        trace.row.model = model;
+        trace.row.model = peek.model;
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
-            affinity: user_id.or_else(|| header("x-claude-code-session-id")),
+            affinity: peek.user_id.or_else(|| header("x-claude-code-session-id")),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
         let family = want.family.as_deref();
 
-        trace.row.stream = stream;
+        trace.row.stream = peek.stream;
         // Computed at most once, and only if an OAuth account is used.
         let mut oauth_body: Option<Bytes> = None;
         // Accounts that answered badly (may be tried again for transient failures) and accounts that

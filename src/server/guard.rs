@@ -90,7 +90,7 @@ pub struct Admitted {
 }
 
 impl Guard {
-    /// Let `req` through, or answer it (and log the refusal).
+    /// Let `req` through, or refuse it (the refusal goes to the request log).
     pub fn admit(&self, req: &Asking<'_>) -> Result<Admitted, ApiError> {
         if !self.keys.any() && self.open_without_keys {
             return Ok(Admitted::default());
