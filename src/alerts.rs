@@ -1,5 +1,5 @@
 //! Operator alerts: an optional webhook (`SWITCHYARD_ALERT_WEBHOOK_URL`) receiving a JSON POST when an
-//! account needs a new login, when every account is rate-limited, when an account's 5-hour utilization
+//! account needs a new login, when every account is rate-limited, when an account's 5-hour or 7-day utilization
 //! passes a threshold, and when the error rate spikes. Sending happens in the background with retries;
 //! nothing waits for it, and the same alert is not repeated within 15 minutes. Every alert is logged too.
 
@@ -46,36 +46,48 @@ pub fn init(webhook: Option<url::Url>, utilization: f64, http: reqwest::Client) 
 
 /// Raise an alert (`kind` like `account_needs_login`, `subject` the account or `*`).
 pub fn raise(kind: &str, subject: &str, message: &str) {
+    notify(kind, subject, None, message);
+}
+
+/// `raise`, for one of a subject's rate-limit windows (`5h`, `7d`): each window alerts on its own.
+fn notify(kind: &str, subject: &str, window: Option<&str>, message: &str) {
     let Some(alerts) = ALERTS.get() else { return };
     let now = crate::now_ms();
     {
         let mut last = alerts.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = format!("{kind}/{subject}");
+        let key = format!("{kind}/{subject}/{}", window.unwrap_or(""));
         if last.get(&key).is_some_and(|t| now - t < QUIET_MS) {
             return;
         }
         last.insert(key, now);
     }
-    tracing::warn!(alert = kind, subject, "{message}");
+    tracing::warn!(alert = kind, subject, window, "{message}");
     if let Some(tx) = &alerts.tx {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "source": "switchyard", "kind": kind, "subject": subject, "message": message, "at_ms": now,
         });
+        if let Some(window) = window {
+            body["window"] = serde_json::Value::from(window);
+        }
         let _ = tx.try_send(body);
     }
 }
 
-/// An account's 5-hour utilization was seen; alerts past the threshold.
-pub fn utilization(account: &str, value: f64) {
+/// An account's utilization of a rate-limit window (`5h`, `7d`) was seen; alerts past the threshold.
+pub fn utilization(account: &str, window: &str, value: f64) {
     if let Some(alerts) = ALERTS.get()
         && value >= alerts.utilization
     {
-        let message = format!("account {account} is at {:.0}% of its 5-hour limit", value * 100.0);
-        raise("utilization", account, &message);
+        let span = match window {
+            "5h" => "5-hour",
+            "7d" => "7-day",
+            other => other,
+        };
+        let message = format!("account {account} is at {:.0}% of its {span} limit", value * 100.0);
+        notify("utilization", account, Some(window), &message);
     }
 }
 
-/// A request finished; alerts when at least half of at least 20 requests in a minute failed.
 /// Requests and failures in the current minute. Counted with atomics, not a lock: every request passes
 /// here. A request counted into a minute just as it rolls over may land in either; for a spike alert
 /// that is immaterial.
@@ -100,6 +112,7 @@ impl Window {
     }
 }
 
+/// A request finished; alerts when at least half of at least 20 requests in a minute failed.
 pub fn request_finished(failed: bool) {
     let Some(alerts) = ALERTS.get() else { return };
     if let Some((errors, total)) = alerts.window.count(crate::now_ms() / 60_000, failed) {

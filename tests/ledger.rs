@@ -283,7 +283,7 @@ async fn alerts_reach_the_webhook_without_blocking_requests() {
     env.set("SWITCHYARD_ALERT_WEBHOOK_URL", &hook);
     env.set("SWITCHYARD_ALERT_UTILIZATION", "0.2");
     let gw = env.serve().await;
-    // max's refresh token is refused (needs login); k serves and reports 25% utilization (over 20%).
+    // max's refresh token is refused (needs login); k serves and reports 25% / 30% utilization (over 20%).
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
     fake.push_for(
         "sk-ant-api03-alerts",
@@ -313,6 +313,22 @@ async fn alerts_reach_the_webhook_without_blocking_requests() {
     for kind in ["account_needs_login", "utilization", "all_accounts_limited"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
     }
+    // Each window alerts on its own: 25% of the 5-hour limit and 30% of the 7-day one are both over 20%.
+    for _ in 0..50 {
+        if received.lock().unwrap().iter().filter(|v| v["kind"] == "utilization").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut windows: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["kind"] == "utilization")
+        .map(|v| format!("{} {}", v["window"].as_str().unwrap(), v["message"].as_str().unwrap()))
+        .collect();
+    windows.sort();
+    assert_eq!(windows, ["5h account k is at 25% of its 5-hour limit", "7d account k is at 30% of its 7-day limit"]);
     let needs_login = received.lock().unwrap().iter().find(|v| v["kind"] == "account_needs_login").cloned().unwrap();
     assert_eq!(needs_login["subject"], "max");
     assert_eq!(kinds.iter().filter(|k| *k == "all_accounts_limited").count(), 1, "not repeated within 15 minutes");

@@ -147,8 +147,10 @@ impl Account {
     pub fn observe(&self, status: u16, info: &RateLimitInfo, family: Option<&str>) -> Verdict {
         let now = crate::now_ms();
         let verdict = self.change_limits(|l| l.observe(status, info, family, now));
-        if let Some(value) = info.utilization("5h") {
-            crate::alerts::utilization(&self.name, value);
+        for window in ["5h", "7d"] {
+            if let Some(value) = info.utilization(window) {
+                crate::alerts::utilization(&self.name, window, value);
+            }
         }
         match &verdict {
             Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. } => {

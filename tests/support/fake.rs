@@ -356,6 +356,7 @@ fn rate_limit_headers(response: &mut Response, n: usize, utilization: Option<f64
     h.insert("anthropic-ratelimit-unified-status", "allowed".parse().unwrap());
     let utilization = utilization.unwrap_or(0.25).to_string();
     h.insert("anthropic-ratelimit-unified-5h-utilization", utilization.parse().unwrap());
+    h.insert("anthropic-ratelimit-unified-7d-utilization", "0.3".parse().unwrap());
     h.insert("anthropic-ratelimit-unified-reset", "1900000000".parse().unwrap());
     h.insert("set-cookie", "__cf_bm=account-cookie; path=/".parse().unwrap());
 }
