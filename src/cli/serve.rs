@@ -39,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);
     let router = Router::new(config.strategy, session_ms);
     let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
-    let http = crate::forward::upstream_client(&config).map_err(|e| anyhow::anyhow!(e.message))?;
+    let http = crate::forward::UpstreamClients::new(&config).map_err(|e| anyhow::anyhow!(e.message))?;
     crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new());
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
     let gateway =

@@ -43,7 +43,7 @@ pub struct Inbound {
 
 #[derive(Debug)]
 pub struct Forwarder {
-    http: UpstreamClient,
+    http: UpstreamClients,
     pool: Arc<Pool>,
     base: String,
     identity: IdentityMode,
@@ -118,7 +118,29 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
 /// minutes).
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-pub fn upstream_client(config: &Config) -> Result<UpstreamClient, ApiError> {
+/// One upstream client (and so one connection pool) per worker thread: a request then finds its upstream
+/// connection driven on its own thread, rather than handing every request and body frame to a task on the
+/// other core and waking it.
+#[derive(Debug, Clone)]
+pub struct UpstreamClients(Arc<[UpstreamClient]>);
+
+impl UpstreamClients {
+    pub fn new(config: &Config) -> Result<Self, ApiError> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let clients = (0..threads).map(|_| upstream_client(config)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(clients.into()))
+    }
+
+    fn get(&self) -> &UpstreamClient {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        &self.0[SLOT.with(|slot| *slot) % self.0.len()]
+    }
+}
+
+fn upstream_client(config: &Config) -> Result<UpstreamClient, ApiError> {
     let mut tls = tls::tls_config(&config.upstream_pins, config.upstream_ca.as_deref())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     // The connector offers exactly the versions enabled below.
@@ -158,7 +180,7 @@ fn header_value(secret: &str) -> Result<HeaderValue, ApiError> {
 impl Forwarder {
     pub fn new(
         config: &Config,
-        http: UpstreamClient,
+        http: UpstreamClients,
         pool: Arc<Pool>,
         log: Option<Arc<RequestLog>>,
         pricing: Arc<Pricing>,
@@ -430,7 +452,7 @@ impl Forwarder {
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.first_byte_timeout, self.http.request(request)).await {
+        match tokio::time::timeout(self.first_byte_timeout, self.http.get().request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if e.is_connect() => {
                 Err(ApiError::bad_gateway(format!("cannot connect to the upstream: {}", root_cause(&e))))

@@ -242,7 +242,7 @@ impl Gateway {
         pool: Arc<Pool>,
         keys: Arc<ClientKeys>,
         open_without_keys: bool,
-        http: crate::forward::UpstreamClient,
+        http: crate::forward::UpstreamClients,
     ) -> Result<Self, ApiError> {
         let store = config.request_log.then(|| pool.store().clone());
         let payloads = match config.payloads {
