@@ -36,23 +36,21 @@ struct PeekFields<'a> {
     metadata: Option<&'a RawValue>,
 }
 
-fn json_error(bytes: &[u8], e: &serde_json::Error) -> BodyError {
-    let object = bytes.trim_ascii_start().first() == Some(&b'{');
-    if e.classify() == serde_json::error::Category::Data && !object {
-        BodyError::Json("expected a JSON object".to_owned())
+/// Refuse anything but a JSON object before parsing: a derived struct would also read an array (its fields
+/// in order), and "expected a JSON object" says more than serde's type error.
+fn expect_object(bytes: &[u8]) -> Result<(), BodyError> {
+    if bytes.trim_ascii_start().first() == Some(&b'{') {
+        Ok(())
     } else {
-        BodyError::Json(e.to_string())
+        Err(BodyError::Json("expected a JSON object".to_owned()))
     }
 }
 
 impl Peek {
     /// Read a request body; it must be a JSON object.
     pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
-        // A derived struct would also take a JSON array (its fields in order).
-        if bytes.trim_ascii_start().first() != Some(&b'{') {
-            return Err(BodyError::Json("expected a JSON object".to_owned()));
-        }
-        let fields: PeekFields<'_> = serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
+        expect_object(bytes)?;
+        let fields: PeekFields<'_> = serde_json::from_slice(bytes).map_err(|e| BodyError::Json(e.to_string()))?;
         let user_id = fields.metadata.and_then(|raw| {
             let metadata: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
             metadata.get("user_id")?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
@@ -81,8 +79,9 @@ pub enum BodyError {
 impl<'a> MessageBody<'a> {
     /// Parse a request body; it must be a JSON object.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BodyError> {
+        expect_object(bytes)?;
         let fields: IndexMap<String, &'a RawValue> =
-            serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
+            serde_json::from_slice(bytes).map_err(|e| BodyError::Json(e.to_string()))?;
         Ok(Self { fields })
     }
 
