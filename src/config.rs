@@ -119,6 +119,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Threads serving connections, each with its own event loop and accept loop.
+    pub workers: usize,
     /// Time a client has to send a request's headers (slow clients, idle keep-alive).
     pub header_timeout: Duration,
     /// Only these client addresses (CIDRs); others get 403.
@@ -184,6 +186,7 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
     header_timeout_secs: Option<u64>,
     allowed_ips: Option<String>,
     allowed_origins: Option<String>,
@@ -356,6 +359,7 @@ impl Config {
             });
         }
         let max_connections = pick(env, "SWITCHYARD_MAX_CONNECTIONS", raw.server.max_connections)?;
+        let workers: Option<usize> = pick(env, "SWITCHYARD_WORKERS", raw.server.workers)?;
         let header_timeout = pick(env, "SWITCHYARD_HEADER_TIMEOUT_SECS", raw.server.header_timeout_secs)?;
         let allowed_ips: Option<String> = pick(env, "SWITCHYARD_ALLOWED_IPS", raw.server.allowed_ips)?;
         let allowed_ips = allowed_ips
@@ -523,6 +527,9 @@ impl Config {
             tls_cert,
             tls_key,
             max_connections: max_connections.unwrap_or(1024).max(1),
+            workers: workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+                .clamp(1, 256),
             header_timeout: secs(header_timeout, 30),
             allowed_ips,
             allowed_origins,

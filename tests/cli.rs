@@ -106,20 +106,41 @@ async fn bad_configuration_is_named() {
     assert!(out.stderr.contains("hots"), "{}", out.stderr);
 }
 
+/// SIGTERM stops accepting, lets a running stream finish, then exits 0: whether connections are served
+/// by the main runtime (`SWITCHYARD_WORKERS=1`) or by several connection threads.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_stops_the_gateway_cleanly() {
-    let fake = Fake::start().await;
-    let env = Env::new(&fake);
-    let mut gw = env.serve().await;
-    assert_eq!(gw.get("/health").send().await.unwrap().status(), 200);
-    let pid = gw.child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), gw.child.wait())
-        .await
-        .expect("gateway did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert!(gw.logs().contains("shutting down"));
+async fn sigterm_drains_running_streams_and_stops_cleanly() {
+    for workers in ["1", "3"] {
+        let fake = Fake::start().await;
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        fake.lock().sse_gate = Some(gate.clone());
+        let mut env = Env::new(&fake);
+        env.set("SWITCHYARD_WORKERS", workers);
+        env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-k"]).await;
+        fake.add_api_key("sk-ant-api03-k");
+        let mut gw = env.serve().await;
+        assert_eq!(gw.get("/health").send().await.unwrap().status(), 200);
+        let mut stream = gw.post("/v1/messages").json(&support::message_body(true)).send().await.unwrap();
+        assert_eq!(stream.status(), 200, "workers={workers}");
+        let first = stream.chunk().await.unwrap().unwrap();
+        assert!(first.starts_with(b"event: message_start"), "workers={workers}");
+        let pid = gw.child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(gw.child.try_wait().unwrap().is_none(), "workers={workers}: exited with a stream still open");
+        gate.add_permits(100);
+        let mut rest = Vec::new();
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            rest.extend_from_slice(&chunk);
+        }
+        assert!(support::contains(&rest, "event: message_stop"), "workers={workers}: stream was cut");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), gw.child.wait())
+            .await
+            .expect("gateway did not stop on SIGTERM")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "workers={workers}");
+        assert!(gw.logs().contains("shutting down"), "workers={workers}");
+    }
 }

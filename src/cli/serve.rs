@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let options = ListenOptions {
         tls,
         max_connections: config.max_connections,
+        workers: config.workers,
         header_timeout: config.header_timeout,
         allowed_ips: config.allowed_ips.clone(),
         drain: crate::server::DRAIN,

@@ -126,7 +126,7 @@ pub struct UpstreamClients(Arc<[UpstreamClient]>);
 
 impl UpstreamClients {
     pub fn new(config: &Config) -> Result<Self, ApiError> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = config.workers;
         let clients = (0..threads).map(|_| upstream_client(config)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self(clients.into()))
     }

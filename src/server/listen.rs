@@ -1,4 +1,4 @@
-//! The accept loop: TLS (rustls) when configured, a cap on open connections that sheds load with a 503,
+//! The accept loops (one per connection thread): TLS (rustls) when configured, a cap on open connections that sheds load with a 503,
 //! an IP allow-list answered with 403 before anything else, slow-client and idle timeouts, header size
 //! limits, and graceful draining on shutdown.
 
@@ -23,6 +23,8 @@ use crate::error::ApiError;
 pub struct ListenOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_connections: usize,
+    /// Threads serving connections (1: the caller's runtime serves them).
+    pub workers: usize,
     /// A client must finish sending request headers within this time (also ends idle keep-alive).
     pub header_timeout: Duration,
     pub allowed_ips: Option<Vec<IpNet>>,
@@ -35,6 +37,7 @@ impl std::fmt::Debug for ListenOptions {
         f.debug_struct("ListenOptions")
             .field("tls", &self.tls.is_some())
             .field("max_connections", &self.max_connections)
+            .field("workers", &self.workers)
             .field("header_timeout", &self.header_timeout)
             .field("allowed_ips", &self.allowed_ips)
             .finish()
@@ -104,16 +107,104 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves.
+/// Serve `front` on `listener` until `shutdown` resolves.
+///
+/// Connections are served by `options.workers` threads, each with its own single-threaded event loop
+/// accepting from the same socket: a connection, its requests, its upstream connection and its body
+/// frames then stay on one core, with no task handed between threads and no cross-core wake-ups.
 pub async fn serve(
     listener: TcpListener,
     front: super::Front,
     options: ListenOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
+        acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        front,
+        options,
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = match spawn_workers(&listener, &shared, &stopped) {
+        Ok(workers) => workers,
+        Err(e) => {
+            // Fewer threads is still a working server: accept on this runtime instead.
+            tracing::warn!(error = %e, "cannot start connection threads; serving from the main runtime");
+            Vec::new()
+        }
+    };
+    if workers.is_empty() {
+        let mut stopped = stopped;
+        let own = accept_loop(listener, shared, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        tokio::pin!(own);
+        tokio::select! {
+            () = &mut own => return,
+            () = shutdown => {}
+        }
+        let _ = stop.send(true);
+        own.await;
+        return;
+    }
+    drop(listener);
+    shutdown.await;
+    let _ = stop.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+/// What every connection thread shares.
+struct Shared {
+    slots: Arc<Semaphore>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    front: super::Front,
+    options: ListenOptions,
+}
+
+/// Start the connection threads (none when one would do: then the caller's runtime serves); each
+/// answers on the returned channel once its connections are drained.
+fn spawn_workers(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+    let count = shared.options.workers;
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    let socket = socket2::SockRef::from(listener);
+    let mut workers = Vec::with_capacity(count);
+    for n in 0..count {
+        let std_listener: std::net::TcpListener = socket.try_clone()?.into();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let shared = shared.clone();
+        let mut stopped = stopped.clone();
+        std::thread::Builder::new().name(format!("switchyard-io-{n}")).spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(std_listener) {
+                    Ok(listener) => {
+                        accept_loop(listener, shared, async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        })
+                        .await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "connection thread cannot use the listening socket"),
+                }
+            });
+            let _ = done.send(());
+        })?;
+        workers.push(finished);
+    }
+    Ok(workers)
+}
+
+/// Accept and serve connections until `shutdown`, then give running requests `drain` to finish.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+    let options = &shared.options;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(256 * 1024);
     builder
@@ -140,7 +231,7 @@ pub async fn serve(
         if !allowed(options.allowed_ips.as_deref(), peer.ip()) {
             tracing::info!(%peer, "connection from an address outside SWITCHYARD_ALLOWED_IPS");
             let error = ApiError::forbidden("your address is not allowed to use this gateway");
-            match acceptor.clone() {
+            match shared.acceptor.clone() {
                 Some(acceptor) => {
                     tokio::spawn(async move {
                         if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await {
@@ -154,13 +245,13 @@ pub async fn serve(
             }
             continue;
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = options.max_connections, "connection limit reached; shedding load");
             let error = ApiError::no_account("the gateway is at its connection limit; try again shortly");
             tokio::spawn(turn_away(tcp, error));
             continue;
         };
-        let front = front.clone();
+        let front = shared.front.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let front = front.clone();
             async move {
@@ -173,7 +264,7 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        let acceptor = shared.acceptor.clone();
         let header_timeout = options.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
