@@ -166,12 +166,20 @@ pub fn refresh(account: &str, ok: bool) {
     counter!("switchyard_token_refreshes_total", "account" => account.to_owned(), "outcome" => outcome).increment(1);
 }
 
+static OPEN_STREAMS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// A stream opened (`+1`) or closed (`-1`).
 pub fn open_streams(delta: f64) {
     thread_local! {
         static OPEN: Gauge = gauge!("switchyard_open_streams");
     }
     OPEN.with(|g| g.increment(delta));
+    OPEN_STREAMS.fetch_add(if delta > 0.0 { 1 } else { -1 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Streams open right now (for the dashboard, which does not parse the exporter's text).
+pub fn open_streams_now() -> i64 {
+    OPEN_STREAMS.load(std::sync::atomic::Ordering::Relaxed).max(0)
 }
 
 /// Values read at scrape time.

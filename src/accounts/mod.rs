@@ -2,6 +2,7 @@
 //! proxy picks from, with single-flight token refresh.
 
 mod limits;
+pub mod login;
 mod pool;
 mod registry;
 mod router;

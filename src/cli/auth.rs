@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use secrecy::SecretString;
@@ -12,12 +12,11 @@ use tokio::sync::mpsc;
 
 use super::args::LoginArgs;
 use super::{oauth_http, open_registry};
-use crate::accounts::{NewOAuth, Registry};
+use crate::accounts::Registry;
+use crate::accounts::login::{self, PENDING_TTL};
 use crate::config::Config;
 use crate::oauth::{OAuthClient, Pkce, authorize_url, new_state, split_pasted};
 
-/// How long a pending login (its PKCE verifier) is kept for `--code`.
-const PENDING_TTL: Duration = Duration::from_secs(600);
 /// How long the browser flow waits for the callback.
 const BROWSER_WAIT: Duration = Duration::from_secs(600);
 
@@ -113,34 +112,13 @@ async fn finish(
     console: bool,
     account: Option<String>,
 ) -> anyhow::Result<()> {
-    let tokens = oauth.exchange_code(code, state, verifier, redirect_uri).await.context("login failed")?;
-    let email = tokens.account.as_ref().and_then(|a| a.email_address.clone());
-    let name = account
-        .or_else(|| email.clone())
-        .unwrap_or_else(|| if console { "console".to_owned() } else { "default".to_owned() });
-    if console {
-        let key = oauth.create_api_key(&tokens.access_token).await.context("creating the API key failed")?;
-        registry.add_api_key(&name, &key, true).await?;
-        super::audit_cli(registry.store().as_ref(), "auth.login", &name, "console").await;
-        println!("logged in; saved API-key account {name}");
-        return Ok(());
-    }
-    let expires_at_ms = tokens.expires_at_ms(crate::now_ms());
-    let refresh_token = tokens.refresh_token.context("login failed: the token answer carried no refresh token")?;
-    let login = NewOAuth {
-        expires_at_ms,
-        access_token: Some(tokens.access_token),
-        refresh_token,
-        email: email.clone(),
-        account_uuid: tokens.account.as_ref().and_then(|a| a.uuid.clone()),
-        org_uuid: tokens.organization.as_ref().and_then(|o| o.uuid.clone()),
-        org_name: tokens.organization.as_ref().and_then(|o| o.name.clone()),
-    };
-    registry.save_oauth(&name, login, true).await?;
-    super::audit_cli(registry.store().as_ref(), "auth.login", &name, "oauth").await;
-    match email {
-        Some(email) => println!("logged in as {email}; saved OAuth account {name}"),
-        None => println!("logged in; saved OAuth account {name}"),
+    let saved = login::complete(registry, oauth, code, state, verifier, redirect_uri, console, account).await?;
+    let name = &saved.name;
+    super::audit_cli(registry.store().as_ref(), "auth.login", name, if console { "console" } else { "oauth" }).await;
+    match (saved.kind, &saved.email) {
+        ("api-key", _) => println!("logged in; saved API-key account {name}"),
+        (_, Some(email)) => println!("logged in as {email}; saved OAuth account {name}"),
+        (_, None) => println!("logged in; saved OAuth account {name}"),
     }
     Ok(())
 }

@@ -14,16 +14,9 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
 pub async fn one_request(config: &Config, id: &str) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let store = opened.registry.store();
-    let row = store.get_request(id).await?.with_context(|| format!("no request with id {id:?}"))?;
-    let cipher = opened.registry.cipher();
-    let payload = store.get_payload(id).await?.map(|(request, response)| {
-        let open = |what: &str, sealed: Option<String>| {
-            sealed.and_then(|s| crate::ledger::PayloadPolicy::open(cipher, id, what, &s))
-        };
-        serde_json::json!({ "request": open("request", request), "response": open("response", response) })
-    });
-    let mut out = serde_json::to_value(&row)?;
-    out["payload"] = payload.unwrap_or(serde_json::Value::Null);
+    let out = crate::ledger::request_details(store.as_ref(), opened.registry.cipher(), id)
+        .await?
+        .with_context(|| format!("no request with id {id:?}"))?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -254,6 +254,25 @@ pub fn aggregate(rows: &[RequestRow], by: &str) -> std::collections::BTreeMap<St
     groups
 }
 
+/// One logged request as JSON, with its payload opened (it was redacted before it was sealed), or `None`
+/// when no request has this id.
+pub async fn request_details(
+    store: &dyn crate::store::Store,
+    cipher: &crate::secrets::Cipher,
+    id: &str,
+) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
+    let Some(row) = store.get_request(id).await? else {
+        return Ok(None);
+    };
+    let payload = store.get_payload(id).await?.map(|(request, response)| {
+        let open = |what: &str, sealed: Option<String>| sealed.and_then(|s| PayloadPolicy::open(cipher, id, what, &s));
+        serde_json::json!({ "request": open("request", request), "response": open("response", response) })
+    });
+    let mut out = serde_json::to_value(&row).unwrap_or_default();
+    out["payload"] = payload.unwrap_or(serde_json::Value::Null);
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

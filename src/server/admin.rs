@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -37,14 +37,21 @@ type Shared = Arc<Admin>;
 
 pub fn routes(admin: Shared) -> Router {
     Router::new()
-        .route("/admin", get(page))
-        .route("/admin/", get(page))
+        .route("/admin", get(to_dashboard))
+        .route("/admin/", get(to_dashboard))
         .route("/admin/login", get(one_time_login))
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
         .route("/admin/api/session", get(whoami))
         .route("/admin/api/accounts", get(accounts))
+        .route("/admin/api/accounts/{name}", delete(remove_account))
+        .route("/admin/api/accounts/{name}/set", post(set_account))
         .route("/admin/api/accounts/{name}/{action}", post(account_action))
+        .route("/admin/api/oauth/start", post(oauth_start))
+        .route("/admin/api/oauth/finish", post(oauth_finish))
+        .route("/admin/api/overview", get(overview))
+        .route("/admin/api/series", get(series))
+        .route("/admin/api/requests/{id}", get(one_request))
         .route("/admin/api/keys", get(list_keys).post(create_key))
         .route("/admin/api/keys/{name}/revoke", post(revoke_key))
         .route("/admin/api/audit", get(audit_log))
@@ -67,7 +74,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
     let secure = if admin.tls { "; Secure" } else { "" };
     let value =
-        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/admin; Max-Age={}{secure}", admin.sessions.ttl_secs());
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", admin.sessions.ttl_secs());
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -184,7 +191,7 @@ async fn one_time_login(
             admin.brake.succeeded(ip);
             audit(store.as_ref(), "one-time-url", Some(ip), "admin.login", "session", "ok", "admin").await;
             let mut response = logged_in(&admin, "one-time-url".to_owned(), Role::Admin, StatusCode::SEE_OTHER);
-            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/admin/"));
+            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/dashboard"));
             response
         }
         _ => {
@@ -204,9 +211,7 @@ async fn logout(State(admin): State<Shared>, headers: HeaderMap) -> Response {
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     let secure = if admin.tls { "; Secure" } else { "" };
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/admin; Max-Age=0{secure}"))
-    {
+    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
@@ -222,21 +227,14 @@ async fn whoami(State(admin): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn page(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    match authorize(&admin, &headers, Permission::DashboardView, false) {
-        Ok(s) => Html(format!(
-            "<!doctype html><meta charset=utf-8><title>Switchyard</title><h1>Switchyard</h1>\
-             <p>Signed in as {} ({}). The JSON admin API is under <code>/admin/api/</code>.</p>",
-            html_escape(&s.actor),
-            s.role.as_str()
-        ))
-        .into_response(),
-        Err(e) => e.into_response(),
-    }
+/// The old landing page: the dashboard replaced it.
+async fn to_dashboard() -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response()
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// The session of a request, if it has one with `permission` (for pages, which redirect rather than fail).
+pub fn session_for(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Option<Session> {
+    authorize(admin, headers, permission, false).ok()
 }
 
 async fn accounts(State(admin): State<Shared>, headers: HeaderMap) -> Response {
@@ -266,10 +264,170 @@ async fn account_action(
     };
     let result = admin.pool.registry().set_status_of(&name, status).await;
     record(&admin, &session, peer.ip(), &format!("accounts.{action}"), &name, result.is_ok()).await;
+    account_changed(&admin, &name, result, serde_json::json!({ "name": name, "status": status.as_str() })).await
+}
+
+/// Answer an account change; a change made is applied to the router at once rather than at the next reload.
+async fn account_changed(
+    admin: &Admin,
+    name: &str,
+    result: Result<(), crate::accounts::AccountError>,
+    ok: serde_json::Value,
+) -> Response {
     match result {
-        Ok(()) => axum::Json(serde_json::json!({ "name": name, "status": status.as_str() })).into_response(),
+        Ok(()) => {
+            if let Err(e) = admin.pool.reload().await {
+                tracing::warn!(error = %e, "account changed; reloading the pool failed (the next reload retries)");
+            }
+            axum::Json(ok).into_response()
+        }
         Err(crate::accounts::AccountError::NotFound(_)) => {
             ApiError::not_found(format!("no account named {name:?}")).into_response()
+        }
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Routing {
+    priority: Option<i64>,
+    weight: Option<i64>,
+}
+
+/// Set an account's priority and/or weight (`accounts.manage`).
+async fn set_account(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<axum::Json<Routing>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"priority\": N, \"weight\": W}").into_response();
+    };
+    if body.priority.is_none() && body.weight.is_none() {
+        return ApiError::invalid_request("give priority, weight or both").into_response();
+    }
+    if body.weight.is_some_and(|w| w < 1) {
+        return ApiError::invalid_request("weight must be 1 or more").into_response();
+    }
+    let result = admin.pool.registry().set_routing(&name, body.priority, body.weight).await;
+    let detail = serde_json::json!({ "name": name, "priority": body.priority, "weight": body.weight });
+    record(&admin, &session, peer.ip(), "accounts.set", &name, result.is_ok()).await;
+    account_changed(&admin, &name, result, detail).await
+}
+
+/// Remove an account and its tokens (`accounts.manage`).
+async fn remove_account(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let result = admin.pool.registry().remove(&name).await;
+    record(&admin, &session, peer.ip(), "accounts.remove", &name, result.is_ok()).await;
+    account_changed(&admin, &name, result, serde_json::json!({ "name": name, "removed": true })).await
+}
+
+#[derive(Deserialize, Default)]
+struct OAuthStart {
+    account: Option<String>,
+    #[serde(default)]
+    console: bool,
+}
+
+/// Start adding an account through OAuth: the authorize URL to open; the page shown after signing in
+/// gives a `CODE#STATE` to paste into `/admin/api/oauth/finish` within 10 minutes (`accounts.manage`).
+async fn oauth_start(
+    State(admin): State<Shared>,
+    headers: HeaderMap,
+    body: Result<axum::Json<OAuthStart>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::AccountsManage, true) {
+        return e.into_response();
+    }
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"account\": NAME, \"console\": false}").into_response();
+    };
+    let account = body.account.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    match crate::accounts::login::begin(admin.pool.registry(), admin.pool.oauth(), body.console, account).await {
+        Ok(started) => axum::Json(started).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct OAuthFinish {
+    /// `CODE#STATE` as the authorize page shows it.
+    code: String,
+    account: Option<String>,
+}
+
+/// Finish an OAuth login started with `/admin/api/oauth/start`: exchange the code, save the account.
+async fn oauth_finish(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<axum::Json<OAuthFinish>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"code\": \"CODE#STATE\"}").into_response();
+    };
+    let (code, state) = match crate::oauth::split_pasted(&body.code) {
+        Ok(pair) => pair,
+        Err(e) => return ApiError::invalid_request(e.to_string()).into_response(),
+    };
+    let registry = admin.pool.registry();
+    let (verifier, pending) = match registry.take_pending(&state).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return ApiError::invalid_request(
+                "no pending login for this code: it expired after 10 minutes, was used, or belongs to another login; \
+                 start again",
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let account = body.account.filter(|a| !a.trim().is_empty()).or(pending.account);
+    let result = crate::accounts::login::complete(
+        registry,
+        admin.pool.oauth(),
+        &code,
+        &state,
+        &verifier,
+        &pending.redirect_uri,
+        pending.console,
+        account,
+    )
+    .await;
+    let target = result.as_ref().map_or("-", |l| l.name.as_str()).to_owned();
+    record(&admin, &session, peer.ip(), "auth.login", &target, result.is_ok()).await;
+    match result {
+        Ok(saved) => {
+            if let Err(e) = admin.pool.reload().await {
+                tracing::warn!(error = %e, "account added; reloading the pool failed (the next reload retries)");
+            }
+            (StatusCode::CREATED, axum::Json(saved)).into_response()
+        }
+        // A refused code is the caller's to fix; an unreachable or failing token endpoint may pass.
+        Err(crate::accounts::login::LoginError::OAuth(e)) if e.retryable() => {
+            ApiError::bad_gateway(format!("the login could not be finished: {e}")).into_response()
+        }
+        Err(crate::accounts::login::LoginError::OAuth(e)) => {
+            ApiError::invalid_request(format!("the login was refused: {e}")).into_response()
         }
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
@@ -298,6 +456,13 @@ async fn list_keys(State(admin): State<Shared>, headers: HeaderMap) -> Response 
         )
         .into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// A key made or revoked here takes effect at once, not at the next periodic reload.
+async fn keys_changed(admin: &Admin) {
+    if let Err(e) = admin.keys.reload(admin.pool.store().as_ref()).await {
+        tracing::warn!(error = %e, "keys changed; reloading them failed (the next reload retries)");
     }
 }
 
@@ -352,6 +517,7 @@ async fn create_key(
     };
     let result = new.create(admin.pool.store().as_ref()).await;
     record(&admin, &session, peer.ip(), "keys.create", &body.name, result.is_ok()).await;
+    keys_changed(&admin).await;
     match result {
         Ok(key) => (
             StatusCode::CREATED,
@@ -377,6 +543,7 @@ async fn revoke_key(
     };
     let result = admin.pool.store().revoke_client_key(&name, crate::now_ms()).await;
     record(&admin, &session, peer.ip(), "keys.revoke", &name, matches!(result, Ok(true))).await;
+    keys_changed(&admin).await;
     match result {
         Ok(true) => axum::Json(serde_json::json!({ "name": name, "revoked": true })).into_response(),
         Ok(false) => ApiError::not_found(format!("no active key named {name:?}")).into_response(),
@@ -388,8 +555,12 @@ async fn revoke_key(
 struct RequestQuery {
     since: Option<String>,
     account: Option<String>,
+    model: Option<String>,
     status: Option<i64>,
-    limit: Option<usize>,
+    key: Option<String>,
+    /// Id of the last request of the previous page: the page starts after it.
+    before: Option<String>,
+    limit: Option<i64>,
     by: Option<String>,
 }
 
@@ -397,26 +568,109 @@ fn since_ms(text: Option<&str>, default: &str) -> Result<i64, ApiError> {
     crate::since_ms(text.unwrap_or(default)).map_err(|e| ApiError::invalid_request(format!("bad since: {e}")))
 }
 
-/// The request log, newest first (`logs.view`).
-async fn requests(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
+/// The request log, newest first, filtered and paged (`logs.view`).
+async fn requests(
+    State(admin): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<RequestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
         return e.into_response();
     }
+    let Ok(Query(q)) = query else {
+        return ApiError::invalid_request("bad query: status and limit are numbers").into_response();
+    };
     let since = match since_ms(q.since.as_deref(), "1h") {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    match admin.pool.store().list_requests(since, 100_000).await {
-        Ok(rows) => axum::Json(
-            rows.into_iter()
-                .filter(|r| q.account.as_ref().is_none_or(|a| r.account.as_ref() == Some(a)))
-                .filter(|r| q.status.is_none_or(|s| r.status == s))
-                .take(q.limit.unwrap_or(100))
-                .collect::<Vec<_>>(),
-        )
+    let store = admin.pool.store();
+    let before = match q.before.as_deref().filter(|b| !b.is_empty()) {
+        None => None,
+        Some(id) => match store.get_request(id).await {
+            Ok(Some(row)) => Some((row.at_ms, row.id)),
+            Ok(None) => return ApiError::invalid_request(format!("no request with id {id:?}")).into_response(),
+            Err(e) => return ApiError::internal(e.to_string()).into_response(),
+        },
+    };
+    let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let filter = crate::store::RequestFilter {
+        since_ms: since,
+        before,
+        account: blank(q.account),
+        model: blank(q.model),
+        status: q.status,
+        client_key: blank(q.key),
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    match store.find_requests(&filter).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// One request with its details and its payload when one was kept (`logs.view`).
+async fn one_request(State(admin): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+        return e.into_response();
+    }
+    let registry = admin.pool.registry();
+    match crate::ledger::request_details(registry.store().as_ref(), registry.cipher(), &id).await {
+        Ok(Some(details)) => axum::Json(details).into_response(),
+        Ok(None) => ApiError::not_found(format!("no request with id {id:?}")).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeriesQuery {
+    range: Option<String>,
+}
+
+/// Requests, errors, tokens and cost per bucket over `range` (`1h` in minutes, `24h` in 15 minutes, `7d`
+/// in hours) (`dashboard.view`).
+async fn series(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<SeriesQuery>) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+        return e.into_response();
+    }
+    let (span_ms, bucket_ms) = match q.range.as_deref().unwrap_or("1h") {
+        "1h" => (3_600_000, 60_000),
+        "24h" => (86_400_000, 900_000),
+        "7d" => (7 * 86_400_000, 3_600_000),
+        other => return ApiError::invalid_request(format!("range {other:?}: use 1h, 24h or 7d")).into_response(),
+    };
+    let now = crate::now_ms();
+    // Whole buckets only, so the first bar is not a sliver.
+    let since = (now - span_ms) / bucket_ms * bucket_ms + bucket_ms;
+    match admin.pool.store().request_series(since, bucket_ms).await {
+        Ok(points) => axum::Json(serde_json::json!({
+            "range": q.range.as_deref().unwrap_or("1h"), "bucket_ms": bucket_ms, "since_ms": since, "now_ms": now,
+            "points": points,
+        }))
         .into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// Accounts by state and what is happening now (`dashboard.view`).
+async fn overview(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+        return e.into_response();
+    }
+    let views = match admin.pool.registry().views().await {
+        Ok(v) => v,
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let count = |status: &str| views.iter().filter(|v| v.status == status).count();
+    axum::Json(serde_json::json!({
+        "accounts": {
+            "total": views.len(), "available": count("active"), "rate_limited": count("rate-limited"),
+            "paused": count("paused"), "needs_login": count("needs-login"),
+        },
+        "open_streams": crate::metrics::open_streams_now(),
+        "now_ms": crate::now_ms(),
+    }))
+    .into_response()
 }
 
 /// Requests, tokens, cost, error rate and latency grouped by `by` (`dashboard.view`).

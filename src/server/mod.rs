@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 
 mod admin;
+mod dashboard;
 mod guard;
 mod headers;
 mod listen;
@@ -54,6 +55,7 @@ pub fn front(
         log: web.log.clone(),
     });
     let own = Router::new()
+        .merge(dashboard::routes(admin.clone()))
         .merge(admin::routes(admin))
         .route("/health", get(health))
         .merge(metrics_route)

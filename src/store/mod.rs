@@ -166,6 +166,33 @@ pub struct RequestRow {
     pub payload_response: Option<String>,
 }
 
+/// Which requests to list: all given conditions hold.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub since_ms: i64,
+    /// Only requests strictly older than this one (`at_ms`, `id`): the cursor of the next page.
+    pub before: Option<(i64, String)>,
+    pub account: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<i64>,
+    pub client_key: Option<String>,
+    pub limit: i64,
+}
+
+/// Requests in one bucket of time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeriesPoint {
+    /// Start of the bucket (epoch ms).
+    pub at_ms: i64,
+    pub requests: i64,
+    /// Answered with a status of 400 or more, or broken off (`error_type` set).
+    pub errors: i64,
+    /// Input tokens, cache reads and cache writes included.
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditEntry {
@@ -255,6 +282,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError>;
     /// The newest requests since `since_ms`, at most `limit`.
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
+    /// The newest requests matching `filter`, newest first (ties broken by id, so pages never overlap).
+    async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError>;
+    /// Requests since `since_ms` summed per `bucket_ms` of time, oldest bucket first (empty buckets left out).
+    async fn request_series(&self, since_ms: i64, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError>;
     /// Delete (or with `dry_run` count) requests older than `before_ms`.
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
     /// One request by id.

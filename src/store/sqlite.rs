@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, PendingLogin, RequestRow,
-    SealedRow, SealedTokens, Store, StoreError,
+    AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, PendingLogin, RequestFilter,
+    RequestRow, SealedRow, SealedTokens, SeriesPoint, Store, StoreError,
 };
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
@@ -749,6 +749,57 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         rows.iter().map(request_from_row).collect()
+    }
+
+    async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM requests WHERE at_ms >= ");
+        q.push_bind(filter.since_ms);
+        if let Some((at_ms, id)) = &filter.before {
+            q.push(" AND (at_ms < ").push_bind(*at_ms);
+            q.push(" OR (at_ms = ").push_bind(*at_ms).push(" AND id < ").push_bind(id.clone()).push("))");
+        }
+        if let Some(account) = &filter.account {
+            q.push(" AND account = ").push_bind(account.clone());
+        }
+        if let Some(model) = &filter.model {
+            q.push(" AND model = ").push_bind(model.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status);
+        }
+        if let Some(key) = &filter.client_key {
+            q.push(" AND client_key = ").push_bind(key.clone());
+        }
+        q.push(" ORDER BY at_ms DESC, id DESC LIMIT ").push_bind(filter.limit);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    async fn request_series(&self, since_ms: i64, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let rows = sqlx::query(
+            "SELECT (at_ms / ?1) * ?1 AS bucket, COUNT(*), \
+                    SUM(CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END), \
+                    SUM(input_tokens + cache_read_tokens + cache_creation_tokens), SUM(output_tokens), SUM(cost_usd) \
+             FROM requests WHERE at_ms >= ?2 GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(bucket_ms)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SeriesPoint {
+                    at_ms: r.try_get(0).map_err(db)?,
+                    requests: r.try_get(1).map_err(db)?,
+                    errors: r.try_get(2).map_err(db)?,
+                    input_tokens: r.try_get(3).map_err(db)?,
+                    output_tokens: r.try_get(4).map_err(db)?,
+                    cost_usd: r.try_get(5).map_err(db)?,
+                })
+            })
+            .collect()
     }
 
     async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {

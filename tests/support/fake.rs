@@ -17,6 +17,38 @@ use base64::Engine;
 use sha2::Digest;
 use tokio::sync::Semaphore;
 
+/// The authorize page a browser opens: the user is taken as signed in and sent on to `redirect_uri` with a
+/// code bound to the PKCE challenge, as the real one does after the user agrees.
+async fn authorize_page(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(challenge), Some(redirect), Some(state)) =
+        (q.get("code_challenge"), q.get("redirect_uri"), q.get("state"))
+    else {
+        return (StatusCode::BAD_REQUEST, "missing code_challenge, redirect_uri or state").into_response();
+    };
+    if q.get("code_challenge_method").map(String::as_str) != Some("S256")
+        || q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+    {
+        return (StatusCode::BAD_REQUEST, "bad client_id or code_challenge_method").into_response();
+    }
+    let code = Fake { addr: "127.0.0.1:0".parse().unwrap(), inner }.authorize(challenge, redirect);
+    let mut to = url::Url::parse(redirect).unwrap();
+    to.query_pairs_mut().append_pair("code", &code).append_pair("state", state);
+    (StatusCode::FOUND, [("location", to.to_string())]).into_response()
+}
+
+/// The manual-flow callback page: shows `CODE#STATE` for the user to copy.
+async fn code_page(axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>) -> Response {
+    let code = q.get("code").cloned().unwrap_or_default();
+    let state = q.get("state").cloned().unwrap_or_default();
+    let html = format!(
+        "<!doctype html><title>Authentication code</title><p>Paste this code into your application:</p><code id=code>{code}#{state}</code>"
+    );
+    ([("content-type", "text/html; charset=utf-8")], html).into_response()
+}
+
 /// A request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -113,6 +145,9 @@ impl Fake {
             .route("/v1/models", get(models))
             .route("/api/oauth/usage", get(usage))
             .route("/api/oauth/profile", get(profile))
+            .route("/oauth/authorize", get(authorize_page))
+            .route("/console/oauth/authorize", get(authorize_page))
+            .route("/oauth/code/callback", get(code_page))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,70 @@
+//! The dashboard end to end: Playwright (`e2e/dashboard.mjs`) drives Debian's Chromium, headless, against
+//! the real binary and the fake upstream. This test sets the stage (accounts, keys, logged requests),
+//! runs the browser script, and checks its verdict; screenshots of every page land in
+//! `target/e2e-screenshots/`. `./scripts/test` installs Chromium and playwright-core when they are missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+
+use support::{Env, Fake, message_body};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_end_to_end_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("SWITCHYARD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && root.join("e2e/node_modules/playwright-core").exists(),
+        "the dashboard test needs Chromium ({chromium}) and e2e/node_modules: run ./scripts/test, which installs them"
+    );
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_PAYLOADS", "full");
+    env.set("SWITCHYARD_LB_STRATEGY", "round-robin");
+    for (name, key) in [("alpha", "sk-ant-api03-alpha-secret"), ("beta", "sk-ant-api03-beta-secret")] {
+        fake.add_api_key(key);
+        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+    }
+    let admin_key = env.ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
+    let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
+    let gw = env.serve().await;
+    for stream in [false, true, false, true] {
+        let r =
+            gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(stream)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let shots = root.join("target/e2e-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("e2e/dashboard.mjs"))
+        .current_dir(root.join("e2e"))
+        .env("SY_URL", &gw.url)
+        .env("SY_ADMIN_KEY", &admin_key)
+        .env("SY_USER_KEY", &user_key)
+        .env("SY_SHOTS", &shots)
+        .env("SY_CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(240), out)
+        .await
+        .expect("the browser test did not finish in 4 minutes")
+        .expect("node could not be started (install Node.js)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.logs());
+    assert!(stdout.contains("dashboard e2e: all checks passed"), "{stdout}");
+    for page in
+        ["login", "overview", "overview-dark", "accounts", "requests", "request-details", "keys", "audit", "phone"]
+    {
+        assert!(shots.join(format!("{page}.png")).exists(), "no screenshot of {page}");
+    }
+    // Nothing secret reached the browser's pages or the gateway's log.
+    let log = gw.logs();
+    for secret in ["sk-ant-api03-alpha-secret", "sk-ant-api03-beta-secret", &admin_key, &user_key] {
+        assert!(!log.contains(secret), "a secret is in the log");
+        assert!(!stdout.contains(secret), "a secret reached the page text");
+    }
+}
