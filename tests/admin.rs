@@ -226,3 +226,181 @@ async fn password_with_totp_and_the_login_brake() {
     assert!(message.contains("too many failed logins"), "{message}");
     let (_, _) = error_type(login(&gw, serde_json::json!({})).await, 429).await;
 }
+
+/// The admin API the dashboard runs on: pages and redirects, overview and series, the paged and filtered
+/// request log, one request's details, account changes applied to routing at once, and the OAuth add flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_api_reads_pages_and_changes_accounts() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_LB_STRATEGY", "round-robin");
+    for (name, key) in [("alpha", "sk-ant-api03-alpha"), ("beta", "sk-ant-api03-beta")] {
+        fake.add_api_key(key);
+        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+    }
+    let admin_key = env.ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
+    let viewer_key = env.ok(&["keys", "create", "eyes", "--role", "viewer"]).await.stdout.trim().to_owned();
+    let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
+    let gw = env.serve().await;
+    for stream in [false, true, false, true, false] {
+        let r =
+            gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(stream)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let admin = session_from(&gw, login(&gw, serde_json::json!({"key": admin_key})).await).await;
+    let viewer = session_from(&gw, login(&gw, serde_json::json!({"key": viewer_key})).await).await;
+    let get = |path: &str, s: &Session| gw.get(path).header("cookie", &s.cookie).send();
+    let json = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200, "{:?}", r.url().path());
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+
+    // Pages: the shell needs a session, assets do not, the old landing page points at the dashboard.
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirect.get(format!("{}/dashboard", gw.url)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/dashboard/login"));
+    let r = no_redirect.get(format!("{}/admin/", gw.url)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/dashboard"));
+    let shell = no_redirect.get(format!("{}/dashboard", gw.url)).header("cookie", &viewer.cookie).send().await.unwrap();
+    assert_eq!(shell.status(), 200);
+    assert!(shell.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    assert!(shell.text().await.unwrap().contains("/dashboard/app.js"));
+    let script = gw.get("/dashboard/app.js").send().await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert_eq!(gw.get("/dashboard/login").send().await.unwrap().status(), 200);
+
+    // The request log is written in the background: wait for all five rows.
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..50 {
+        rows = json(get("/admin/api/requests?since=1h", &admin).await.unwrap()).await;
+        if rows.as_array().unwrap().len() == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.as_array().unwrap().len(), 5);
+
+    let overview = json(get("/admin/api/overview", &viewer).await.unwrap()).await;
+    assert_eq!(overview["accounts"]["total"], 2);
+    assert_eq!(overview["accounts"]["available"], 2);
+    assert_eq!(overview["open_streams"], 0);
+    let series = json(get("/admin/api/series?range=1h", &viewer).await.unwrap()).await;
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.iter().map(|p| p["requests"].as_i64().unwrap()).sum::<i64>(), 5);
+    assert_eq!(points.iter().map(|p| p["output_tokens"].as_i64().unwrap()).sum::<i64>(), 5 * 5);
+    assert_eq!(series["bucket_ms"], 60_000);
+    let (kind, message) = error_type(get("/admin/api/series?range=2y", &viewer).await.unwrap(), 400).await;
+    assert_eq!(kind, "invalid_request_error");
+    assert!(message.contains("1h, 24h or 7d"), "{message}");
+
+    // Pages of two never overlap and together hold every row, newest first.
+    let mut seen: Vec<String> = Vec::new();
+    let mut before = String::new();
+    loop {
+        let page =
+            json(get(&format!("/admin/api/requests?since=1h&limit=2&before={before}"), &admin).await.unwrap()).await;
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().unwrap()["id"].as_str().unwrap().to_owned();
+        seen.extend(page.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+    }
+    let all: Vec<String> = rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(seen, all);
+    let by_key = json(get("/admin/api/requests?since=1h&key=app&account=alpha", &admin).await.unwrap()).await;
+    assert!(by_key.as_array().unwrap().iter().all(|r| r["account"] == "alpha" && r["client_key"] == "app"));
+    assert!(!by_key.as_array().unwrap().is_empty());
+    assert_eq!(
+        json(get("/admin/api/requests?since=1h&model=nope", &admin).await.unwrap()).await,
+        serde_json::json!([])
+    );
+    let (kind, _) = error_type(get("/admin/api/requests?status=abc", &admin).await.unwrap(), 400).await;
+    assert_eq!(kind, "invalid_request_error");
+    assert_eq!(get("/admin/api/requests?since=1h", &viewer).await.unwrap().status(), 403);
+
+    let one = json(get(&format!("/admin/api/requests/{}", all[0]), &admin).await.unwrap()).await;
+    assert_eq!(one["id"], all[0].as_str());
+    assert!(one["accounts_tried"].is_string() && one.get("payload").is_some());
+    assert_eq!(get("/admin/api/requests/sy_nope", &admin).await.unwrap().status(), 404);
+
+    // Account changes: priority, removal (routing follows at once), CSRF and role checks.
+    let post = |path: &str, s: &Session, body: serde_json::Value| {
+        gw.post(path).header("cookie", &s.cookie).header("x-csrf-token", &s.csrf).json(&body).send()
+    };
+    let r = post("/admin/api/accounts/beta/set", &admin, serde_json::json!({"priority": 7})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let accounts = json(get("/admin/api/accounts", &admin).await.unwrap()).await;
+    let beta = accounts.as_array().unwrap().iter().find(|a| a["name"] == "beta").unwrap();
+    assert_eq!(beta["priority"], 7);
+    let (kind, _) =
+        error_type(post("/admin/api/accounts/beta/set", &admin, serde_json::json!({})).await.unwrap(), 400).await;
+    assert_eq!(kind, "invalid_request_error");
+    let r = post("/admin/api/accounts/beta/set", &admin, serde_json::json!({"weight": 0})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post("/admin/api/accounts/nobody/set", &admin, serde_json::json!({"priority": 1})).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post("/admin/api/accounts/beta/set", &viewer, serde_json::json!({"priority": 1})).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = gw.delete("/admin/api/accounts/alpha").header("cookie", &admin.cookie).send().await.unwrap();
+    assert_eq!(r.status(), 403, "DELETE needs the CSRF token");
+    let delete = |name: &str| {
+        gw.delete(&format!("/admin/api/accounts/{name}"))
+            .header("cookie", &admin.cookie)
+            .header("x-csrf-token", &admin.csrf)
+            .send()
+    };
+    assert_eq!(delete("nobody").await.unwrap().status(), 404);
+    assert_eq!(delete("alpha").await.unwrap().status(), 200);
+    let before_alpha = fake.served_by("sk-ant-api03-alpha");
+    for _ in 0..4 {
+        let r = gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-alpha"), before_alpha, "a removed account serves nothing");
+    let names: Vec<String> = json(get("/admin/api/accounts", &admin).await.unwrap())
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["beta"]);
+
+    // Adding an account by OAuth: start, the browser's part (authorize), paste the code.
+    let r = post("/admin/api/oauth/start", &admin, serde_json::json!({"account": "gamma"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let started: serde_json::Value = r.json().await.unwrap();
+    let url = url::Url::parse(started["authorize_url"].as_str().unwrap()).unwrap();
+    assert!(url.as_str().starts_with(&format!("{}/oauth/authorize", fake.url())), "{url}");
+    let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned()).unwrap();
+    assert_eq!(param("state"), started["state"].as_str().unwrap());
+    let code = fake.authorize(&param("code_challenge"), &param("redirect_uri"));
+    let (kind, message) =
+        error_type(post("/admin/api/oauth/finish", &admin, serde_json::json!({"code": "x#y"})).await.unwrap(), 400)
+            .await;
+    assert_eq!(kind, "invalid_request_error");
+    assert!(message.contains("no pending login"), "{message}");
+    let pasted = format!("{code}#{}", param("state"));
+    let r = post("/admin/api/oauth/finish", &admin, serde_json::json!({"code": pasted})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let saved: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((saved["name"].as_str(), saved["kind"].as_str()), (Some("gamma"), Some("oauth")));
+    let r = post("/admin/api/oauth/finish", &admin, serde_json::json!({"code": pasted})).await.unwrap();
+    assert_eq!(r.status(), 400, "a code is used once");
+    assert_eq!(post("/admin/api/oauth/start", &viewer, serde_json::json!({})).await.unwrap().status(), 403);
+    let accounts = json(get("/admin/api/accounts", &admin).await.unwrap()).await;
+    assert!(accounts.as_array().unwrap().iter().any(|a| a["name"] == "gamma" && a["kind"] == "oauth"));
+    // The new account serves at once: pause beta and send a request.
+    assert_eq!(post("/admin/api/accounts/beta/pause", &admin, serde_json::json!({})).await.unwrap().status(), 200);
+    let r = gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(fake.last_request().header("authorization").unwrap().starts_with("Bearer "), "served by gamma's token");
+    let audit = json(get("/admin/api/audit", &admin).await.unwrap()).await;
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for action in ["accounts.set", "accounts.remove", "auth.login", "accounts.pause"] {
+        assert!(actions.contains(&action), "{action} audited: {actions:?}");
+    }
+}

@@ -231,6 +231,10 @@ impl Gateway {
         self.client.get(format!("{}{path}", self.url))
     }
 
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(format!("{}{path}", self.url))
+    }
+
     /// The next line the server prints on stdout.
     pub async fn next_line(&mut self) -> String {
         tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())

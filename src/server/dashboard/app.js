@@ -59,7 +59,9 @@ async function api(method, path, body) {
 
 function toast(message, bad) {
   const el = h("div", { class: bad ? "toast bad" : "toast", role: bad ? "alert" : "status" }, message);
-  document.getElementById("toasts").append(el);
+  const box = document.getElementById("toasts");
+  box.append(el);
+  while (box.children.length > 4) box.firstElementChild.remove();
   setTimeout(() => el.remove(), bad ? 9000 : 4000);
 }
 
@@ -88,6 +90,7 @@ const fmt = {
   pct: (n) => `${(100 * (n ?? 0)).toFixed(1)} %`,
   time: (ms) => (ms ? new Date(ms).toLocaleString() : "—"),
   clock: (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
+  day: (ms) => new Date(ms).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" }),
   ago(ms) {
     if (!ms) return "never";
     const s = Math.round((Date.now() - ms) / 1000);
@@ -105,7 +108,7 @@ const fmt = {
 
 function table(columns, rows, onRow) {
   const body = h("tbody", {}, rows.map((r) => {
-    const tr = h("tr", onRow ? { class: "clickable", tabindex: 0 } : {}, columns.map((c) => h("td", { class: c.cls }, c.cell(r))));
+    const tr = h("tr", onRow ? { class: "clickable", tabindex: 0 } : {}, columns.map((c) => h("td", { class: c.cls, "data-label": c.title }, c.cell(r))));
     if (onRow) {
       tr.addEventListener("click", (e) => { if (!e.target.closest("button, input, a")) onRow(r); });
       tr.addEventListener("keydown", (e) => { if (e.key === "Enter") onRow(r); });
@@ -146,7 +149,9 @@ function barChart(title, points, value, opts) {
     svg.append(rect);
   });
   const top = s("text", { x: 2, y: 10 }); top.textContent = opts.label(max);
-  const left = s("text", { x: 2, y: height + 13 }); left.textContent = fmt.clock(opts.sinceMs ?? (points[0] || {}).at_ms ?? Date.now());
+  const from = opts.sinceMs ?? (points[0] || {}).at_ms ?? Date.now();
+  const left = s("text", { x: 2, y: height + 13 });
+  left.textContent = opts.nowMs - from > 3_600_000 ? fmt.day(from) : fmt.clock(from);
   const right = s("text", { x: width - 2, y: height + 13, "text-anchor": "end" }); right.textContent = "now";
   svg.append(top, left, right);
   const total = opts.total ? opts.total(points) : null;
