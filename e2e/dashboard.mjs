@@ -172,8 +172,10 @@ try {
   await page.click('#nav a[href="#/keys"]');
   await ready("keys");
   await page.fill("#key-name", "ci-bot");
+  await page.fill("#key-budget", "5");
   await page.click("#key-create");
   await toast("Created key ci-bot");
+  await page.locator("#keys-list tr", { hasText: "ci-bot" }).filter({ hasText: "budget $5" }).waitFor();
   const newKey = (await page.textContent("#new-key")).trim();
   assert.match(newKey, /^sy-/);
   await page.click("#copy-key");

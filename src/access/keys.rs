@@ -274,6 +274,48 @@ fn first_day(year: i64, month: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Every client key as `keys list --json` and the admin API show it: limits, budgets and spend today and
+/// this month, a short fingerprint of the hash to tell keys apart, never the key.
+pub async fn key_listing(store: &dyn Store, now: i64) -> Result<Vec<serde_json::Value>, StoreError> {
+    let keys = store.list_client_keys().await?;
+    let (day, _, month, _) = periods(now);
+    let today: std::collections::HashMap<String, (f64, i64)> =
+        store.spend_since(day).await?.into_iter().map(|(k, usd, tokens)| (k, (usd, tokens))).collect();
+    let this_month: std::collections::HashMap<String, f64> =
+        store.spend_since(month).await?.into_iter().map(|(k, usd, _)| (k, usd)).collect();
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let status = if k.revoked_at_ms.is_some() {
+                "revoked"
+            } else if k.expires_at_ms.is_some_and(|e| e <= now) {
+                "expired"
+            } else {
+                "active"
+            };
+            serde_json::json!({
+                "name": k.name,
+                "role": k.role,
+                "status": status,
+                "revoked": k.revoked_at_ms.is_some(),
+                "rpm": k.rpm,
+                "tpm": k.tpm,
+                "concurrency": k.concurrency,
+                "accounts": k.accounts.as_ref().map(|a| a.split(',').collect::<Vec<_>>()),
+                "created_at_ms": k.created_at_ms,
+                "expires_at_ms": k.expires_at_ms,
+                "fingerprint": k.hash.get(..8).unwrap_or_default(),
+                "budget_usd_day": k.budget_usd_day,
+                "budget_usd_month": k.budget_usd_month,
+                "budget_tokens_day": k.budget_tokens_day,
+                "spend_usd_today": today.get(&k.name).map_or(0.0, |s| s.0),
+                "tokens_today": today.get(&k.name).map_or(0, |s| s.1),
+                "spend_usd_month": this_month.get(&k.name).copied().unwrap_or(0.0),
+            })
+        })
+        .collect())
+}
+
 /// Start of the UTC day and month containing `ms`, and the start of the next ones.
 pub fn periods(ms: i64) -> (i64, i64, i64, i64) {
     let day = ms.div_euclid(DAY_MS);

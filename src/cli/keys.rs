@@ -65,44 +65,8 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
-    let now = crate::now_ms();
     let keys = store.list_client_keys().await?;
-    let (day, _, month, _) = crate::access::periods(now);
-    let today: std::collections::HashMap<String, (f64, i64)> =
-        store.spend_since(day).await?.into_iter().map(|(k, usd, tokens)| (k, (usd, tokens))).collect();
-    let this_month: std::collections::HashMap<String, f64> =
-        store.spend_since(month).await?.into_iter().map(|(k, usd, _)| (k, usd)).collect();
-    let rows: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|k| {
-            let status = if k.revoked_at_ms.is_some() {
-                "revoked"
-            } else if k.expires_at_ms.is_some_and(|e| e <= now) {
-                "expired"
-            } else {
-                "active"
-            };
-            serde_json::json!({
-                "name": k.name,
-                "role": k.role,
-                "status": status,
-                "rpm": k.rpm,
-                "tpm": k.tpm,
-                "concurrency": k.concurrency,
-                "accounts": k.accounts.as_ref().map(|a| a.split(',').collect::<Vec<_>>()),
-                "created_at_ms": k.created_at_ms,
-                "expires_at_ms": k.expires_at_ms,
-                // A short fingerprint of the hash, to tell keys apart; never the key.
-                "fingerprint": &k.hash[..8],
-                "budget_usd_day": k.budget_usd_day,
-                "budget_usd_month": k.budget_usd_month,
-                "budget_tokens_day": k.budget_tokens_day,
-                "spend_usd_today": today.get(&k.name).map_or(0.0, |s| s.0),
-                "tokens_today": today.get(&k.name).map_or(0, |s| s.1),
-                "spend_usd_month": this_month.get(&k.name).copied().unwrap_or(0.0),
-            })
-        })
-        .collect();
+    let rows = crate::access::key_listing(store, crate::now_ms()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -113,6 +77,7 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Both lists come in the store's order (creation time, then name).
     for (k, row) in keys.iter().zip(&rows) {
         let limit = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
         println!(

@@ -442,19 +442,8 @@ async fn list_keys(State(admin): State<Shared>, headers: HeaderMap) -> Response 
     if let Err(e) = authorize(&admin, &headers, Permission::KeysManage, false) {
         return e.into_response();
     }
-    match admin.pool.store().list_client_keys().await {
-        Ok(keys) => axum::Json(
-            keys.iter()
-                .map(|k| {
-                    serde_json::json!({
-                        "name": k.name, "role": k.role, "revoked": k.revoked_at_ms.is_some(),
-                        "expires_at_ms": k.expires_at_ms, "rpm": k.rpm, "tpm": k.tpm, "concurrency": k.concurrency,
-                        "accounts": k.accounts, "fingerprint": &k.hash[..8],
-                    })
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+    match crate::access::key_listing(admin.pool.store().as_ref(), crate::now_ms()).await {
+        Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }

@@ -389,16 +389,18 @@ async function keys(main) {
   const role = h("select", { id: "key-role" }, ["user", "viewer", "admin"].map((r) => h("option", { value: r }, r)));
   const rpm = h("input", { id: "key-rpm", type: "number", min: 1, placeholder: "no limit", size: 8 });
   const expires = h("input", { id: "key-expires", placeholder: "never (e.g. 30d)", size: 12 });
+  const budget = h("input", { id: "key-budget", type: "number", min: 0, step: "0.01", placeholder: "none", size: 8 });
   const shown = h("div", { id: "key-shown" });
   const create = h("button", { type: "submit", id: "key-create" }, "Create key");
   const form = h("form", { class: "panel stack", id: "key-form" }, h("h2", {}, "New key"),
     h("div", { class: "row" }, h("label", {}, "Name", name), h("label", {}, "Role", role), h("label", {}, "Requests / min", rpm),
-      h("label", {}, "Expires", expires), create), shown);
+      h("label", {}, "Expires", expires), h("label", {}, "Budget USD / day", budget), create), shown);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = { name: name.value.trim(), role: role.value };
     if (rpm.value) body.rpm = Number(rpm.value);
     if (expires.value.trim()) body.expires = expires.value.trim();
+    if (budget.value) body.budget_usd_day = Number(budget.value);
     const made = await act(create, () => api("POST", "/admin/api/keys", body), (k) => `Created key ${k.name}`);
     if (!made) return;
     const code = h("code", { id: "new-key" }, made.key);
@@ -421,8 +423,12 @@ async function keys(main) {
       { title: "Fingerprint", cls: "hide-sm", cell: (k) => h("code", {}, k.fingerprint) },
       { title: "Limits", cls: "hide-sm", cell: (k) => [k.rpm && `${k.rpm} rpm`, k.tpm && `${k.tpm} tpm`, k.concurrency && `${k.concurrency} at once`].filter(Boolean).join(" · ") || "—" },
       { title: "Accounts", cls: "hide-sm", cell: (k) => (k.accounts && k.accounts.length ? k.accounts.join(", ") : "all") },
+      { title: "Spend today / month", cell: (k) => {
+        const budget = [k.budget_usd_day && `${fmt.usd(k.budget_usd_day)}/day`, k.budget_usd_month && `${fmt.usd(k.budget_usd_month)}/month`, k.budget_tokens_day && `${fmt.int(k.budget_tokens_day)} tokens/day`].filter(Boolean).join(" · ");
+        return h("span", { title: budget ? `budget: ${budget}` : "no budget" }, `${fmt.usd(k.spend_usd_today)} / ${fmt.usd(k.spend_usd_month)}`, budget ? h("div", { class: "muted" }, `budget ${budget}`) : null);
+      } },
       { title: "Expires", cls: "hide-sm", cell: (k) => fmt.time(k.expires_at_ms) },
-      { title: "State", cell: (k) => h("span", { class: `badge ${k.revoked ? "bad" : "ok"}`, "data-key-state": k.name }, k.revoked ? "revoked" : "active") },
+      { title: "State", cell: (k) => h("span", { class: `badge ${k.status === "active" ? "ok" : "bad"}`, "data-key-state": k.name }, k.status) },
       { title: "", cell: (k) => {
         if (k.revoked || !can("manage")) return "";
         const b = h("button", { class: "danger small", type: "button", "data-revoke": k.name, onclick: () => {
