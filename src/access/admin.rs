@@ -90,8 +90,17 @@ pub async fn check_password(
     code: Option<&str>,
 ) -> Result<PasswordCheck, AdminError> {
     let Some(phc) = store.get_setting(PASSWORD).await? else { return Ok(PasswordCheck::NoPassword) };
-    let hash = PasswordHash::new(&phc).map_err(|_| AdminError::Hash)?;
-    if argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_err() {
+    // Argon2 takes tens of milliseconds of CPU: off the event loop, which serves other connections.
+    let password = secrecy::SecretString::from(password.to_owned());
+    let verified = tokio::task::spawn_blocking(move || {
+        let hash = PasswordHash::new(&phc).map_err(|_| AdminError::Hash)?;
+        Ok::<bool, AdminError>(
+            argon2::Argon2::default().verify_password(password.expose_secret().as_bytes(), &hash).is_ok(),
+        )
+    })
+    .await
+    .map_err(|_| AdminError::Hash)??;
+    if !verified {
         return Ok(PasswordCheck::Wrong);
     }
     let Some(sealed) = store.get_setting(TOTP).await? else { return Ok(PasswordCheck::Ok) };
