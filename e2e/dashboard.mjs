@@ -1,5 +1,6 @@
 // Dashboard end-to-end checks in headless Chromium, run by tests/dashboard.rs against a running gateway
-// (SY_URL) with accounts alpha and beta (round-robin), an admin key and a user key, payloads kept.
+// (SY_URL) with accounts alpha and beta (round-robin) and delta (rate-limited for an hour), an admin key and
+// a user key, payloads kept.
 // Every step asserts what a person would see; any failure exits non-zero with the step named.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -74,7 +75,8 @@ try {
   assert.match(await page.textContent("#who"), /key:root \(admin\)/);
 
   begin("overview shows accounts, requests and charts");
-  await page.locator("#card-available .n", { hasText: "2 / 2" }).waitFor();
+  await page.locator("#card-available .n", { hasText: "2 / 3" }).waitFor();
+  assert.equal((await page.textContent("#card-limited .n")).trim(), "1");
   const requests = Number((await page.textContent("#card-requests .n")).replace(/,/g, ""));
   assert.ok(requests >= 4, `requests card: ${requests}`);
   assert.equal(await page.locator(".chart svg").count(), 4);
@@ -97,6 +99,13 @@ try {
   await ready("accounts");
   await page.locator('[data-action="pause"][data-account="alpha"]').waitFor();
   await page.locator('[data-action="pause"][data-account="beta"]').waitFor();
+
+  begin("a rate-limited account shows a live countdown to its reset");
+  const limited = page.locator('tr:has([data-account="delta"])');
+  assert.equal(await limited.locator("[data-status]").textContent(), "rate-limited");
+  const first = await limited.locator(".countdown").textContent();
+  assert.match(first, /back in (59m|1h 00m)/);
+  await page.waitForFunction((before) => document.querySelector('tr:has([data-account="delta"]) .countdown').textContent !== before, first, { timeout: 3000 });
 
   begin("pause alpha: the router sends everything to beta");
   await page.click('[data-action="pause"][data-account="alpha"]');

@@ -8,6 +8,7 @@ mod support;
 
 use std::path::Path;
 
+use support::fake::Script;
 use support::{Env, Fake, message_body};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,12 +23,33 @@ async fn dashboard_end_to_end_in_chromium() {
     let mut env = Env::new(&fake);
     env.set("SWITCHYARD_PAYLOADS", "full");
     env.set("SWITCHYARD_LB_STRATEGY", "round-robin");
-    for (name, key) in [("alpha", "sk-ant-api03-alpha-secret"), ("beta", "sk-ant-api03-beta-secret")] {
+    let accounts = [
+        ("alpha", "sk-ant-api03-alpha-secret"),
+        ("beta", "sk-ant-api03-beta-secret"),
+        ("delta", "sk-ant-api03-delta-secret"),
+    ];
+    for (name, key) in accounts {
         fake.add_api_key(key);
         env.ok(&["accounts", "add", name, "--api-key", key]).await;
     }
     let admin_key = env.ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
     let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
+    // delta's first answer is a 429 that benches it for an hour: the pages show it rate-limited with a
+    // countdown, and the requests it failed over from show two accounts tried.
+    let reset = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600).to_string();
+    fake.push_for(
+        "sk-ant-api03-delta-secret",
+        Script::Status {
+            status: 429,
+            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"limit reached"}}),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-reset".into(), reset.clone()),
+                ("anthropic-ratelimit-unified-5h-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-5h-reset".into(), reset),
+            ],
+        },
+    );
     let gw = env.serve().await;
     for stream in [false, true, false, true] {
         let r =
@@ -54,6 +76,7 @@ async fn dashboard_end_to_end_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    assert_eq!(fake.served_by("sk-ant-api03-delta-secret"), 1, "delta stayed benched after its 429");
     assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.logs());
     assert!(stdout.contains("dashboard e2e: all checks passed"), "{stdout}");
     for page in
@@ -63,7 +86,7 @@ async fn dashboard_end_to_end_in_chromium() {
     }
     // Nothing secret reached the browser's pages or the gateway's log.
     let log = gw.logs();
-    for secret in ["sk-ant-api03-alpha-secret", "sk-ant-api03-beta-secret", &admin_key, &user_key] {
+    for secret in accounts.iter().map(|(_, key)| *key).chain([admin_key.as_str(), user_key.as_str()]) {
         assert!(!log.contains(secret), "a secret is in the log");
         assert!(!stdout.contains(secret), "a secret reached the page text");
     }

@@ -213,11 +213,13 @@ function meter(window) {
 
 function statusBadge(a) {
   const badge = h("span", { class: `badge ${a.status}`, "data-status": a.status }, a.status);
-  if (a.status === "rate-limited" && a.limited_until_ms) {
-    const left = h("span", { class: "countdown muted", "data-until": a.limited_until_ms }, ` back in ${fmt.countdown(a.limited_until_ms)}`);
-    return h("span", {}, badge, left);
-  }
-  return badge;
+  const left = a.status === "rate-limited" && a.limited_until_ms
+    ? h("span", { class: "countdown muted", "data-until": a.limited_until_ms }, ` back in ${fmt.countdown(a.limited_until_ms)}`)
+    : null;
+  // Limits on one model family (e.g. opus) leave the account serving the others.
+  const families = Object.entries(a.model_limits || {}).filter(([, until]) => until > Date.now())
+    .map(([family, until]) => h("div", { class: "muted" }, `${family} limited until ${fmt.clock(until)}`));
+  return h("span", {}, badge, left, families);
 }
 
 async function accounts(main) {
