@@ -36,20 +36,7 @@ async fn dashboard_end_to_end_in_chromium() {
     let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
     // delta's first answer is a 429 that benches it for an hour: the pages show it rate-limited with a
     // countdown, and the requests it failed over from show two accounts tried.
-    let reset = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600).to_string();
-    fake.push_for(
-        "sk-ant-api03-delta-secret",
-        Script::Status {
-            status: 429,
-            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"limit reached"}}),
-            headers: vec![
-                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
-                ("anthropic-ratelimit-unified-reset".into(), reset.clone()),
-                ("anthropic-ratelimit-unified-5h-status".into(), "rejected".into()),
-                ("anthropic-ratelimit-unified-5h-reset".into(), reset),
-            ],
-        },
-    );
+    fake.push_for("sk-ant-api03-delta-secret", Script::limited(support::fake::now_secs() + 3600));
     let gw = env.serve().await;
     for stream in [false, true, false, true] {
         let r =

@@ -285,21 +285,7 @@ async fn alerts_reach_the_webhook_without_blocking_requests() {
     let gw = env.serve().await;
     // max's refresh token is refused (needs login); k serves and reports 25% / 30% utilization (over 20%).
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
-    fake.push_for(
-        "sk-ant-api03-alerts",
-        Script::Status {
-            status: 429,
-            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"x"}}),
-            headers: vec![
-                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
-                (
-                    "anthropic-ratelimit-unified-reset".into(),
-                    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600)
-                        .to_string(),
-                ),
-            ],
-        },
-    );
+    fake.push_for("sk-ant-api03-alerts", Script::limited(support::fake::now_secs() + 600));
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
     let mut kinds = Vec::new();

@@ -6,11 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use support::fake::now_secs;
 use support::{Env, Fake, Gateway, Script, message_body};
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
 
 /// A gateway over API-key accounts `(name, key)`, with extra settings; retries pause only 10 ms.
 async fn gateway(fake: &Fake, accounts: &[(&str, &str)], vars: &[(&str, &str)]) -> (Env, Gateway) {
@@ -30,20 +27,6 @@ async fn gateway(fake: &Fake, accounts: &[(&str, &str)], vars: &[(&str, &str)]) 
 const ABC: [(&str, &str); 3] = [("a", "key-a"), ("b", "key-b"), ("c", "key-c")];
 
 /// A subscription 429: the whole account is limited until `reset` (unix seconds).
-fn limited(reset: u64) -> Script {
-    Script::Status {
-        status: 429,
-        body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"limit reached"}}),
-        headers: vec![
-            ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
-            ("anthropic-ratelimit-unified-reset".into(), reset.to_string()),
-            ("anthropic-ratelimit-unified-5h-status".into(), "rejected".into()),
-            ("anthropic-ratelimit-unified-5h-reset".into(), reset.to_string()),
-            ("anthropic-ratelimit-unified-representative-claim".into(), "five_hour".into()),
-        ],
-    }
-}
-
 fn status_only(status: u16, kind: &str) -> Script {
     Script::Status {
         status,
@@ -87,7 +70,7 @@ async fn limited_account_is_skipped_until_reset_then_used_again() {
     env.ok(&["accounts", "set", "c", "--priority", "1"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reset = now_secs() + 2;
-    fake.push_for("key-a", limited(reset));
+    fake.push_for("key-a", Script::limited(reset));
     for _ in 0..6 {
         ok(&gw, &message_body(false)).await;
     }
@@ -286,7 +269,7 @@ async fn conversations_stay_on_their_account() {
     let send_cc = || gw.post("/v1/messages").header("x-claude-code-session-id", "s-9").json(&cc).send();
     assert_eq!(send_cc().await.unwrap().status(), 200);
     let first = sequence(&fake, fake.requests().len() - 1)[0].clone();
-    fake.push_for(&format!("key-{first}"), limited(now_secs() + 3600));
+    fake.push_for(&format!("key-{first}"), Script::limited(now_secs() + 3600));
     assert_eq!(send_cc().await.unwrap().status(), 200);
     let moved = sequence(&fake, fake.requests().len() - 1)[0].clone();
     assert_ne!(moved, first);
@@ -301,8 +284,8 @@ async fn everything_limited_is_a_429_with_retry_after() {
     let fake = Fake::start().await;
     let (_env, gw) = gateway(&fake, &ABC[..2], &[]).await;
     let reset = now_secs() + 120;
-    fake.push_for("key-a", limited(reset));
-    fake.push_for("key-b", limited(reset));
+    fake.push_for("key-a", Script::limited(reset));
+    fake.push_for("key-b", Script::limited(reset));
     // Both tried: the last upstream answer is passed through.
     let r = send(&gw, &message_body(false)).await;
     assert_eq!(r.status(), 429);
@@ -328,7 +311,7 @@ async fn everything_limited_is_a_429_with_retry_after() {
 async fn routing_state_survives_a_restart() {
     let fake = Fake::start().await;
     let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
-    fake.push_for("key-a", limited(now_secs() + 3600));
+    fake.push_for("key-a", Script::limited(now_secs() + 3600));
     ok(&gw, &message_body(false)).await;
     eventually(&env, "a", |a| a["status"] == "rate-limited").await;
     drop(gw);

@@ -54,20 +54,27 @@ pub async fn begin(
     Ok(PendingStart { authorize_url: url.to_string(), state, expires_at_ms })
 }
 
+/// An authorization code with what its login started with.
+#[derive(Debug)]
+pub struct CodeGrant<'a> {
+    pub code: &'a str,
+    pub state: &'a str,
+    pub verifier: &'a SecretString,
+    pub redirect_uri: &'a str,
+    /// A Console login: the tokens only serve to create an API key.
+    pub console: bool,
+}
+
 /// Exchange the code and save the account (replacing one of the same name); nothing is saved when any
 /// step fails. The name is `account`, else the login's e-mail address, else `default` / `console`.
-#[allow(clippy::too_many_arguments)]
 pub async fn complete(
     registry: &Registry,
     oauth: &OAuthClient,
-    code: &str,
-    state: &str,
-    verifier: &SecretString,
-    redirect_uri: &str,
-    console: bool,
+    grant: CodeGrant<'_>,
     account: Option<String>,
 ) -> Result<LoggedIn, LoginError> {
-    let tokens = oauth.exchange_code(code, state, verifier, redirect_uri).await?;
+    let console = grant.console;
+    let tokens = oauth.exchange_code(grant.code, grant.state, grant.verifier, grant.redirect_uri).await?;
     let email = tokens.account.as_ref().and_then(|a| a.email_address.clone());
     let name = account
         .or_else(|| email.clone())

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::bail;
 use axum::extract::{Query, State};
 use axum::response::Html;
-use secrecy::SecretString;
 use tokio::sync::mpsc;
 
 use super::args::LoginArgs;
@@ -31,8 +30,14 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
             );
         };
         let account = args.account.or(pending.account);
-        return finish(&registry, &oauth, &code, &state, &verifier, &pending.redirect_uri, pending.console, account)
-            .await;
+        let grant = login::CodeGrant {
+            code: &code,
+            state: &state,
+            verifier: &verifier,
+            redirect_uri: &pending.redirect_uri,
+            console: pending.console,
+        };
+        return finish(&registry, &oauth, grant, account).await;
     }
 
     let pkce = Pkce::generate();
@@ -97,24 +102,27 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
             }
         }
     };
-    finish(&registry, &oauth, &code, &state, &pkce.verifier, &redirect_uri, args.console, args.account).await
+    let grant = login::CodeGrant {
+        code: &code,
+        state: &state,
+        verifier: &pkce.verifier,
+        redirect_uri: &redirect_uri,
+        console: args.console,
+    };
+    finish(&registry, &oauth, grant, args.account).await
 }
 
 /// Exchange the code and save the account; nothing is saved when any step fails.
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     registry: &Registry,
     oauth: &OAuthClient,
-    code: &str,
-    state: &str,
-    verifier: &SecretString,
-    redirect_uri: &str,
-    console: bool,
+    grant: login::CodeGrant<'_>,
     account: Option<String>,
 ) -> anyhow::Result<()> {
-    let saved = login::complete(registry, oauth, code, state, verifier, redirect_uri, console, account).await?;
+    let detail = if grant.console { "console" } else { "oauth" };
+    let saved = login::complete(registry, oauth, grant, account).await?;
     let name = &saved.name;
-    super::audit_cli(registry.store().as_ref(), "auth.login", name, if console { "console" } else { "oauth" }).await;
+    super::audit_cli(registry.store().as_ref(), "auth.login", name, detail).await;
     match (saved.kind, &saved.email) {
         ("api-key", _) => println!("logged in; saved API-key account {name}"),
         (_, Some(email)) => println!("logged in as {email}; saved OAuth account {name}"),

@@ -402,17 +402,14 @@ async fn oauth_finish(
         Err(e) => return ApiError::internal(e.to_string()).into_response(),
     };
     let account = body.account.filter(|a| !a.trim().is_empty()).or(pending.account);
-    let result = crate::accounts::login::complete(
-        registry,
-        admin.pool.oauth(),
-        &code,
-        &state,
-        &verifier,
-        &pending.redirect_uri,
-        pending.console,
-        account,
-    )
-    .await;
+    let grant = crate::accounts::login::CodeGrant {
+        code: &code,
+        state: &state,
+        verifier: &verifier,
+        redirect_uri: &pending.redirect_uri,
+        console: pending.console,
+    };
+    let result = crate::accounts::login::complete(registry, admin.pool.oauth(), grant, account).await;
     let target = result.as_ref().map_or("-", |l| l.name.as_str()).to_owned();
     record(&admin, &session, peer.ip(), "auth.login", &target, result.is_ok()).await;
     match result {

@@ -80,6 +80,28 @@ pub enum Script {
     SseError,
 }
 
+impl Script {
+    /// A 429 that rejects the account's 5-hour window until `reset` (epoch seconds).
+    pub fn limited(reset: u64) -> Script {
+        Script::Status {
+            status: 429,
+            body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"limit reached"}}),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-reset".into(), reset.to_string()),
+                ("anthropic-ratelimit-unified-5h-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-5h-reset".into(), reset.to_string()),
+                ("anthropic-ratelimit-unified-representative-claim".into(), "five_hour".into()),
+            ],
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 #[derive(Default)]
 pub struct Inner {
     /// Issued codes: code → (challenge, redirect_uri).
