@@ -228,6 +228,8 @@ async function accounts(main) {
   main.replaceChildren(h("div", { class: "spread" }, h("h1", {}, "Accounts")), list, add);
 
   async function refresh() {
+    // Someone typing a priority keeps their edit: skip this round.
+    if (list.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
     let rows;
     try { rows = await api("GET", "/admin/api/accounts"); } catch (e) { list.replaceChildren(h("p", { class: "error" }, e.message)); return; }
     if (!rows.length) { list.replaceChildren(empty("No accounts yet: add one below, or with `switchyard auth login` / `switchyard accounts add`.")); return; }
