@@ -83,6 +83,8 @@ try {
   assert.ok(await page.locator(".chart rect.bar").count() >= 1, "the requests chart has a bar");
   await page.click('button[data-range="24h"]');
   await page.locator("#card-requests .l", { hasText: "24h" }).waitFor();
+  await page.click('button[data-range="1h"]');
+  await page.locator("#card-requests .l", { hasText: "1h" }).waitFor();
   begin("overview updates live without reload");
   const before = Number((await page.textContent("#card-requests .n")).replace(/,/g, ""));
   assert.equal(await message(userKey), 200);

@@ -271,16 +271,35 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
     assert_eq!(gw.get("/dashboard/login").send().await.unwrap().status(), 200);
 
-    // The request log is written in the background: wait for all five rows.
+    // A stream held open by the upstream counts until it ends.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    fake.lock().sse_gate = Some(gate.clone());
+    let mut open =
+        gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(true)).send().await.unwrap();
+    assert!(open.chunk().await.unwrap().unwrap().starts_with(b"event: message_start"));
+    assert_eq!(json(get("/admin/api/overview", &viewer).await.unwrap()).await["open_streams"], 1);
+    gate.add_permits(100);
+    while open.chunk().await.unwrap().is_some() {}
+    fake.lock().sse_gate = None;
+    let mut streams = serde_json::Value::Null;
+    for _ in 0..50 {
+        streams = json(get("/admin/api/overview", &viewer).await.unwrap()).await["open_streams"].clone();
+        if streams == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(streams, 0);
+    // The request log is written in the background: wait for all six rows.
     let mut rows = serde_json::Value::Null;
     for _ in 0..50 {
         rows = json(get("/admin/api/requests?since=1h", &admin).await.unwrap()).await;
-        if rows.as_array().unwrap().len() == 5 {
+        if rows.as_array().unwrap().len() == 6 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(rows.as_array().unwrap().len(), 5);
+    assert_eq!(rows.as_array().unwrap().len(), 6);
 
     let overview = json(get("/admin/api/overview", &viewer).await.unwrap()).await;
     assert_eq!(overview["accounts"]["total"], 2);
@@ -288,8 +307,8 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     assert_eq!(overview["open_streams"], 0);
     let series = json(get("/admin/api/series?range=1h", &viewer).await.unwrap()).await;
     let points = series["points"].as_array().unwrap();
-    assert_eq!(points.iter().map(|p| p["requests"].as_i64().unwrap()).sum::<i64>(), 5);
-    assert_eq!(points.iter().map(|p| p["output_tokens"].as_i64().unwrap()).sum::<i64>(), 5 * 5);
+    assert_eq!(points.iter().map(|p| p["requests"].as_i64().unwrap()).sum::<i64>(), 6);
+    assert_eq!(points.iter().map(|p| p["output_tokens"].as_i64().unwrap()).sum::<i64>(), 6 * 5);
     assert_eq!(series["bucket_ms"], 60_000);
     let (kind, message) = error_type(get("/admin/api/series?range=2y", &viewer).await.unwrap(), 400).await;
     assert_eq!(kind, "invalid_request_error");

@@ -168,9 +168,15 @@ async function overview(main) {
   main.replaceChildren(h("div", { class: "spread" }, h("h1", {}, "Overview"), h("div", {}, rangeButtons)), cards, charts,
     h("p", { class: "muted", id: "overview-updated" }));
 
+  // The account counts and open streams are cheap and change by the second; a week's series sums every
+  // request of the week, so longer ranges are fetched less often.
+  const seriesEvery = { "1h": 5000, "24h": 30000, "7d": 60000 }[state.range];
+  let series = null, seriesAt = 0;
   async function refresh() {
     try {
-      const [ov, series] = await Promise.all([api("GET", "/admin/api/overview"), api("GET", `/admin/api/series?range=${state.range}`)]);
+      const due = !series || Date.now() - seriesAt >= seriesEvery - 500;
+      const [ov, fresh] = await Promise.all([api("GET", "/admin/api/overview"), due ? api("GET", `/admin/api/series?range=${state.range}`) : null]);
+      if (fresh) { series = fresh; seriesAt = Date.now(); }
       const pts = series.points;
       const sum = (f) => pts.reduce((a, p) => a + f(p), 0);
       const requests = sum((p) => p.requests), errors = sum((p) => p.errors);
@@ -191,7 +197,8 @@ async function overview(main) {
         barChart("Tokens", pts, (p) => p.input_tokens + p.output_tokens, { ...opts, label: fmt.int, total: (ps) => `${fmt.int(ps.reduce((a, p) => a + p.input_tokens, 0))} in · ${fmt.int(ps.reduce((a, p) => a + p.output_tokens, 0))} out` }),
         barChart("Estimated cost", pts, (p) => p.cost_usd, { ...opts, label: fmt.usd, total: (ps) => fmt.usd(ps.reduce((a, p) => a + p.cost_usd, 0)) }),
         barChart("Error rate", pts, (p) => (p.requests ? p.errors / p.requests : 0), { ...opts, err: true, minMax: 0.01, label: fmt.pct, total: () => `${fmt.int(errors)} errors` }));
-      document.getElementById("overview-updated").textContent = `Updated ${new Date().toLocaleTimeString()} · refreshes every 5 s`;
+      document.getElementById("overview-updated").textContent =
+        `Updated ${new Date().toLocaleTimeString()} · accounts and streams every 5 s, charts every ${seriesEvery / 1000} s`;
     } catch (e) {
       document.getElementById("overview-updated").textContent = `Could not update: ${e.message}`;
     }
