@@ -69,8 +69,7 @@ pub async fn requests(
 
 pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
-    let rows = opened.registry.store().list_requests(since_ms(since)?, i64::MAX).await?;
-    let groups = crate::ledger::aggregate(&rows, by);
+    let groups = crate::ledger::stats(opened.registry.store().as_ref(), since_ms(since)?, by).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());

@@ -211,47 +211,35 @@ pub struct Group {
     pub error_rate: f64,
     pub p50_ms: i64,
     pub p95_ms: i64,
-    #[serde(skip)]
-    durations: Vec<i64>,
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-/// Group requests by `by` (`account`, `model`, `key`, anything else: one group `all`).
-pub fn aggregate(rows: &[RequestRow], by: &str) -> std::collections::BTreeMap<String, Group> {
-    let mut groups: std::collections::BTreeMap<String, Group> = std::collections::BTreeMap::new();
-    for r in rows {
-        let key = match by {
-            "account" => r.account.clone().unwrap_or_else(|| "-".into()),
-            "model" => r.model.clone().unwrap_or_else(|| "-".into()),
-            "key" => r.client_key.clone().unwrap_or_else(|| "-".into()),
-            _ => "all".into(),
-        };
-        let g = groups.entry(key).or_default();
-        g.requests += 1;
-        if r.status >= 400 || r.error_type.is_some() {
-            g.errors += 1;
-        }
-        g.input_tokens += r.input_tokens;
-        g.output_tokens += r.output_tokens;
-        g.cache_read_tokens += r.cache_read_tokens;
-        g.cache_creation_tokens += r.cache_creation_tokens;
-        g.cost_usd += r.cost_usd;
-        g.durations.push(r.duration_ms);
-    }
-    for g in groups.values_mut() {
-        g.durations.sort_unstable();
-        g.p50_ms = percentile(&g.durations, 0.50);
-        g.p95_ms = percentile(&g.durations, 0.95);
-        g.error_rate = if g.requests == 0 { 0.0 } else { g.errors as f64 / g.requests as f64 };
-    }
-    groups
+/// Requests since `since_ms` grouped by `by` (`account`, `model`, `key`, anything else: one group `all`),
+/// summed by the store.
+pub async fn stats(
+    store: &dyn crate::store::Store,
+    since_ms: i64,
+    by: &str,
+) -> Result<std::collections::BTreeMap<String, Group>, crate::store::StoreError> {
+    let groups = store.request_stats(since_ms, crate::store::StatsBy::parse(by)).await?;
+    Ok(groups
+        .into_iter()
+        .map(|g| {
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            let group = Group {
+                requests: count(g.requests),
+                errors: count(g.errors),
+                input_tokens: g.input_tokens,
+                output_tokens: g.output_tokens,
+                cache_read_tokens: g.cache_read_tokens,
+                cache_creation_tokens: g.cache_creation_tokens,
+                cost_usd: g.cost_usd,
+                error_rate: if g.requests > 0 { g.errors as f64 / g.requests as f64 } else { 0.0 },
+                p50_ms: g.p50_ms,
+                p95_ms: g.p95_ms,
+            };
+            (g.group, group)
+        })
+        .collect())
 }
 
 /// One logged request as JSON, with its payload opened (it was redacted before it was sealed), or `None`

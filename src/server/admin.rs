@@ -668,8 +668,8 @@ async fn stats(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    match admin.pool.store().list_requests(since, i64::MAX).await {
-        Ok(rows) => axum::Json(crate::ledger::aggregate(&rows, q.by.as_deref().unwrap_or("all"))).into_response(),
+    match crate::ledger::stats(admin.pool.store().as_ref(), since, q.by.as_deref().unwrap_or("all")).await {
+        Ok(groups) => axum::Json(groups).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }

@@ -179,6 +179,44 @@ pub struct RequestFilter {
     pub limit: i64,
 }
 
+/// What requests are grouped by in `request_stats`; a request without one falls in group `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsBy {
+    Account,
+    Model,
+    Key,
+    /// One group, `all`.
+    All,
+}
+
+impl StatsBy {
+    /// `account`, `model`, `key`; anything else is `All`.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "account" => Self::Account,
+            "model" => Self::Model,
+            "key" => Self::Key,
+            _ => Self::All,
+        }
+    }
+}
+
+/// Requests of one group, summed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStats {
+    pub group: String,
+    pub requests: i64,
+    /// Answered with a status of 400 or more, or broken off (`error_type` set).
+    pub errors: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub cost_usd: f64,
+    pub p50_ms: i64,
+    pub p95_ms: i64,
+}
+
 /// Requests in one bucket of time.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SeriesPoint {
@@ -284,6 +322,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
     /// The newest requests matching `filter`, newest first (ties broken by id, so pages never overlap).
     async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError>;
+    /// Requests since `since_ms` summed per group (`by`: account, model, client key, or all in one), with
+    /// the 50th and 95th percentile of their durations (nearest rank); groups in name order.
+    async fn request_stats(&self, since_ms: i64, by: StatsBy) -> Result<Vec<GroupStats>, StoreError>;
     /// Requests since `since_ms` summed per `bucket_ms` of time, oldest bucket first (empty buckets left out).
     async fn request_series(&self, since_ms: i64, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError>;
     /// Delete (or with `dry_run` count) requests older than `before_ms`.

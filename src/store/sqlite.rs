@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, PendingLogin, RequestFilter,
-    RequestRow, SealedRow, SealedTokens, SeriesPoint, Store, StoreError,
+    AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, GroupStats, PendingLogin,
+    RequestFilter, RequestRow, SealedRow, SealedTokens, SeriesPoint, StatsBy, Store, StoreError,
 };
 
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
@@ -775,6 +775,47 @@ impl Store for SqliteStore {
         rows.iter().map(request_from_row).collect()
     }
 
+    async fn request_stats(&self, since_ms: i64, by: StatsBy) -> Result<Vec<GroupStats>, StoreError> {
+        let group = match by {
+            StatsBy::Account => "COALESCE(account, '-')",
+            StatsBy::Model => "COALESCE(model, '-')",
+            StatsBy::Key => "COALESCE(client_key, '-')",
+            StatsBy::All => "'all'",
+        };
+        // Percentiles by nearest rank, ceil(p * n), in integers: the rows never leave SQLite.
+        let sql = format!(
+            "SELECT grp, COUNT(*), SUM(err), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), \
+                    SUM(cache_creation_tokens), SUM(cost_usd), \
+                    MAX(CASE WHEN rn = max(1, (50 * n + 99) / 100) THEN duration_ms END), \
+                    MAX(CASE WHEN rn = max(1, (95 * n + 99) / 100) THEN duration_ms END) \
+             FROM (SELECT {group} AS grp, duration_ms, input_tokens, output_tokens, cache_read_tokens, \
+                          cache_creation_tokens, cost_usd, \
+                          CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END AS err, \
+                          ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY duration_ms) AS rn, \
+                          COUNT(*) OVER (PARTITION BY {group}) AS n \
+                   FROM requests WHERE at_ms >= ?1) \
+             GROUP BY grp ORDER BY grp"
+        );
+        // `group` is one of the four fixed expressions above, never user text.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since_ms).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(GroupStats {
+                    group: r.try_get(0).map_err(db)?,
+                    requests: r.try_get(1).map_err(db)?,
+                    errors: r.try_get(2).map_err(db)?,
+                    input_tokens: r.try_get(3).map_err(db)?,
+                    output_tokens: r.try_get(4).map_err(db)?,
+                    cache_read_tokens: r.try_get(5).map_err(db)?,
+                    cache_creation_tokens: r.try_get(6).map_err(db)?,
+                    cost_usd: r.try_get(7).map_err(db)?,
+                    p50_ms: r.try_get(8).map_err(db)?,
+                    p95_ms: r.try_get(9).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
     async fn request_series(&self, since_ms: i64, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
         let bucket_ms = bucket_ms.max(1);
         let rows = sqlx::query(
@@ -974,5 +1015,90 @@ mod tests {
         assert!(s.take_pending_login("st", 50).await.unwrap().is_none());
         s.put_pending_login(&p).await.unwrap();
         assert!(s.take_pending_login("st", 100).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn request_queries_page_filter_bucket_and_rank() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let mut rows = Vec::new();
+        // a: 20 requests at 1..=20 ms, one a minute; b: five at 100..=500 ms, the last a 429; one unassigned.
+        for i in 1..=20i64 {
+            let account = Some("a".to_owned());
+            rows.push(RequestRow {
+                id: format!("sy_a{i:02}"),
+                at_ms: i * 60_000,
+                account,
+                duration_ms: i,
+                status: 200,
+                output_tokens: 1,
+                ..RequestRow::default()
+            });
+        }
+        for i in 1..=5i64 {
+            let status = if i == 5 { 429 } else { 200 };
+            rows.push(RequestRow {
+                id: format!("sy_b{i}"),
+                at_ms: 60_000,
+                account: Some("b".into()),
+                model: Some("m".into()),
+                client_key: Some("k".into()),
+                duration_ms: i * 100,
+                status,
+                cost_usd: 0.5,
+                ..RequestRow::default()
+            });
+        }
+        rows.push(RequestRow {
+            id: "sy_none".into(),
+            at_ms: 30_000,
+            status: 503,
+            error_type: Some("overloaded_error".into()),
+            ..RequestRow::default()
+        });
+        s.insert_requests(&rows).await.unwrap();
+
+        let stats = s.request_stats(0, StatsBy::Account).await.unwrap();
+        let names: Vec<&str> = stats.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(names, ["-", "a", "b"]);
+        assert_eq!(
+            (stats[1].requests, stats[1].errors, stats[1].p50_ms, stats[1].p95_ms, stats[1].output_tokens),
+            (20, 0, 10, 19, 20)
+        );
+        assert_eq!((stats[2].requests, stats[2].errors, stats[2].p50_ms, stats[2].p95_ms), (5, 1, 300, 500));
+        assert!((stats[2].cost_usd - 2.5).abs() < 1e-9);
+        assert_eq!((stats[0].requests, stats[0].errors), (1, 1));
+        let all = s.request_stats(0, StatsBy::All).await.unwrap();
+        assert_eq!((all.len(), all[0].group.as_str(), all[0].requests), (1, "all", 26));
+        assert!(s.request_stats(10_000_000, StatsBy::Key).await.unwrap().is_empty());
+
+        // Pages of 4, newest first, never overlapping; ties on time broken by id.
+        let mut seen = Vec::new();
+        let mut filter = RequestFilter { limit: 4, ..RequestFilter::default() };
+        loop {
+            let page = s.find_requests(&filter).await.unwrap();
+            let Some(last) = page.last() else { break };
+            filter.before = Some((last.at_ms, last.id.clone()));
+            seen.extend(page.into_iter().map(|r| (r.at_ms, r.id)));
+        }
+        assert_eq!(seen.len(), 26);
+        assert!(seen.windows(2).all(|w| w[0] > w[1]), "strictly newest first: {seen:?}");
+        let only = |f: RequestFilter| {
+            let s = &s;
+            async move { s.find_requests(&RequestFilter { limit: 100, ..f }).await.unwrap().len() }
+        };
+        assert_eq!(only(RequestFilter { account: Some("b".into()), ..RequestFilter::default() }).await, 5);
+        assert_eq!(only(RequestFilter { status: Some(429), ..RequestFilter::default() }).await, 1);
+        assert_eq!(
+            only(RequestFilter { model: Some("m".into()), client_key: Some("k".into()), ..RequestFilter::default() })
+                .await,
+            5
+        );
+        assert_eq!(only(RequestFilter { since_ms: 10 * 60_000, ..RequestFilter::default() }).await, 11);
+
+        // Ten-minute buckets: [0, 10 min) holds a's first nine, all of b and the unassigned one.
+        let series = s.request_series(0, 600_000).await.unwrap();
+        let counts: Vec<(i64, i64, i64)> = series.iter().map(|p| (p.at_ms, p.requests, p.errors)).collect();
+        assert_eq!(counts, [(0, 15, 2), (600_000, 10, 0), (1_200_000, 1, 0)]);
     }
 }
