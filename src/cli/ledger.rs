@@ -4,7 +4,7 @@ use anyhow::Context;
 
 use super::{format_ms, open_data};
 use crate::config::Config;
-use crate::store::RequestRow;
+use crate::store::{RequestFilter, RequestRow};
 
 fn since_ms(since: &str) -> anyhow::Result<i64> {
     crate::since_ms(since).with_context(|| format!("bad duration {since:?} (e.g. 1h, 24h, 7d)"))
@@ -30,16 +30,8 @@ pub async fn requests(
     json: bool,
 ) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
-    let rows: Vec<RequestRow> = opened
-        .registry
-        .store()
-        .list_requests(since_ms(since)?, 1_000_000)
-        .await?
-        .into_iter()
-        .filter(|r| account.as_ref().is_none_or(|a| r.account.as_ref() == Some(a)))
-        .filter(|r| status.is_none_or(|s| r.status == s))
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect();
+    let filter = RequestFilter { since_ms: since_ms(since)?, account, status, limit, ..RequestFilter::default() };
+    let rows: Vec<RequestRow> = opened.registry.store().find_requests(&filter).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -318,8 +318,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
     /// Append request-log rows in one transaction.
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError>;
-    /// The newest requests since `since_ms`, at most `limit`.
-    async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError>;
     /// The newest requests matching `filter`, newest first (ties broken by id, so pages never overlap).
     async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError>;
     /// Requests since `since_ms` summed per group (`by`: account, model, client key, or all in one), with

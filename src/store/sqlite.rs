@@ -741,16 +741,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_requests(&self, since_ms: i64, limit: i64) -> Result<Vec<RequestRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM requests WHERE at_ms >= ? ORDER BY at_ms DESC LIMIT ?")
-            .bind(since_ms)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        rows.iter().map(request_from_row).collect()
-    }
-
     async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError> {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM requests WHERE at_ms >= ");
         q.push_bind(filter.since_ms);
@@ -969,7 +959,10 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         let row = store.get_request("sy_00000000000a000000000001").await.unwrap().unwrap();
         assert_eq!((row.at_ms, row.account.as_deref(), row.input_tokens, row.status), (10, Some("acct"), 7, 200));
-        assert_eq!(store.list_requests(0, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.find_requests(&RequestFilter { limit: 10, ..RequestFilter::default() }).await.unwrap().len(),
+            1
+        );
         assert_eq!(store.delete_requests_before(11, false).await.unwrap(), 1);
         assert!(store.get_request("sy_00000000000a000000000001").await.unwrap().is_none());
     }
