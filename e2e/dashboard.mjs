@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 const base = process.env.SY_URL;
 const adminKey = process.env.SY_ADMIN_KEY;
 const userKey = process.env.SY_USER_KEY;
+const viewerKey = process.env.SY_VIEWER_KEY;
 const shots = process.env.SY_SHOTS;
 
 const browser = await chromium.launch({
@@ -227,6 +228,25 @@ try {
   await page.waitForURL(/\/dashboard\/login(#.*)?$/);
   await page.goto(`${base}/dashboard`);
   await page.waitForURL(/\/dashboard\/login(#.*)?$/);
+
+  begin("a viewer sees the overview and accounts, and nothing to change");
+  await page.setViewportSize({ width: 1280, height: 860 });
+  await page.fill("#key", viewerKey);
+  await page.click("#key-form button");
+  await page.waitForURL(/\/dashboard(#.*)?$/);
+  await ready("overview");
+  assert.match(await page.textContent("#who"), /key:eyes \(viewer\)/);
+  for (const hidden of ["#/keys", "#/requests", "#/audit"]) {
+    assert.equal(await page.locator(`#nav a[href="${hidden}"]`).isVisible(), false, `${hidden} hidden from a viewer`);
+  }
+  await page.click('#nav a[href="#/accounts"]');
+  await ready("accounts");
+  await page.locator('[data-status]').first().waitFor();
+  assert.equal(await page.locator("[data-action]").count(), 0, "no account actions for a viewer");
+  assert.equal(await page.locator("#add-account").count(), 0);
+  await page.goto(`${base}/dashboard#/keys`);
+  await ready("keys");
+  await page.locator("#keys-list .error", { hasText: "may not" }).waitFor();
 
   assert.deepEqual(pageErrors, [], "no script errors in the page");
   console.log("dashboard e2e: all checks passed");

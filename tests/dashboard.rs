@@ -34,6 +34,7 @@ async fn dashboard_end_to_end_in_chromium() {
     }
     let admin_key = env.ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
     let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
+    let viewer_key = env.ok(&["keys", "create", "eyes", "--role", "viewer"]).await.stdout.trim().to_owned();
     // delta's first answer is a 429 that benches it for an hour: the pages show it rate-limited with a
     // countdown, and the requests it failed over from show two accounts tried.
     fake.push_for("sk-ant-api03-delta-secret", Script::limited(support::fake::now_secs() + 3600));
@@ -52,6 +53,7 @@ async fn dashboard_end_to_end_in_chromium() {
         .env("SY_URL", &gw.url)
         .env("SY_ADMIN_KEY", &admin_key)
         .env("SY_USER_KEY", &user_key)
+        .env("SY_VIEWER_KEY", &viewer_key)
         .env("SY_SHOTS", &shots)
         .env("SY_CHROMIUM", &chromium)
         .kill_on_drop(true)
@@ -73,7 +75,9 @@ async fn dashboard_end_to_end_in_chromium() {
     }
     // Nothing secret reached the browser's pages or the gateway's log.
     let log = gw.logs();
-    for secret in accounts.iter().map(|(_, key)| *key).chain([admin_key.as_str(), user_key.as_str()]) {
+    for secret in
+        accounts.iter().map(|(_, key)| *key).chain([admin_key.as_str(), user_key.as_str(), viewer_key.as_str()])
+    {
         assert!(!log.contains(secret), "a secret is in the log");
         assert!(!stdout.contains(secret), "a secret reached the page text");
     }

@@ -262,12 +262,19 @@ async function accounts(main) {
         const toggle = h("button", { class: "ghost small", type: "button", "data-action": paused ? "resume" : "pause", "data-account": a.name,
           onclick: () => act(toggle, () => api("POST", `/admin/api/accounts/${encodeURIComponent(a.name)}/${paused ? "resume" : "pause"}`), `${a.name} ${paused ? "resumed" : "paused"}`).then(refresh) },
           paused ? "Resume" : "Pause");
+        const relogin = a.status === "needs-login"
+          ? h("button", { class: "small", type: "button", "data-action": "relogin", "data-account": a.name, onclick: () => {
+            document.getElementById("new-account-name").value = a.name;
+            document.getElementById("oauth-start").click();
+            document.getElementById("add-account").scrollIntoView({ behavior: "smooth" });
+          } }, "Log in again")
+          : null;
         const remove = h("button", { class: "danger small", type: "button", "data-action": "remove", "data-account": a.name,
           onclick: () => {
             if (!confirm(`Remove account ${a.name}? Its tokens are deleted; logging in again brings it back.`)) return;
             act(remove, () => api("DELETE", `/admin/api/accounts/${encodeURIComponent(a.name)}`), `${a.name} removed`).then(refresh);
           } }, "Remove");
-        return h("span", { class: "actions" }, toggle, remove);
+        return h("span", { class: "actions" }, relogin, toggle, remove);
       } });
     }
     list.replaceChildren(table(cols, rows));
