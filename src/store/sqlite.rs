@@ -16,6 +16,14 @@ use super::{
     RequestFilter, RequestRow, SealedRow, SealedTokens, SeriesPoint, StatsBy, Store, StoreError,
 };
 
+/// 1 for a request that failed (answered 400 or more, or broken off with an `error_type`), else 0: one
+/// definition for every query that counts errors.
+macro_rules! failed {
+    () => {
+        "CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END"
+    };
+}
+
 /// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -774,17 +782,22 @@ impl Store for SqliteStore {
         };
         // Percentiles by nearest rank, ceil(p * n), in integers: the rows never leave SQLite.
         let sql = format!(
-            "SELECT grp, COUNT(*), SUM(err), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), \
+            concat!(
+                "SELECT grp, COUNT(*), SUM(err), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), \
                     SUM(cache_creation_tokens), SUM(cost_usd), \
                     MAX(CASE WHEN rn = max(1, (50 * n + 99) / 100) THEN duration_ms END), \
                     MAX(CASE WHEN rn = max(1, (95 * n + 99) / 100) THEN duration_ms END) \
              FROM (SELECT {group} AS grp, duration_ms, input_tokens, output_tokens, cache_read_tokens, \
                           cache_creation_tokens, cost_usd, \
-                          CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END AS err, \
+                          ",
+                failed!(),
+                " AS err, \
                           ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY duration_ms) AS rn, \
                           COUNT(*) OVER (PARTITION BY {group}) AS n \
                    FROM requests WHERE at_ms >= ?1) \
              GROUP BY grp ORDER BY grp"
+            ),
+            group = group
         );
         // `group` is one of the four fixed expressions above, never user text.
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since_ms).fetch_all(&self.pool).await.map_err(db)?;
@@ -808,12 +821,12 @@ impl Store for SqliteStore {
 
     async fn request_series(&self, since_ms: i64, bucket_ms: i64) -> Result<Vec<SeriesPoint>, StoreError> {
         let bucket_ms = bucket_ms.max(1);
-        let rows = sqlx::query(
-            "SELECT (at_ms / ?1) * ?1 AS bucket, COUNT(*), \
-                    SUM(CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END), \
-                    SUM(input_tokens + cache_read_tokens + cache_creation_tokens), SUM(output_tokens), SUM(cost_usd) \
+        let rows = sqlx::query(concat!(
+            "SELECT (at_ms / ?1) * ?1 AS bucket, COUNT(*), SUM(",
+            failed!(),
+            "), SUM(input_tokens + cache_read_tokens + cache_creation_tokens), SUM(output_tokens), SUM(cost_usd) \
              FROM requests WHERE at_ms >= ?2 GROUP BY bucket ORDER BY bucket",
-        )
+        ))
         .bind(bucket_ms)
         .bind(since_ms)
         .fetch_all(&self.pool)
