@@ -125,14 +125,7 @@ pub async fn serve(
         options,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = match spawn_workers(&listener, &shared, &stopped) {
-        Ok(workers) => workers,
-        Err(e) => {
-            // Fewer threads is still a working server: accept on this runtime instead.
-            tracing::warn!(error = %e, "cannot start connection threads; serving from the main runtime");
-            Vec::new()
-        }
-    };
+    let workers = spawn_workers(&listener, &shared, &stopped);
     if workers.is_empty() {
         let mut stopped = stopped;
         let own = accept_loop(listener, shared, async move {
@@ -164,41 +157,54 @@ struct Shared {
 }
 
 /// Start the connection threads (none when one would do: then the caller's runtime serves); each
-/// answers on the returned channel once its connections are drained.
+/// answers on the returned channel once its connections are drained. Threads that cannot start are
+/// logged and left out: fewer threads still serve, and with none the caller's runtime does.
 fn spawn_workers(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     stopped: &tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+) -> Vec<tokio::sync::oneshot::Receiver<()>> {
     let count = shared.options.workers;
+    let mut workers = Vec::with_capacity(count);
     if count <= 1 {
-        return Ok(Vec::new());
+        return workers;
     }
     let socket = socket2::SockRef::from(listener);
-    let mut workers = Vec::with_capacity(count);
     for n in 0..count {
-        let std_listener: std::net::TcpListener = socket.try_clone()?.into();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let shared = shared.clone();
-        let mut stopped = stopped.clone();
-        std::thread::Builder::new().name(format!("switchyard-io-{n}")).spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(std_listener) {
-                    Ok(listener) => {
-                        accept_loop(listener, shared, async move {
-                            let _ = stopped.wait_for(|stop| *stop).await;
-                        })
-                        .await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "connection thread cannot use the listening socket"),
-                }
-            });
-            let _ = done.send(());
-        })?;
-        workers.push(finished);
+        match spawn_worker(n, &socket, shared, stopped) {
+            Ok(finished) => workers.push(finished),
+            Err(e) => tracing::warn!(error = %e, thread = n, "cannot start a connection thread; serving with fewer"),
+        }
     }
-    Ok(workers)
+    workers
+}
+
+fn spawn_worker(
+    n: usize,
+    socket: &socket2::SockRef<'_>,
+    shared: &Arc<Shared>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let std_listener: std::net::TcpListener = socket.try_clone()?.into();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let shared = shared.clone();
+    let mut stopped = stopped.clone();
+    std::thread::Builder::new().name(format!("switchyard-io-{n}")).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(listener) => {
+                    accept_loop(listener, shared, async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                }
+                Err(e) => tracing::error!(error = %e, "connection thread cannot use the listening socket"),
+            }
+        });
+        let _ = done.send(());
+    })?;
+    Ok(finished)
 }
 
 /// Accept and serve connections until `shutdown`, then give running requests `drain` to finish.
