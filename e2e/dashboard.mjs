@@ -144,6 +144,7 @@ try {
   await page.fill("#oauth-code", pasted);
   await page.click("#oauth-finish");
   await toast("Added account gamma");
+  await page.locator("#oauth-step2").waitFor({ state: "hidden" });
   await page.locator('[data-action="pause"][data-account="gamma"]').waitFor();
   assert.equal((await adminGet("/admin/api/accounts")).find((a) => a.name === "gamma").kind, "oauth");
 
