@@ -148,6 +148,22 @@ try {
   await page.locator('[data-action="pause"][data-account="gamma"]').waitFor();
   assert.equal((await adminGet("/admin/api/accounts")).find((a) => a.name === "gamma").kind, "oauth");
 
+  begin("a Console login through the browser saves an API-key account");
+  await page.fill("#new-account-name", "epsilon");
+  await page.check("#new-account-console");
+  await page.click("#oauth-start");
+  await page.locator("#oauth-step2:not([hidden]) #oauth-link").waitFor();
+  assert.match(await page.getAttribute("#oauth-link", "href"), /\/console\/oauth\/authorize\?/);
+  const [consolePage] = await Promise.all([context.waitForEvent("page"), page.click("#oauth-link")]);
+  await consolePage.waitForLoadState();
+  const consoleCode = (await consolePage.textContent("#code")).trim();
+  await consolePage.close();
+  await page.fill("#oauth-code", consoleCode);
+  await page.click("#oauth-finish");
+  await toast("Added account epsilon");
+  await page.uncheck("#new-account-console");
+  assert.equal((await adminGet("/admin/api/accounts")).find((a) => a.name === "epsilon").kind, "api_key");
+
   begin("a used code is refused with a message in the page");
   await page.click("#oauth-start");
   await page.locator("#oauth-code").waitFor();
@@ -159,6 +175,8 @@ try {
   await page.click('[data-action="remove"][data-account="gamma"]');
   await toast("gamma removed");
   await page.locator('[data-account="gamma"]').first().waitFor({ state: "detached" });
+  await page.click('[data-action="remove"][data-account="epsilon"]');
+  await toast("epsilon removed");
 
   begin("requests: filter by account and open the details");
   await page.click('#nav a[href="#/requests"]');
