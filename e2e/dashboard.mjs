@@ -1,6 +1,6 @@
 // Dashboard end-to-end checks in headless Chromium, run by tests/dashboard.rs against a running gateway
-// (SY_URL) with accounts alpha and beta (round-robin) and delta (rate-limited for an hour), an admin key and
-// a user key, payloads kept.
+// (SY_URL) with accounts alpha and beta (round-robin), delta (rate-limited for an hour) and zeta (OAuth,
+// needs a new login), an admin key, a user key and a viewer key, payloads kept.
 // Every step asserts what a person would see; any failure exits non-zero with the step named.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -76,8 +76,9 @@ try {
   assert.match(await page.textContent("#who"), /key:root \(admin\)/);
 
   begin("overview shows accounts, requests and charts");
-  await page.locator("#card-available .n", { hasText: "2 / 3" }).waitFor();
+  await page.locator("#card-available .n", { hasText: "2 / 4" }).waitFor();
   assert.equal((await page.textContent("#card-limited .n")).trim(), "1");
+  assert.equal((await page.textContent("#card-inactive .n")).trim(), "1");
   const requests = Number((await page.textContent("#card-requests .n")).replace(/,/g, ""));
   assert.ok(requests >= 4, `requests card: ${requests}`);
   assert.equal(await page.locator(".chart svg").count(), 4);
@@ -130,6 +131,21 @@ try {
   const accounts = await adminGet("/admin/api/accounts");
   assert.equal(accounts.find((a) => a.name === "beta").priority, 3);
   await shot("accounts");
+
+  begin("a logged-out account is logged in again from its row");
+  const zeta = page.locator('tr:has([data-account="zeta"])');
+  assert.equal(await zeta.locator("[data-status]").textContent(), "needs-login");
+  await page.click('[data-action="relogin"][data-account="zeta"]');
+  await page.locator("#oauth-step2:not([hidden]) #oauth-link").waitFor();
+  assert.equal(await page.inputValue("#new-account-name"), "zeta");
+  const [again] = await Promise.all([context.waitForEvent("page"), page.click("#oauth-link")]);
+  await again.waitForLoadState();
+  const againCode = (await again.textContent("#code")).trim();
+  await again.close();
+  await page.fill("#oauth-code", againCode);
+  await page.click("#oauth-finish");
+  await toast("Added account zeta");
+  await page.locator('tr:has([data-account="zeta"]) [data-status="active"]').waitFor();
 
   begin("add an account through the OAuth flow from the browser");
   await page.fill("#new-account-name", "gamma");

@@ -38,13 +38,24 @@ async fn dashboard_end_to_end_in_chromium() {
     // delta's first answer is a 429 that benches it for an hour: the pages show it rate-limited with a
     // countdown, and the requests it failed over from show two accounts tried.
     fake.push_for("sk-ant-api03-delta-secret", Script::limited(support::fake::now_secs() + 3600));
+    // zeta's refresh token was already spent: its first turn marks it needs-login ("Log in again").
+    env.ok(&["accounts", "import", "zeta", "--refresh-token", "sk-ant-ort01-spent"]).await;
     let gw = env.serve().await;
-    for stream in [false, true, false, true] {
+    let zeta_needs_login = || async {
+        let list = env.ok(&["accounts", "list", "--json"]).await.stdout;
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        list.as_array().unwrap().iter().any(|a| a["name"] == "zeta" && a["status"] == "needs-login")
+    };
+    for (sent, stream) in [false, true, false, true, false, true, false, true, false, true].into_iter().enumerate() {
         let r =
             gw.post("/v1/messages").header("x-api-key", &user_key).json(&message_body(stream)).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
+        if sent >= 3 && fake.served_by("sk-ant-api03-delta-secret") == 1 && zeta_needs_login().await {
+            break;
+        }
     }
+    assert!(zeta_needs_login().await, "zeta's spent refresh token was tried");
     let shots = root.join("target/e2e-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
@@ -75,9 +86,12 @@ async fn dashboard_end_to_end_in_chromium() {
     }
     // Nothing secret reached the browser's pages or the gateway's log.
     let log = gw.logs();
-    for secret in
-        accounts.iter().map(|(_, key)| *key).chain([admin_key.as_str(), user_key.as_str(), viewer_key.as_str()])
-    {
+    for secret in accounts.iter().map(|(_, key)| *key).chain([
+        admin_key.as_str(),
+        user_key.as_str(),
+        viewer_key.as_str(),
+        "sk-ant-ort01-spent",
+    ]) {
         assert!(!log.contains(secret), "a secret is in the log");
         assert!(!stdout.contains(secret), "a secret reached the page text");
     }

@@ -184,7 +184,7 @@ async function overview(main) {
       cards.replaceChildren(
         card(`${ov.accounts.available} / ${ov.accounts.total}`, "accounts available", "card-available"),
         card(ov.accounts.rate_limited, "rate-limited", "card-limited"),
-        card(ov.accounts.paused + ov.accounts.needs_login, "paused or needing login"),
+        card(ov.accounts.paused + ov.accounts.needs_login, "paused or needing login", "card-inactive"),
         card(ov.open_streams, "open streams", "card-streams"),
         card(fmt.int(requests), `requests (${state.range})`, "card-requests"),
         card(fmt.int(sum((p) => p.input_tokens + p.output_tokens)), `tokens (${state.range})`),
