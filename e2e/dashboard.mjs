@@ -205,6 +205,18 @@ try {
     return cells.length > 0 && cells.every((c) => c === "beta");
   });
   await shot("requests");
+  begin("requests: a time window that ended before them is empty");
+  await page.selectOption("#f-since", "custom");
+  await page.fill("#f-from", "2020-01-01T00:00");
+  await page.fill("#f-to", "2020-01-02T00:00");
+  await page.click('#request-filters button[type="submit"]');
+  await page.locator("#requests-list", { hasText: "No requests match." }).waitFor();
+  await page.fill("#f-to", "");
+  await page.click('#request-filters button[type="submit"]');
+  await page.locator("#requests-list tbody tr").first().waitFor();
+  await page.selectOption("#f-since", "24h");
+  await page.click('#request-filters button[type="submit"]');
+  await page.locator("#requests-list tbody tr").first().waitFor();
   await page.locator("#requests-list tbody tr").first().click();
   await page.locator("#details[open] #payload-request").waitFor();
   const details = await page.textContent("#details-body");

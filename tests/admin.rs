@@ -336,6 +336,10 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
         json(get("/admin/api/requests?since=1h&model=nope", &admin).await.unwrap()).await,
         serde_json::json!([])
     );
+    let empty = json(get("/admin/api/requests?from_ms=0&to_ms=1000", &admin).await.unwrap()).await;
+    assert_eq!(empty, serde_json::json!([]));
+    let window = json(get("/admin/api/requests?from_ms=0", &admin).await.unwrap()).await;
+    assert_eq!(window.as_array().unwrap().len(), 6);
     let (kind, _) = error_type(get("/admin/api/requests?status=abc", &admin).await.unwrap(), 400).await;
     assert_eq!(kind, "invalid_request_error");
     assert_eq!(get("/admin/api/requests?since=1h", &viewer).await.unwrap().status(), 403);

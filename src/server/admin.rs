@@ -540,6 +540,9 @@ async fn revoke_key(
 #[derive(Deserialize)]
 struct RequestQuery {
     since: Option<String>,
+    /// A window in epoch ms instead of `since`: from (inclusive) and to (exclusive).
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
     account: Option<String>,
     model: Option<String>,
     status: Option<i64>,
@@ -566,9 +569,10 @@ async fn requests(
     let Ok(Query(q)) = query else {
         return ApiError::invalid_request("bad query: status and limit are numbers").into_response();
     };
-    let since = match since_ms(q.since.as_deref(), "1h") {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
+    let since = match (q.from_ms, since_ms(q.since.as_deref(), "1h")) {
+        (Some(from), _) => from,
+        (None, Ok(s)) => s,
+        (None, Err(e)) => return e.into_response(),
     };
     let store = admin.pool.store();
     let before = match q.before.as_deref().filter(|b| !b.is_empty()) {
@@ -582,6 +586,7 @@ async fn requests(
     let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
     let filter = crate::store::RequestFilter {
         since_ms: since,
+        until_ms: q.to_ms,
         before,
         account: blank(q.account),
         model: blank(q.model),

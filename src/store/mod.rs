@@ -170,6 +170,8 @@ pub struct RequestRow {
 #[derive(Debug, Clone, Default)]
 pub struct RequestFilter {
     pub since_ms: i64,
+    /// Only requests that started before this time (epoch ms).
+    pub until_ms: Option<i64>,
     /// Only requests strictly older than this one (`at_ms`, `id`): the cursor of the next page.
     pub before: Option<(i64, String)>,
     pub account: Option<String>,

@@ -752,6 +752,9 @@ impl Store for SqliteStore {
     async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError> {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM requests WHERE at_ms >= ");
         q.push_bind(filter.since_ms);
+        if let Some(until) = filter.until_ms {
+            q.push(" AND at_ms < ").push_bind(until);
+        }
         if let Some((at_ms, id)) = &filter.before {
             q.push(" AND (at_ms < ").push_bind(*at_ms);
             q.push(" OR (at_ms = ").push_bind(*at_ms).push(" AND id < ").push_bind(id.clone()).push("))");
@@ -1101,6 +1104,10 @@ mod tests {
             5
         );
         assert_eq!(only(RequestFilter { since_ms: 10 * 60_000, ..RequestFilter::default() }).await, 11);
+        assert_eq!(
+            only(RequestFilter { since_ms: 60_000, until_ms: Some(120_000), ..RequestFilter::default() }).await,
+            6
+        );
 
         // Ten-minute buckets: [0, 10 min) holds a's first nine, all of b and the unassigned one.
         let series = s.request_series(0, 600_000).await.unwrap();

@@ -319,12 +319,20 @@ function addAccountPanel() {
 async function requests(main) {
   const f = state.requests.filter;
   const field = (id, label, el) => { el.id = id; el.value = f[id] ?? ""; return h("label", {}, label, el); };
-  const since = h("select", {}, ["1h", "24h", "7d", "30d"].map((v) => h("option", { value: v }, v)));
+  const since = h("select", {}, ["1h", "24h", "7d", "30d"].map((v) => h("option", { value: v }, v)),
+    h("option", { value: "custom" }, "from … to …"));
   since.value = f.since || "24h";
   since.id = "f-since";
+  const from = h("input", { type: "datetime-local", id: "f-from" });
+  const to = h("input", { type: "datetime-local", id: "f-to" });
+  from.value = f.from || "";
+  to.value = f.to || "";
+  const window_ = h("span", { class: "row", hidden: since.value !== "custom" }, h("label", {}, "From", from), h("label", {}, "To", to));
+  since.addEventListener("change", () => { window_.hidden = since.value !== "custom"; });
   const accountSel = h("select", {}, h("option", { value: "" }, "any"));
   const form = h("form", { class: "row panel", id: "request-filters" },
     h("label", {}, "Since", since),
+    window_,
     h("label", {}, "Account", accountSel),
     field("model", "Model", h("input", { placeholder: "any", size: 18 })),
     field("status", "Status", h("input", { placeholder: "any", size: 5, inputmode: "numeric" })),
@@ -341,7 +349,7 @@ async function requests(main) {
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    state.requests.filter = { since: since.value, account: accountSel.value, model: form.querySelector("#model").value.trim(),
+    state.requests.filter = { since: since.value, from: from.value, to: to.value, account: accountSel.value, model: form.querySelector("#model").value.trim(),
       status: form.querySelector("#status").value.trim(), key: form.querySelector("#key").value.trim() };
     state.requests.pages = [];
     load();
@@ -349,7 +357,13 @@ async function requests(main) {
 
   async function load() {
     const q = new URLSearchParams({ limit: "50" });
-    const filter = { since: "24h", ...state.requests.filter };
+    const { from: fromText, to: toText, ...filter } = { since: "24h", ...state.requests.filter };
+    if (filter.since === "custom") {
+      // Local times from the pickers, sent as epoch ms; an empty end is "now".
+      delete filter.since;
+      q.set("from_ms", String(fromText ? new Date(fromText).getTime() : 0));
+      if (toText) q.set("to_ms", String(new Date(toText).getTime()));
+    }
     for (const [k, v] of Object.entries(filter)) if (v) q.set(k, v);
     const pages = state.requests.pages;
     if (pages.length) q.set("before", pages[pages.length - 1]);
