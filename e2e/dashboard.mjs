@@ -42,6 +42,16 @@ async function adminGet(path) {
   assert.equal(r.status(), 200, `${path}: ${r.status()}`);
   return r.json();
 }
+// The user's part of an OAuth login: open the authorize link the dashboard shows (the fake signs in and
+// redirects to the page showing CODE#STATE), copy the code, paste it into the dashboard.
+async function pasteCodeFromAuthorizePage() {
+  const [tab] = await Promise.all([context.waitForEvent("page"), page.click("#oauth-link")]);
+  await tab.waitForLoadState();
+  const code = (await tab.textContent("#code")).trim();
+  await tab.close();
+  await page.fill("#oauth-code", code);
+  return code;
+}
 // Send `n` requests with the user key; which accounts served them, from the request log (written in the
 // background within ~50 ms).
 async function sendAndSee(n) {
@@ -138,11 +148,7 @@ try {
   await page.click('[data-action="relogin"][data-account="zeta"]');
   await page.locator("#oauth-step2:not([hidden]) #oauth-link").waitFor();
   assert.equal(await page.inputValue("#new-account-name"), "zeta");
-  const [again] = await Promise.all([context.waitForEvent("page"), page.click("#oauth-link")]);
-  await again.waitForLoadState();
-  const againCode = (await again.textContent("#code")).trim();
-  await again.close();
-  await page.fill("#oauth-code", againCode);
+  await pasteCodeFromAuthorizePage();
   await page.click("#oauth-finish");
   await toast("Added account zeta");
   await page.locator('tr:has([data-account="zeta"]) [data-status="active"]').waitFor();
@@ -150,14 +156,9 @@ try {
   begin("add an account through the OAuth flow from the browser");
   await page.fill("#new-account-name", "gamma");
   await page.click("#oauth-start");
-  const link = page.locator("#oauth-link");
-  await link.waitFor();
-  const [authorize] = await Promise.all([context.waitForEvent("page"), link.click()]);
-  await authorize.waitForLoadState();
-  const pasted = (await authorize.textContent("#code")).trim();
+  await page.locator("#oauth-step2:not([hidden]) #oauth-link").waitFor();
+  const pasted = await pasteCodeFromAuthorizePage();
   assert.match(pasted, /^code-\d+#.+/);
-  await authorize.close();
-  await page.fill("#oauth-code", pasted);
   await page.click("#oauth-finish");
   await toast("Added account gamma");
   await page.locator("#oauth-step2").waitFor({ state: "hidden" });
@@ -170,11 +171,7 @@ try {
   await page.click("#oauth-start");
   await page.locator("#oauth-step2:not([hidden]) #oauth-link").waitFor();
   assert.match(await page.getAttribute("#oauth-link", "href"), /\/console\/oauth\/authorize\?/);
-  const [consolePage] = await Promise.all([context.waitForEvent("page"), page.click("#oauth-link")]);
-  await consolePage.waitForLoadState();
-  const consoleCode = (await consolePage.textContent("#code")).trim();
-  await consolePage.close();
-  await page.fill("#oauth-code", consoleCode);
+  await pasteCodeFromAuthorizePage();
   await page.click("#oauth-finish");
   await toast("Added account epsilon");
   await page.uncheck("#new-account-console");
