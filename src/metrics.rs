@@ -12,20 +12,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::RequestRow;
 
-static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-
-/// Install the process-wide recorder (once); `None` if another recorder is already installed.
+/// Install the process-wide recorder (once) for counters and gauges; `None` if another recorder is
+/// already installed. Histograms are kept here (`Latency`), so the exporter holds no samples to fold.
 pub fn install() -> Option<PrometheusHandle> {
-    let handle = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?.install_recorder().ok()?;
-    Some(HANDLE.get_or_init(|| handle).clone())
-}
-
-/// Fold recorded histogram samples into their buckets. The recorder keeps every sample until this (or a
-/// scrape) runs, so without it memory grows with each request and allocation slows the proxy.
-pub fn upkeep() {
-    if let Some(handle) = HANDLE.get() {
-        handle.run_upkeep();
-    }
+    PrometheusBuilder::new().install_recorder().ok()
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.

@@ -340,7 +340,6 @@ async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration, pay
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
         }
-        crate::metrics::upkeep();
         if rounds.is_multiple_of(60) {
             pool.refresh_due().await;
         }
