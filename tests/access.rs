@@ -80,6 +80,11 @@ async fn keys_gate_the_proxy_once_one_exists() {
         (listed[0]["name"].as_str(), listed[0]["role"].as_str(), listed[0]["status"].as_str()),
         (Some("alice"), Some("user"), Some("active"))
     );
+    let text = env.ok(&["keys", "list"]).await.stdout;
+    let fingerprint = listed[0]["fingerprint"].as_str().unwrap();
+    assert!(text.starts_with("alice") && text.contains("user    active"), "{text}");
+    assert!(text.contains(&format!("fingerprint {fingerprint} spend today $0.0000")), "{text}");
+    assert!(!text.contains(&key[3..]), "{text}");
 
     // Rotate: old key dies, new one works. Revoke: refused.
     let rotated = env.ok(&["keys", "rotate", "alice"]).await.stdout.trim().to_owned();

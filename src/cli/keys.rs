@@ -65,7 +65,6 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
-    let keys = store.list_client_keys().await?;
     let rows = crate::access::key_listing(store, crate::now_ms()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -77,20 +76,23 @@ async fn list(store: &dyn Store, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // Both lists come in the store's order (creation time, then name).
-    for (k, row) in keys.iter().zip(&rows) {
-        let limit = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for row in &rows {
+        let text = |field: &str| row[field].as_str().unwrap_or("").to_owned();
+        let limit = |field: &str| row[field].as_i64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let accounts = row["accounts"]
+            .as_array()
+            .map_or_else(|| "all".to_owned(), |a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","));
         println!(
             "{:<16} {:<7} {:<8} rpm {} tpm {} concurrency {} accounts {} expires {} fingerprint {} spend today ${:.4} month ${:.4}",
-            k.name,
-            k.role,
-            row["status"].as_str().unwrap_or(""),
-            limit(k.rpm),
-            limit(k.tpm),
-            limit(k.concurrency),
-            k.accounts.as_deref().unwrap_or("all"),
-            k.expires_at_ms.map_or_else(|| "never".to_owned(), format_ms),
-            &k.hash[..8],
+            text("name"),
+            text("role"),
+            text("status"),
+            limit("rpm"),
+            limit("tpm"),
+            limit("concurrency"),
+            accounts,
+            row["expires_at_ms"].as_i64().map_or_else(|| "never".to_owned(), format_ms),
+            text("fingerprint"),
             row["spend_usd_today"].as_f64().unwrap_or(0.0),
             row["spend_usd_month"].as_f64().unwrap_or(0.0),
         );
