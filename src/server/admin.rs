@@ -264,11 +264,11 @@ async fn account_action(
     };
     let result = admin.pool.registry().set_status_of(&name, status).await;
     record(&admin, &session, peer.ip(), &format!("accounts.{action}"), &name, result.is_ok()).await;
-    account_changed(&admin, &name, result, serde_json::json!({ "name": name, "status": status.as_str() })).await
+    answer_account_change(&admin, &name, result, serde_json::json!({ "name": name, "status": status.as_str() })).await
 }
 
 /// Answer an account change; a change made is applied to the router at once rather than at the next reload.
-async fn account_changed(
+async fn answer_account_change(
     admin: &Admin,
     name: &str,
     result: Result<(), crate::accounts::AccountError>,
@@ -276,9 +276,7 @@ async fn account_changed(
 ) -> Response {
     match result {
         Ok(()) => {
-            if let Err(e) = admin.pool.reload().await {
-                tracing::warn!(error = %e, "account changed; reloading the pool failed (the next reload retries)");
-            }
+            accounts_changed(admin).await;
             axum::Json(ok).into_response()
         }
         Err(crate::accounts::AccountError::NotFound(_)) => {
@@ -318,7 +316,7 @@ async fn set_account(
     let result = admin.pool.registry().set_routing(&name, body.priority, body.weight).await;
     let detail = serde_json::json!({ "name": name, "priority": body.priority, "weight": body.weight });
     record(&admin, &session, peer.ip(), "accounts.set", &name, result.is_ok()).await;
-    account_changed(&admin, &name, result, detail).await
+    answer_account_change(&admin, &name, result, detail).await
 }
 
 /// Remove an account and its tokens (`accounts.manage`).
@@ -334,7 +332,7 @@ async fn remove_account(
     };
     let result = admin.pool.registry().remove(&name).await;
     record(&admin, &session, peer.ip(), "accounts.remove", &name, result.is_ok()).await;
-    account_changed(&admin, &name, result, serde_json::json!({ "name": name, "removed": true })).await
+    answer_account_change(&admin, &name, result, serde_json::json!({ "name": name, "removed": true })).await
 }
 
 #[derive(Deserialize, Default)]
@@ -414,9 +412,7 @@ async fn oauth_finish(
     record(&admin, &session, peer.ip(), "auth.login", &target, result.is_ok()).await;
     match result {
         Ok(saved) => {
-            if let Err(e) = admin.pool.reload().await {
-                tracing::warn!(error = %e, "account added; reloading the pool failed (the next reload retries)");
-            }
+            accounts_changed(&admin).await;
             (StatusCode::CREATED, axum::Json(saved)).into_response()
         }
         // A refused code is the caller's to fix; an unreachable or failing token endpoint may pass.
@@ -442,6 +438,14 @@ async fn list_keys(State(admin): State<Shared>, headers: HeaderMap) -> Response 
     match crate::access::key_listing(admin.pool.store().as_ref(), crate::now_ms()).await {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// An account changed, added or removed here takes effect in routing at once, not at the next periodic
+/// reload.
+async fn accounts_changed(admin: &Admin) {
+    if let Err(e) = admin.pool.reload().await {
+        tracing::warn!(error = %e, "accounts changed; reloading the pool failed (the next reload retries)");
     }
 }
 
