@@ -127,17 +127,7 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = spawn_workers(&listener, &shared, &stopped);
     if workers.is_empty() {
-        let mut stopped = stopped;
-        let own = accept_loop(listener, shared, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
-        tokio::pin!(own);
-        tokio::select! {
-            () = &mut own => return,
-            () = shutdown => {}
-        }
-        let _ = stop.send(true);
-        own.await;
+        accept_loop(listener, shared, shutdown).await;
         return;
     }
     drop(listener);
