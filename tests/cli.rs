@@ -144,3 +144,44 @@ async fn sigterm_drains_running_streams_and_stops_cleanly() {
         assert!(gw.logs().contains("shutting down"), "workers={workers}");
     }
 }
+
+/// Secrets typed at a terminal are asked for with a prompt and never echoed; new passwords and
+/// passphrases are asked twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_typed_at_a_terminal_are_not_echoed() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let key = "sk-ant-api03-typed-at-the-terminal-9876";
+    let mut term = env.terminal(&["accounts", "add", "work", "--api-key", "-"]);
+    term.expect("API key (input hidden): ", 1).await;
+    term.type_secret(key).await;
+    let (code, screen) = term.finish().await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(!screen.contains("typed-at-the-terminal"), "the key was echoed:\n{screen}");
+    assert!(env.ok(&["accounts", "list"]).await.stdout.contains("…9876"));
+
+    let password = "correct horse battery staple";
+    let mut term = env.terminal(&["admin", "set-password"]);
+    term.expect("new administrator password", 1).await;
+    term.type_secret(password).await;
+    term.expect("repeat the administrator password", 1).await;
+    term.type_secret(password).await;
+    let (code, screen) = term.finish().await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("administrator password set"), "{screen}");
+    assert!(!screen.contains("horse"), "the password was echoed:\n{screen}");
+
+    // Two different entries change nothing.
+    let mut term = env.terminal(&["auth", "storage", "backup"]);
+    term.expect("new backup passphrase", 1).await;
+    term.type_secret("first passphrase").await;
+    term.expect("repeat the backup passphrase", 1).await;
+    term.type_secret("second passphrase").await;
+    let (code, screen) = term.finish().await;
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("the two entries differ"), "{screen}");
+    assert!(!screen.contains("passphrase\r\n") && !screen.contains("first passphrase"), "{screen}");
+    assert!(
+        !env.home().join("backups").exists() || std::fs::read_dir(env.home().join("backups")).unwrap().next().is_none()
+    );
+}

@@ -20,6 +20,8 @@ use crate::store::{Store, StoreError};
 
 const PASSWORD: &str = "admin.password";
 const TOTP: &str = "admin.totp";
+/// The shortest administrator password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -46,7 +48,7 @@ pub async fn set_password(
     password: &SecretString,
     totp: bool,
 ) -> Result<Option<String>, AdminError> {
-    if password.expose_secret().chars().count() < 12 {
+    if password.expose_secret().chars().count() < MIN_PASSWORD_CHARS {
         return Err(AdminError::Weak);
     }
     let mut salt = [0u8; 16];

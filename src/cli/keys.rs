@@ -104,13 +104,7 @@ pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let password = match std::env::var("SWITCHYARD_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
         Some(p) => crate::secrets::SecretString::from(p),
-        None => {
-            eprint!("new administrator password (at least 12 characters): ");
-            let _ = std::io::Write::flush(&mut std::io::stderr());
-            let mut line = zeroize::Zeroizing::new(String::new());
-            std::io::stdin().read_line(&mut line)?;
-            crate::secrets::SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
-        }
+        None => super::prompt::new_secret("administrator password", crate::access::admin::MIN_PASSWORD_CHARS)?,
     };
     let registry = &opened.registry;
     let url = crate::access::admin::set_password(registry.store().as_ref(), registry.cipher(), &password, totp).await?;

@@ -5,6 +5,7 @@ mod args;
 mod auth;
 mod keys;
 mod ledger;
+mod prompt;
 mod serve;
 mod storage;
 
@@ -175,17 +176,15 @@ pub(crate) fn oauth_http(config: &Config) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Read a secret given on the command line, or from stdin when it is `-` (keeps it out of `ps`).
+/// Read a secret given on the command line, or, when it is `-`, from stdin (keeps it out of `ps` and the
+/// shell history): a hidden prompt on a terminal, one line from a pipe.
 pub(crate) fn secret_arg(value: &str, what: &str) -> anyhow::Result<crate::secrets::SecretString> {
-    let text = if value == "-" {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).with_context(|| format!("cannot read {what} from stdin"))?;
-        line.trim().to_owned()
-    } else {
-        value.trim().to_owned()
-    };
-    anyhow::ensure!(!text.is_empty(), "{what} is empty");
-    Ok(crate::secrets::SecretString::from(text))
+    if value == "-" {
+        return prompt::existing_secret(what);
+    }
+    let text = value.trim();
+    anyhow::ensure!(!text.is_empty(), "the {what} is empty");
+    Ok(crate::secrets::SecretString::from(text.to_owned()))
 }
 
 /// Epoch ms as a readable UTC time.

@@ -1,7 +1,6 @@
 //! `switchyard auth storage …`: where secrets are kept, and testing, moving, backing up, restoring and
 //! rotating them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -101,27 +100,21 @@ async fn migrate(config: &Config, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The passphrase for backups: `SWITCHYARD_BACKUP_PASSPHRASE`, else `SWITCHYARD_PASSPHRASE`, else one line
-/// from stdin.
-fn backup_passphrase(config: &Config) -> anyhow::Result<SecretString> {
+/// The passphrase for backups: `SWITCHYARD_BACKUP_PASSPHRASE`, else `SWITCHYARD_PASSPHRASE`, else typed (a
+/// hidden prompt, asked twice for a new backup) or one line from a pipe.
+fn backup_passphrase(config: &Config, new: bool) -> anyhow::Result<SecretString> {
     if let Some(p) = std::env::var("SWITCHYARD_BACKUP_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
         return Ok(SecretString::from(p));
     }
     if let Some(p) = &config.passphrase {
         return Ok(p.clone());
     }
-    eprint!("backup passphrase: ");
-    let _ = std::io::stderr().flush();
-    let mut line = Zeroizing::new(String::new());
-    std::io::stdin().read_line(&mut line)?;
-    let pass = line.trim_end_matches(['\r', '\n']).to_owned();
-    anyhow::ensure!(pass.chars().count() >= 8, "the backup passphrase must have at least 8 characters");
-    Ok(SecretString::from(pass))
+    if new { super::prompt::new_secret("backup passphrase", 8) } else { super::prompt::passphrase("backup passphrase") }
 }
 
 async fn backup(config: &Config, output: Option<PathBuf>) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
-    let passphrase = backup_passphrase(config)?;
+    let passphrase = backup_passphrase(config, true)?;
     let accounts = opened.registry.export().await?;
     let plain = Zeroizing::new(serde_json::to_vec(&serde_json::json!({ "accounts": accounts }))?);
     let sealed = seal_with_passphrase(&plain, &passphrase, BACKUP_FORMAT)?;
@@ -146,7 +139,7 @@ async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let opened = open_data(config).await?;
-    let passphrase = backup_passphrase(config)?;
+    let passphrase = backup_passphrase(config, false)?;
     let plain = open_with_passphrase(&text, &passphrase, BACKUP_FORMAT)
         .map_err(|e| anyhow::anyhow!("cannot open the backup: {e}"))?;
     let archive: Archive = serde_json::from_slice(&plain).context("the backup's content is malformed")?;

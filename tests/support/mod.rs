@@ -285,3 +285,116 @@ pub async fn error_type(response: reqwest::Response, status: u16) -> (String, St
     assert_eq!(body["type"], "error", "{body}");
     (body["error"]["type"].as_str().unwrap().to_owned(), body["error"]["message"].as_str().unwrap().to_owned())
 }
+
+/// Poll `check` until it yields a value, for at most `deadline`; the one way tests wait for state.
+pub async fn eventually<T>(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A CLI command run on a real pseudo-terminal (util-linux `script`), for what a person sees while typing.
+pub struct Terminal {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Env {
+    pub fn terminal(&self, args: &[&str]) -> Terminal {
+        let quoted: Vec<String> = std::iter::once(BIN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let std = self
+            .command(&[])
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+            .collect::<Vec<_>>();
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-f", "-c", &quoted.join(" "), "/dev/null"]).env_clear();
+        for (k, v) in std {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("TERM", "dumb").kill_on_drop(true);
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = screen.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stdout, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { child, stdin, screen, reader }
+    }
+}
+
+impl Terminal {
+    /// Everything the terminal has shown so far.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Wait until the terminal shows `text` (counting from the `nth` occurrence, 1-based).
+    pub async fn expect(&self, text: &str, nth: usize) {
+        eventually(&format!("{text:?} on the terminal"), Duration::from_secs(20), async || {
+            (self.screen().matches(text).count() >= nth).then_some(())
+        })
+        .await;
+    }
+
+    /// The pseudo-terminal the command (script's child) reads from.
+    fn tty(&self) -> Option<String> {
+        let pid = self.child.id()?;
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let child = children.split_whitespace().next()?;
+        let link = std::fs::read_link(format!("/proc/{child}/fd/0")).ok()?;
+        Some(link.display().to_string())
+    }
+
+    /// Whether the terminal echoes what is typed (`stty` on the command's pseudo-terminal).
+    fn echoing(&self) -> Option<bool> {
+        let out = std::process::Command::new("stty").args(["-F", &self.tty()?, "-a"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = text.split([' ', ';', '\n']).collect();
+        if words.contains(&"-echo") {
+            Some(false)
+        } else if words.contains(&"echo") {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// Type a line once the command has turned echo off (as it must for a secret).
+    pub async fn type_secret(&mut self, line: &str) {
+        eventually("echo turned off", Duration::from_secs(20), async || (self.echoing() == Some(false)).then_some(()))
+            .await;
+        self.stdin.write_all(format!("{line}\r").as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Wait for the command to end; its exit code and the whole screen.
+    pub async fn finish(mut self) -> (Option<i32>, String) {
+        let status =
+            tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.expect("command hung").unwrap();
+        // The reader ends when script's stdout closes, after the last byte.
+        tokio::time::timeout(Duration::from_secs(10), &mut self.reader).await.expect("output did not end").unwrap();
+        (status.code(), self.screen())
+    }
+}
