@@ -185,3 +185,19 @@ async fn secrets_typed_at_a_terminal_are_not_echoed() {
         !env.home().join("backups").exists() || std::fs::read_dir(env.home().join("backups")).unwrap().next().is_none()
     );
 }
+
+/// Every cargo command the README gives builds from `Cargo.lock`, and the README states the minimum Rust
+/// version that Cargo.toml declares.
+#[test]
+fn readme_builds_are_locked_and_state_the_rust_version() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    for verb in ["cargo install", "cargo run", "cargo build"] {
+        for (at, _) in readme.match_indices(verb) {
+            let line = readme[at..].lines().next().unwrap();
+            assert!(line.contains("--locked"), "README: `{line}` lacks --locked");
+        }
+    }
+    assert!(manifest.contains("rust-version = \"1.95\""));
+    assert!(readme.contains("Rust 1.95"), "the README does not state the minimum Rust version");
+}

@@ -67,14 +67,68 @@ async fn open_permissions_are_fixed_or_refused() {
     assert_eq!(strict.code, Some(1));
     assert!(strict.stderr.contains("refusing to run with open permissions"), "{}", strict.stderr);
     assert!(strict.stderr.contains("switchyard.db is 644"), "{}", strict.stderr);
-    let fixed = env.ok(&["accounts", "list"]).await;
-    assert!(fixed.stderr.contains("fixed open permissions"), "{}", fixed.stderr);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // A command that only reads reports and changes nothing.
+    let reported = env.ok(&["accounts", "list"]).await;
+    assert!(reported.stderr.contains("switchyard.db is 644"), "{}", reported.stderr);
+    assert_eq!(mode(&env.home().join("switchyard.db")), 0o644);
+    assert_eq!(mode(env.home()), 0o755);
+    // One that writes tightens Switchyard's own files and the directory that holds only them.
+    let fixed = env.ok(&["accounts", "pause", "k"]).await;
+    assert!(fixed.stderr.contains("tightened open permissions"), "{}", fixed.stderr);
     assert_eq!(mode(&env.home().join("switchyard.db")), 0o600);
     assert_eq!(mode(env.home()), 0o700);
     for (path, _) in files_under(env.home()) {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
+}
+
+/// `--home` on a directory of the user's: their files and the directory keep their modes; a read-only
+/// command creates nothing; `--strict-permissions` refuses without changing anything.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_directory_and_files_keep_their_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let dir = env.home().join("projects");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("notes.txt"), "my notes").unwrap();
+    std::fs::set_permissions(dir.join("notes.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let home = dir.to_str().unwrap();
+    let names = || {
+        let mut n: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+
+    for args in
+        [&["accounts", "list"][..], &["auth", "status"], &["keys", "list"], &["requests"], &["stats"], &["audit"]]
+    {
+        let out = env.ok(&[&["--home", home][..], args].concat()).await;
+        assert!(out.stderr.contains("nothing here yet"), "{args:?}: {}", out.stderr);
+    }
+    let nested = env.home().join("not-yet");
+    env.ok(&["--home", nested.to_str().unwrap(), "accounts", "list"]).await;
+    assert!(!nested.exists(), "a read-only command created the data directory");
+    assert_eq!(names(), ["notes.txt"], "a read-only command wrote into the directory");
+    assert_eq!((mode(&dir), mode(&dir.join("notes.txt"))), (0o755, 0o644));
+
+    let added = env.ok(&["--home", home, "accounts", "add", "k", "--api-key", "sk-ant-api03-users-dir"]).await;
+    assert!(added.stderr.contains("files that are not Switchyard's"), "{}", added.stderr);
+    assert_eq!((mode(&dir), mode(&dir.join("notes.txt"))), (0o755, 0o644));
+    assert_eq!(mode(&dir.join("switchyard.db")), 0o600);
+    assert_eq!(mode(&dir.join("secret.key")), 0o600);
+
+    let strict = env.run(&["--home", home, "--strict-permissions", "accounts", "list"], "").await;
+    assert_eq!(strict.code, Some(1), "{}", strict.stderr);
+    assert!(strict.stderr.contains("refusing to run with open permissions"), "{}", strict.stderr);
+    assert!(strict.stderr.contains("projects is 755"), "{}", strict.stderr);
+    assert_eq!((mode(&dir), mode(&dir.join("notes.txt"))), (0o755, 0o644));
+    assert!(env.ok(&["--home", home, "accounts", "list"]).await.stdout.contains("…-dir"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,8 +225,14 @@ async fn plaintext_store_is_moved_into_encrypted_storage() {
         {"name": "old-oauth", "kind": "oauth", "refresh_token": "sk-ant-ort01-plaintext-old", "access_token": "sk-ant-oat01-plaintext-old", "expires_at_ms": 1}
     ]});
     std::fs::write(env.home().join("accounts.json"), plain.to_string()).unwrap();
+    // A read-only command says what will happen and leaves it.
+    let told = env.ok(&["accounts", "list"]).await;
+    assert!(told.stderr.contains("accounts.json"), "{}", told.stderr);
+    assert!(env.home().join("accounts.json").exists());
+    let gw = env.serve().await;
+    assert!(gw.logs().contains("moved 2 account(s) from plaintext"), "{}", gw.logs());
+    drop(gw);
     let out = env.ok(&["accounts", "list"]).await;
-    assert!(out.stderr.contains("moved 2 account(s) from plaintext"), "{}", out.stderr);
     assert!(out.stdout.contains("old-key") && out.stdout.contains("old-oauth"), "{}", out.stdout);
     assert!(!env.home().join("accounts.json").exists());
     for (path, bytes) in files_under(env.home()) {
@@ -265,13 +325,14 @@ async fn keyring_required_but_absent_is_a_clear_error() {
     env.set("SWITCHYARD_SECRET_STORE", "keyring");
     // No session bus at all: no keychain can answer.
     env.set("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus");
-    let out = env.run(&["accounts", "list"], "").await;
+    let add = ["accounts", "add", "k", "--api-key", "sk-ant-api03-no-keychain"];
+    let out = env.run(&add, "").await;
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("OS keychain does not answer"), "{}", out.stderr);
     assert!(!env.home().join("secret.key").exists());
     // auto falls back to the key file.
     env.set("SWITCHYARD_SECRET_STORE", "auto");
-    env.ok(&["accounts", "list"]).await;
+    env.ok(&add).await;
     assert!(env.home().join("secret.key").exists());
 }
 

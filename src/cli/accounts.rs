@@ -91,8 +91,11 @@ pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool) -> a
 }
 
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let (registry, _) = open_registry(config).await?;
-    let views = registry.views().await?;
+    let Some(opened) = super::open_existing(config).await? else {
+        println!("{}", if json { "[]" } else { "no accounts" });
+        return Ok(());
+    };
+    let views = opened.registry.views().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
     } else {

@@ -230,19 +230,24 @@ pub async fn logout(config: &Config, account: Option<String>, all: bool) -> anyh
 }
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
-    let (registry, key_source) = open_registry(config).await?;
-    let views = registry.views().await?;
+    let (views, key_source) = match super::open_existing(config).await? {
+        Some(opened) => (opened.registry.views().await?, Some(opened.keystore.backend().to_string())),
+        None => (Vec::new(), None),
+    };
     if json {
         let out = serde_json::json!({
             "home": config.home,
-            "key_source": key_source.to_string(),
+            "key_source": key_source,
             "accounts": views,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("data directory: {}", config.home.display());
-    println!("encryption key: {key_source}");
+    println!(
+        "encryption key: {}",
+        key_source.as_deref().unwrap_or("none yet (created by the first command that adds data)")
+    );
     super::accounts::print_logins(&views);
     Ok(())
 }

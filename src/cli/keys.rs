@@ -10,6 +10,18 @@ use crate::secrets::ExposeSecret;
 use crate::store::Store;
 
 pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let command = match command {
+        KeysCommand::List { json } => {
+            return match super::open_existing(config).await? {
+                Some(opened) => list(opened.registry.store().as_ref(), json).await,
+                None => {
+                    println!("{}", if json { "[]" } else { "no client keys" });
+                    Ok(())
+                }
+            };
+        }
+        change => change,
+    };
     let opened = open_data(config).await?;
     let store = opened.registry.store().clone();
     match command {
@@ -36,7 +48,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             println!("{}", key.expose_secret());
             eprintln!("created key {name} (role {}); it is shown only this once", role.as_str());
         }
-        KeysCommand::List { json } => list(store.as_ref(), json).await?,
+        KeysCommand::List { .. } => {}
         KeysCommand::Set { name, budgets } => {
             let budgets = budgets.budgets();
             anyhow::ensure!(budgets != crate::store::Budgets::default(), "nothing to set: give a --budget-… option");
@@ -119,9 +131,11 @@ pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
 }
 
 pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
-    let opened = open_data(config).await?;
     let since_ms = crate::since_ms(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
-    let entries = opened.registry.store().list_audit(since_ms).await?;
+    let entries = match super::open_existing(config).await? {
+        Some(opened) => opened.registry.store().list_audit(since_ms).await?,
+        None => Vec::new(),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 
-use super::{format_ms, open_data};
+use super::{format_ms, open_data, open_existing};
 use crate::config::Config;
 use crate::store::{RequestFilter, RequestRow};
 
@@ -12,7 +12,7 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
 
 /// One request with its payload, as JSON.
 pub async fn one_request(config: &Config, id: &str) -> anyhow::Result<()> {
-    let opened = open_data(config).await?;
+    let Some(opened) = open_existing(config).await? else { anyhow::bail!("no request with id {id:?}") };
     let store = opened.registry.store();
     let out = crate::ledger::request_details(store.as_ref(), opened.registry.cipher(), id)
         .await?
@@ -29,9 +29,11 @@ pub async fn requests(
     limit: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let opened = open_data(config).await?;
     let filter = RequestFilter { since_ms: since_ms(since)?, account, status, limit, ..RequestFilter::default() };
-    let rows: Vec<RequestRow> = opened.registry.store().find_requests(&filter).await?;
+    let rows: Vec<RequestRow> = match open_existing(config).await? {
+        Some(opened) => opened.registry.store().find_requests(&filter).await?,
+        None => Vec::new(),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -60,8 +62,11 @@ pub async fn requests(
 }
 
 pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow::Result<()> {
-    let opened = open_data(config).await?;
-    let groups = crate::ledger::stats(opened.registry.store().as_ref(), since_ms(since)?, by).await?;
+    let since_ms = since_ms(since)?;
+    let groups = match open_existing(config).await? {
+        Some(opened) => crate::ledger::stats(opened.registry.store().as_ref(), since_ms, by).await?,
+        None => Default::default(),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());

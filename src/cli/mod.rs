@@ -94,29 +94,61 @@ pub(crate) struct Opened {
     pub keys: KeySet,
 }
 
-/// Open the data directory: create it private (checking what is there), find or create the data key, open
-/// the database, and fold in a plaintext store left by an earlier version.
+/// Open the data directory for a command that writes: create it private when missing (an existing one is
+/// only checked), find or create the data key, open the database, and fold in a plaintext store left by
+/// an earlier version.
 pub(crate) async fn open_data(config: &Config) -> anyhow::Result<Opened> {
-    private_dir(&config.home).with_context(|| format!("cannot create data directory {}", config.home.display()))?;
-    check_permissions(config)?;
-    let settings = config.secret_settings();
-    // Keychain calls block (D-Bus): keep them off the async workers.
-    let (keystore, keys, created) = tokio::task::spawn_blocking(move || KeyStore::open(settings)).await??;
+    if private_dir(&config.home).with_context(|| format!("cannot create data directory {}", config.home.display()))? {
+        eprintln!("created data directory {} (mode 0700)", config.home.display());
+    }
+    check_permissions(config, true)?;
+    let (keystore, keys, created) = open_keys(config, true).await?;
     if created {
         eprintln!(
             "created a new encryption key in the {}; back it up (`switchyard auth storage backup`)",
             keystore.backend()
         );
     }
-    if keystore.unprotected_file() {
-        tracing::warn!("the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");
+    let registry = open_store(config, keys.clone()).await?;
+    migrate_plaintext(config, &registry).await?;
+    Ok(Opened { registry, keystore, keys })
+}
+
+/// Open the data directory for a command that only reads: nothing on disk is created or changed, and
+/// `None` when there is no data yet (the caller says so).
+pub(crate) async fn open_existing(config: &Config) -> anyhow::Result<Option<Opened>> {
+    let plaintext = config.home.join("accounts.json");
+    if plaintext.exists() {
+        eprintln!(
+            "{} will be moved into encrypted storage by the next command that writes (or `switchyard serve`)",
+            plaintext.display()
+        );
     }
+    if !config.database_path().exists() {
+        eprintln!(
+            "nothing here yet: {} holds no Switchyard data; add an account with `switchyard accounts add NAME \
+             --api-key -` or `switchyard auth login`",
+            config.home.display()
+        );
+        return Ok(None);
+    }
+    check_permissions(config, false)?;
+    let (keystore, keys, _) = open_keys(config, false).await?;
+    let registry = open_store(config, keys.clone()).await?;
+    Ok(Some(Opened { registry, keystore, keys }))
+}
+
+async fn open_keys(config: &Config, create: bool) -> anyhow::Result<(KeyStore, KeySet, bool)> {
+    let settings = config.secret_settings();
+    // Keychain calls block (D-Bus): keep them off the async workers.
+    Ok(tokio::task::spawn_blocking(move || KeyStore::open(settings, create)).await??)
+}
+
+async fn open_store(config: &Config, keys: KeySet) -> anyhow::Result<Registry> {
     let store = SqliteStore::open(&config.database_path())
         .await
         .with_context(|| format!("cannot open database {}", config.database_path().display()))?;
-    let registry = Registry::new(Arc::new(store), Arc::new(Cipher::with_keys(keys.clone())));
-    migrate_plaintext(config, &registry).await?;
-    Ok(Opened { registry, keystore, keys })
+    Ok(Registry::new(Arc::new(store), Arc::new(Cipher::with_keys(keys))))
 }
 
 pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, Backend)> {
@@ -124,16 +156,31 @@ pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, 
     Ok((opened.registry, opened.keystore.backend().clone()))
 }
 
-/// Every file in the data directory must be the owner's alone: fix and warn, or refuse when strict.
-fn check_permissions(config: &Config) -> anyhow::Result<()> {
+/// Switchyard's files in the data directory must be the owner's alone: a command that writes tightens
+/// them (saying so), one that reads only reports; a directory holding other files is reported and left
+/// as it is. `--strict-permissions` refuses instead of either.
+fn check_permissions(config: &Config, fix: bool) -> anyhow::Result<()> {
     let loose = loose_permissions(&config.home)?;
     if loose.is_empty() {
         return Ok(());
     }
     let list = loose.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-    anyhow::ensure!(!config.strict_permissions, "refusing to run with open permissions: {list}");
-    fix_permissions(&loose)?;
-    tracing::warn!("fixed open permissions in the data directory: {list}");
+    anyhow::ensure!(!config.strict_permissions, "refusing to run with open permissions (--strict-permissions): {list}");
+    for l in &loose {
+        if !l.ours {
+            eprintln!(
+                "warning: {l}; run `chmod 700 {}` yourself, or give Switchyard a directory of its own",
+                l.path.display()
+            );
+        } else if fix {
+            eprintln!("tightened open permissions: {l}");
+        } else {
+            eprintln!("warning: {l} (the next command that writes tightens it)");
+        }
+    }
+    if fix {
+        fix_permissions(&loose)?;
+    }
     Ok(())
 }
 

@@ -29,7 +29,12 @@ pub async fn run(config: &Config, command: StorageCommand) -> anyhow::Result<()>
 }
 
 async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
-    let opened = open_data(config).await?;
+    let Some(opened) = super::open_existing(config).await? else {
+        if json {
+            println!("{}", serde_json::json!({ "backend": null, "database": config.database_path(), "secrets": 0 }));
+        }
+        return Ok(());
+    };
     let secrets = opened.registry.store().count_secrets().await?;
     let loose = loose_permissions(&config.home)?;
     let backend = opened.keystore.backend();
@@ -56,7 +61,14 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     println!("key source:   {backend}");
     println!("key version:  {} (held: {:?})", opened.keys.current, opened.keys.versions());
     if let Some(protected) = protected {
-        println!("passphrase:   {}", if protected { "yes (Argon2id)" } else { "no — set SWITCHYARD_PASSPHRASE" });
+        println!(
+            "passphrase:   {}",
+            if protected {
+                "yes (Argon2id)"
+            } else {
+                "no: the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it"
+            }
+        );
     }
     println!("secrets:      {secrets} encrypted value(s) in {}", config.database_path().display());
     if loose.is_empty() {

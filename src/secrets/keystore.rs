@@ -91,6 +91,10 @@ pub enum KeyError {
     Keyring(String),
     #[error("migration check failed: the key read back from {0} differs from the one written")]
     Verify(String),
+    #[error(
+        "no encryption key in the {0}, though the database exists; restore the key, or set SWITCHYARD_ENCRYPTION_KEY"
+    )]
+    Missing(String),
 }
 
 const SERVICE: &str = "switchyard";
@@ -127,8 +131,8 @@ fn keyring_read(user: &str) -> Result<Option<SecretString>, KeyError> {
 }
 
 impl KeyStore {
-    /// Find the keys (creating them on first run); `true` when they were created now.
-    pub fn open(settings: SecretSettings) -> Result<(Self, KeySet, bool), KeyError> {
+    /// Find the keys (creating them on first run unless `create` is false); `true` when they were created now.
+    pub fn open(settings: SecretSettings, create: bool) -> Result<(Self, KeySet, bool), KeyError> {
         if let Some(env_key) = &settings.env_key {
             let keys = KeySet::from_base64(env_key.expose_secret()).ok_or(KeyError::BadEnvKey)?;
             return Ok((Self { settings, backend: Backend::Environment }, keys, false));
@@ -162,6 +166,7 @@ impl KeyStore {
         let store = Self { settings, backend };
         match store.load()? {
             Some(keys) => Ok((store, keys, false)),
+            None if !create => Err(KeyError::Missing(store.backend.to_string())),
             None => {
                 let keys = KeySet::generate();
                 store.save(&keys)?;
@@ -320,9 +325,9 @@ mod tests {
     fn key_file_is_created_once_private_and_optionally_wrapped() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
-        let (store, k1, created) = KeyStore::open(settings(&home, None)).unwrap();
+        let (store, k1, created) = KeyStore::open(settings(&home, None), true).unwrap();
         assert!(created && store.unprotected_file());
-        let (_, k2, created) = KeyStore::open(settings(&home, None)).unwrap();
+        let (_, k2, created) = KeyStore::open(settings(&home, None), true).unwrap();
         assert!(!created);
         assert_eq!(**k1.key(1).unwrap(), **k2.key(1).unwrap());
         #[cfg(unix)]
@@ -332,13 +337,13 @@ mod tests {
             assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
         }
         let wrapped_home = dir.path().join("wrapped");
-        let (_, k3, _) = KeyStore::open(settings(&wrapped_home, Some("pass"))).unwrap();
+        let (_, k3, _) = KeyStore::open(settings(&wrapped_home, Some("pass")), true).unwrap();
         assert!(KeySet::is_wrapped(&std::fs::read_to_string(wrapped_home.join("secret.key")).unwrap()));
         assert!(matches!(
-            KeyStore::open(settings(&wrapped_home, None)),
+            KeyStore::open(settings(&wrapped_home, None), true),
             Err(KeyError::KeySet { source: KeySetError::NeedsPassphrase, .. })
         ));
-        let (_, k4, _) = KeyStore::open(settings(&wrapped_home, Some("pass"))).unwrap();
+        let (_, k4, _) = KeyStore::open(settings(&wrapped_home, Some("pass")), true).unwrap();
         assert_eq!(**k3.key(1).unwrap(), **k4.key(1).unwrap());
     }
 
@@ -348,10 +353,10 @@ mod tests {
         let mut s = settings(dir.path(), None);
         s.env_key =
             Some(SecretString::from(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])));
-        let (store, keys, _) = KeyStore::open(s.clone()).unwrap();
+        let (store, keys, _) = KeyStore::open(s.clone(), true).unwrap();
         assert_eq!((**keys.key(1).unwrap(), store.backend()), ([7u8; 32], &Backend::Environment));
         s.env_key = Some(SecretString::from("short".to_owned()));
-        assert!(matches!(KeyStore::open(s), Err(KeyError::BadEnvKey)));
+        assert!(matches!(KeyStore::open(s, true), Err(KeyError::BadEnvKey)));
         assert!(!dir.path().join("secret.key").exists());
     }
 }
