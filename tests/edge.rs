@@ -232,7 +232,8 @@ async fn upstream_tls_is_verified_and_pinned_fails_closed() {
     let (_, message) =
         support::error_type(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap(), 502).await;
     assert!(
-        message.contains("cannot connect to the upstream") && message.to_lowercase().contains("certificate"),
+        message.contains("the upstream is unreachable: cannot connect to")
+            && message.to_lowercase().contains("certificate"),
         "{message}"
     );
     drop(gw);

@@ -321,3 +321,48 @@ async fn unreachable_and_slow_upstreams_are_502_and_504() {
     assert_eq!(t, "api_error");
     assert!(message.contains("did not answer"), "{message}");
 }
+
+/// The first-byte timeout is one budget for the whole request: a silent upstream costs one timeout, not one
+/// per attempt, and an upstream that refuses connections fails over at once, without pauses or retries on
+/// the same account.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_or_unreachable_upstream_costs_one_budget() {
+    let fake = Fake::start().await;
+    fake.add_api_key("k1");
+    fake.add_api_key("k2");
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "k1"]).await;
+    env.ok(&["accounts", "add", "b", "--api-key", "k2"]).await;
+    env.set("SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", "2");
+    env.set("SWITCHYARD_RETRY_ATTEMPTS", "3");
+    env.set("SWITCHYARD_RETRY_DELAY_MS", "500");
+    let gw = env.serve().await;
+    for _ in 0..4 {
+        fake.push(Script::Delay(Duration::from_secs(30)));
+    }
+    let started = std::time::Instant::now();
+    let response = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+    let waited = started.elapsed();
+    let (_, message) = error_type(response, 504).await;
+    assert!(message.contains("within 2s"), "{message}");
+    // Four attempts of 2 s each plus pauses took over 9 s before; one budget is 2 s.
+    assert!(waited < Duration::from_secs(4), "the client waited {waited:?}");
+    assert_eq!(fake.requests().len(), 1, "attempts after the budget was spent");
+    drop(gw);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    env.set("SWITCHYARD_UPSTREAM_URL", &dead);
+    env.set("SWITCHYARD_RETRY_DELAY_MS", "1000");
+    let gw = env.serve().await;
+    let started = std::time::Instant::now();
+    let response = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+    let waited = started.elapsed();
+    let (_, message) = error_type(response, 502).await;
+    assert!(message.contains("the upstream is unreachable"), "{message}");
+    // Pauses of 1 s, 2 s and 4 s before; now each account is tried once, at once.
+    assert!(waited < Duration::from_secs(1), "the client waited {waited:?}");
+    let logs = gw.logs();
+    assert_eq!(logs.matches("upstream unreachable").count(), 2, "{logs}");
+}

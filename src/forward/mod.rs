@@ -46,6 +46,8 @@ pub struct Forwarder {
     http: UpstreamClients,
     pool: Arc<Pool>,
     base: String,
+    /// `host:port` of the upstream, for messages (the URL itself might carry credentials).
+    upstream_host: String,
     identity: IdentityMode,
     identity_prompt: String,
     oauth_beta: String,
@@ -64,6 +66,17 @@ struct Retry {
     max_attempts: u32,
     delay: Duration,
     backoff: f64,
+}
+
+/// Why an attempt produced no answer, which decides what the failover loop does next.
+enum SendFailure {
+    /// No connection could be made (refused, DNS, TLS, pin): not worth a pause or a second try on this
+    /// account; the next account is tried at once.
+    Unreachable(ApiError),
+    /// The request's first-byte budget is spent: nothing more is tried.
+    TimedOut(ApiError),
+    /// The connection broke after it was made: transient, retried after a pause.
+    Broken(ApiError),
 }
 
 /// The last failed attempt, answered to the client when nothing better comes.
@@ -190,6 +203,11 @@ impl Forwarder {
             http,
             pool,
             base: config.upstream_url.as_str().trim_end_matches('/').to_owned(),
+            upstream_host: format!(
+                "{}:{}",
+                config.upstream_url.host_str().unwrap_or("?"),
+                config.upstream_url.port_or_known_default().unwrap_or(0)
+            ),
             identity: config.identity,
             identity_prompt: config.identity_prompt.clone(),
             oauth_beta: config.oauth_beta.clone(),
@@ -268,6 +286,9 @@ impl Forwarder {
         let mut attempts: u32 = 0;
         let mut delay = self.retry.delay;
         let mut last: Option<Failure> = None;
+        // One first-byte budget for the whole request, shared by its attempts and pauses: a silent upstream
+        // costs one timeout, not one per attempt.
+        let deadline = tokio::time::Instant::from_std(started) + self.first_byte_timeout;
         loop {
             let exclude: Vec<String> = tried.iter().chain(&skipped).cloned().collect();
             let account = match self.pool.candidates(&want, &exclude) {
@@ -302,13 +323,13 @@ impl Forwarder {
             };
             attempts += 1;
             trace.tried(&account.name, attempts);
-            let mut sent = self.send(req, &credential, body.clone()).await;
+            let mut sent = self.send(req, &credential, body.clone(), deadline).await;
             if let (Ok(response), Credential::Bearer(rejected)) = (&sent, &credential)
                 && response.status() == StatusCode::UNAUTHORIZED
             {
                 tracing::info!(account = %account.name, "upstream refused the access token; refreshing");
                 match self.pool.refresh_rejected(&account, rejected).await {
-                    Ok(fresh) => sent = self.send(req, &fresh, body).await,
+                    Ok(fresh) => sent = self.send(req, &fresh, body, deadline).await,
                     Err(e) => {
                         reasons.push(e.to_string());
                         skipped.push(account.id.clone());
@@ -319,7 +340,24 @@ impl Forwarder {
             }
             let response = match sent {
                 Ok(response) => response,
-                Err(error) => {
+                Err(SendFailure::TimedOut(error)) => {
+                    tracing::warn!(account = %account.name, error = %error.message, "upstream attempt timed out");
+                    account.record(true);
+                    return Err(error);
+                }
+                Err(SendFailure::Unreachable(error)) => {
+                    tracing::warn!(account = %account.name, error = %error.message, "upstream unreachable");
+                    account.record(true);
+                    reasons.push(format!("{} could not connect", account.name));
+                    // Not tried again for this request: the next account goes at once.
+                    skipped.push(account.id.clone());
+                    if attempts >= self.retry.max_attempts {
+                        return Err(error);
+                    }
+                    last = Some(Failure::Gateway(error));
+                    continue;
+                }
+                Err(SendFailure::Broken(error)) => {
                     tracing::warn!(account = %account.name, error = %error.message, "upstream attempt failed");
                     account.record(true);
                     tried.push(account.id.clone());
@@ -327,7 +365,9 @@ impl Forwarder {
                         return Err(error);
                     }
                     last = Some(Failure::Gateway(error));
-                    self.back_off(&mut delay).await;
+                    if !self.back_off(&mut delay, deadline).await {
+                        return last.map_or_else(|| Err(self.timed_out()), |f| f.into_answer(self, trace));
+                    }
                     continue;
                 }
             };
@@ -352,8 +392,10 @@ impl Forwarder {
                 let transient = !matches!(status.as_u16(), 401 | 403 | 429);
                 last = Some(Failure::Upstream { response, transient, account: account.name.clone() });
                 // A limit is the account's, not Anthropic's: the next account needs no pause.
-                if transient || matches!(verdict, Verdict::RequestScoped) {
-                    self.back_off(&mut delay).await;
+                if (transient || matches!(verdict, Verdict::RequestScoped))
+                    && !self.back_off(&mut delay, deadline).await
+                {
+                    return last.map_or_else(|| Err(self.timed_out()), |f| f.into_answer(self, trace));
                 }
                 continue;
             }
@@ -392,9 +434,22 @@ impl Forwarder {
         })
     }
 
-    async fn back_off(&self, delay: &mut Duration) {
+    /// Pause before the next attempt; `false` (without pausing) when the pause would outlast the request's
+    /// first-byte budget, so the caller answers with what it has.
+    async fn back_off(&self, delay: &mut Duration, deadline: tokio::time::Instant) -> bool {
+        if tokio::time::Instant::now() + *delay >= deadline {
+            return false;
+        }
         tokio::time::sleep(*delay).await;
         *delay = delay.mul_f64(self.retry.backoff).min(Duration::from_secs(60));
+        true
+    }
+
+    fn timed_out(&self) -> ApiError {
+        ApiError::gateway_timeout(format!(
+            "the upstream did not answer within {}s (SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS, shared by all attempts)",
+            self.first_byte_timeout.as_secs()
+        ))
     }
 
     /// The body an OAuth account sends: the identity first in `system` (Messages endpoints only).
@@ -413,7 +468,29 @@ impl Forwarder {
         req: &Inbound,
         credential: &Credential,
         body: Bytes,
-    ) -> Result<hyper::Response<Incoming>, ApiError> {
+        deadline: tokio::time::Instant,
+    ) -> Result<hyper::Response<Incoming>, SendFailure> {
+        let request = self.upstream_request(req, credential, body).map_err(SendFailure::Broken)?;
+        match tokio::time::timeout_at(deadline, self.http.get().request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(SendFailure::Unreachable(ApiError::bad_gateway(format!(
+                "the upstream is unreachable: cannot connect to {}: {}",
+                self.upstream_host,
+                root_cause(&e)
+            )))),
+            Ok(Err(_)) => Err(SendFailure::Broken(ApiError::bad_gateway("the upstream connection failed"))),
+            Err(_) => Err(SendFailure::TimedOut(self.timed_out())),
+        }
+    }
+
+    /// The upstream request for one account: the client's headers minus what must not travel, the
+    /// account's credential, and the body it sends.
+    fn upstream_request(
+        &self,
+        req: &Inbound,
+        credential: &Credential,
+        body: Bytes,
+    ) -> Result<hyper::Request<Full<Bytes>>, ApiError> {
         let mut headers = HeaderMap::with_capacity(req.headers.len() + 3);
         for (name, value) in &req.headers {
             if forward_request_header(name.as_str()) && name != "anthropic-beta" {
@@ -452,17 +529,7 @@ impl Forwarder {
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.first_byte_timeout, self.http.get().request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => {
-                Err(ApiError::bad_gateway(format!("cannot connect to the upstream: {}", root_cause(&e))))
-            }
-            Ok(Err(_)) => Err(ApiError::bad_gateway("the upstream connection failed")),
-            Err(_) => Err(ApiError::gateway_timeout(format!(
-                "the upstream did not answer within {}s",
-                self.first_byte_timeout.as_secs()
-            ))),
-        }
+        Ok(request)
     }
 }
 
