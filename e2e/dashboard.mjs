@@ -83,7 +83,7 @@ try {
   await page.click("#key-form button");
   await page.waitForURL(/\/dashboard$/);
   await ready("overview");
-  assert.match(await page.textContent("#who"), /key:root \(admin\)/);
+  assert.match(await page.textContent("#who"), /root \(admin key\)/);
 
   begin("overview shows accounts, requests and charts");
   await page.locator("#card-available .n", { hasText: "2 / 4" }).waitFor();
@@ -279,7 +279,7 @@ try {
   await page.click("#key-form button");
   await page.waitForURL(/\/dashboard(#.*)?$/);
   await ready("overview");
-  assert.match(await page.textContent("#who"), /key:eyes \(viewer\)/);
+  assert.match(await page.textContent("#who"), /eyes \(viewer key\)/);
   for (const hidden of ["#/keys", "#/requests", "#/audit"]) {
     assert.equal(await page.locator(`#nav a[href="${hidden}"]`).isVisible(), false, `${hidden} hidden from a viewer`);
   }

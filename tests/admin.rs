@@ -44,8 +44,9 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
         let (kind, _) = error_type(r, 401).await;
         assert_eq!(kind, "authentication_error", "{path}");
     }
+    assert_eq!(gw.next_line().await, format!("dashboard: {}/dashboard", gw.url));
     let line = gw.next_line().await;
-    let link = line.strip_prefix("admin login (single use): ").expect("one-time link printed").to_owned();
+    let link = line.strip_prefix("dashboard login link (single use): ").expect("one-time link printed").to_owned();
     assert!(!gw.logs().contains(link.split("token=").nth(1).unwrap()), "the token is not logged");
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let r = no_redirect.get(&link).send().await.unwrap();
@@ -57,6 +58,26 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
     assert!(page.text().await.unwrap().contains("<title>Switchyard</title>"));
     let again = no_redirect.get(&link).send().await.unwrap();
     assert_eq!(again.status(), 401, "single use");
+    assert!(again.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = again.text().await.unwrap();
+    assert!(page.contains("already been used") && page.contains("switchyard dashboard-link"), "{page}");
+    // The login page says how to get in.
+    let login_page = gw.get("/dashboard/login").send().await.unwrap().text().await.unwrap();
+    for hint in ["switchyard dashboard-link", "switchyard admin set-password", "--role admin"] {
+        assert!(login_page.contains(hint), "the login page does not mention {hint}");
+    }
+    // A fresh link from the CLI works on the running server, once; it replaces the previous one.
+    let port = gw.url.rsplit(':').next().unwrap().to_owned();
+    let first = env.ok(&["dashboard-link", "--port", &port]).await.stdout.trim().to_owned();
+    let fresh = env.ok(&["dashboard-link", "--port", &port]).await.stdout.trim().to_owned();
+    assert!(fresh.starts_with(&format!("{}/admin/login?token=", gw.url)), "{fresh}");
+    assert_eq!(no_redirect.get(&first).send().await.unwrap().status(), 401, "replaced by the newer link");
+    let r = no_redirect.get(&fresh).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let me: serde_json::Value =
+        gw.get("/admin/api/session").header("cookie", cookie_of(&r)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["actor"], "dashboard-link");
+    assert_eq!(no_redirect.get(&fresh).send().await.unwrap().status(), 401, "single use");
 
     // State changes need the CSRF token.
     let me: serde_json::Value =
@@ -104,8 +125,11 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let user_key = env.ok(&["keys", "create", "app", "--role", "user"]).await.stdout.trim().to_owned();
     let mut gw = env.serve().await;
     // An admin key exists: no one-time link.
-    let extra = tokio::time::timeout(std::time::Duration::from_millis(500), gw.next_line()).await;
-    assert!(extra.is_err(), "no login link when an admin key exists");
+    assert!(gw.next_line().await.starts_with("dashboard: http://"));
+    assert!(
+        gw.next_line().await.starts_with("dashboard login: an admin key"),
+        "no login link when an admin key exists"
+    );
 
     let (kind, _) = error_type(login(&gw, serde_json::json!({"key": user_key})).await, 403).await;
     assert_eq!(kind, "permission_error");
@@ -200,8 +224,8 @@ async fn password_with_totp_and_the_login_brake() {
     let weak = env.run(&["admin", "set-password"], "").await;
     assert!(weak.stderr.contains("at least 12 characters"), "{}", weak.stderr);
     let mut gw = env.serve().await;
-    let extra = tokio::time::timeout(std::time::Duration::from_millis(500), gw.next_line()).await;
-    assert!(extra.is_err(), "no login link when a password exists");
+    assert!(gw.next_line().await.starts_with("dashboard: http://"));
+    assert!(gw.next_line().await.starts_with("dashboard login: an admin key"), "no login link when a password exists");
 
     let (_, message) =
         error_type(login(&gw, serde_json::json!({"password": "correct horse battery"})).await, 401).await;

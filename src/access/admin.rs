@@ -216,27 +216,31 @@ impl LoginBrake {
     }
 }
 
-/// A single-use login token printed by `serve` when no admin credential exists yet.
-#[derive(Debug, Default)]
-pub struct OneTimeToken(Mutex<Option<String>>);
+/// The single-use dashboard login link: only its digest and expiry are stored (in the settings table, so
+/// `switchyard dashboard-link` can issue one for a running server, and any instance on the same data can
+/// redeem it). A new link replaces the previous one.
+const LOGIN_LINK: &str = "admin.login_link";
 
-impl OneTimeToken {
-    pub fn issue(&self) -> String {
-        let token = random_token();
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(digest(&token));
-        token
-    }
+/// How long a dashboard login link stays valid.
+pub const LOGIN_LINK_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-    /// Consume the token if `given` is it.
-    pub fn redeem(&self, given: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ok = slot.as_ref().is_some_and(|d| bool::from(d.as_bytes().ct_eq(digest(given).as_bytes())));
-        if ok {
-            *slot = None;
-        }
-        ok
-    }
+/// Issue a new single-use login token (the previous one stops working).
+pub async fn issue_login_link(store: &dyn Store, ttl_ms: i64) -> Result<String, StoreError> {
+    let token = random_token();
+    let now = crate::now_ms();
+    store.put_setting(LOGIN_LINK, Some(&format!("{}:{}", digest(&token), now + ttl_ms)), now).await?;
+    Ok(token)
+}
+
+/// Consume the login token if `given` is the current, unexpired one.
+pub async fn redeem_login_link(store: &dyn Store, given: &str) -> Result<bool, StoreError> {
+    use subtle::ConstantTimeEq;
+    let Some(stored) = store.get_setting(LOGIN_LINK).await? else { return Ok(false) };
+    let Some((hash, expires)) = stored.split_once(':') else { return Ok(false) };
+    let matches = bool::from(hash.as_bytes().ct_eq(digest(given).as_bytes()));
+    let live = expires.parse::<i64>().is_ok_and(|e| e > crate::now_ms());
+    // Taken only if still the same value: two redeemers racing, one wins.
+    Ok(matches && live && store.take_setting(LOGIN_LINK, &stored).await?)
 }
 
 #[cfg(test)]
@@ -251,11 +255,6 @@ mod tests {
         assert!(sessions.get("nope").is_none());
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(sessions.get(&id).is_none());
-        let once = OneTimeToken::default();
-        let t = once.issue();
-        assert!(!once.redeem("wrong"));
-        assert!(once.redeem(&t));
-        assert!(!once.redeem(&t));
     }
 
     #[test]

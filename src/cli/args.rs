@@ -40,6 +40,18 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print a fresh single-use login link for the dashboard (for the running server, or the next one).
+    ///
+    /// Works while `serve` runs: the link is kept (hashed) in the data directory, valid for 24 hours, and
+    /// replaces any earlier link. The address comes from the configuration, or --host/--port.
+    DashboardLink {
+        /// Host in the link. Default: the configured bind address (127.0.0.1).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port in the link. Default: the configured port (8080).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Administrator credentials for the admin API and dashboard.
     Admin {
         #[command(subcommand)]

@@ -130,6 +130,24 @@ pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A new single-use dashboard login link, stored hashed where the server (running or not yet) checks it.
+pub async fn dashboard_link(config: &Config, host: Option<String>, port: Option<u16>) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let store = opened.registry.store();
+    let token = crate::access::admin::issue_login_link(store.as_ref(), crate::access::admin::LOGIN_LINK_TTL_MS).await?;
+    super::audit_cli(store.as_ref(), "admin.dashboard-link", "admin", "").await;
+    let host = host.unwrap_or_else(|| match config.host.as_str() {
+        // A wildcard bind is reachable on loopback from this machine.
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_owned(),
+        h => h.to_owned(),
+    });
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    println!("{scheme}://{host}:{}/admin/login?token={token}", port.unwrap_or(config.port));
+    eprintln!("single use, valid for 24 hours; it replaces any earlier link. Open it in the browser to log in.");
+    Ok(())
+}
+
 pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
     let since_ms = crate::since_ms(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
     let entries = match super::open_existing(config).await? {

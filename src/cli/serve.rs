@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::access::ClientKeys;
+use crate::access::admin::LOGIN_LINK_TTL_MS;
 use crate::accounts::{Pool, Router};
 use crate::config::Config;
 use crate::oauth::OAuthClient;
@@ -77,15 +78,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     writeln!(stdout, "switchyard listening on {scheme}://{addr}")?;
-    // No way into the admin API yet: a single-use link, printed here only (like a notebook server).
+    stdout.flush()?;
+    // Not fatal if nobody reads stdout any more.
+    let _ = writeln!(stdout, "dashboard: {scheme}://{addr}/dashboard");
+    // No way into the dashboard yet: a single-use link, printed here only (like a notebook server).
     let admin_key = keys.has_role(crate::access::Role::Admin);
     if !admin_key && !crate::access::admin::has_password(pool.store().as_ref()).await? {
-        let token = gateway.admin.one_time.issue();
-        // Not fatal if nobody reads stdout any more.
-        let _ = writeln!(stdout, "admin login (single use): {scheme}://{addr}/admin/login?token={token}");
-        let _ = stdout.flush();
+        let token = crate::access::admin::issue_login_link(pool.store().as_ref(), LOGIN_LINK_TTL_MS).await?;
+        let _ = writeln!(stdout, "dashboard login link (single use): {scheme}://{addr}/admin/login?token={token}");
+    } else {
+        let _ = writeln!(
+            stdout,
+            "dashboard login: an admin key or the administrator password (`switchyard dashboard-link` prints a \
+             single-use link)"
+        );
     }
-    stdout.flush()?;
+    let _ = stdout.flush();
     let options = ListenOptions {
         tls,
         max_connections: config.max_connections,

@@ -14,7 +14,7 @@ use axum::routing::{delete, get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::access::admin::{LoginBrake, OneTimeToken, PasswordCheck, Session, Sessions, check_password};
+use crate::access::admin::{LoginBrake, PasswordCheck, Session, Sessions, check_password, redeem_login_link};
 use crate::access::{ClientKeys, KeyCheck, NewKey, Permission, Role, audit, parse_expiry};
 use crate::accounts::Pool;
 use crate::error::ApiError;
@@ -29,7 +29,6 @@ pub struct Admin {
     pub keys: Arc<ClientKeys>,
     pub sessions: Sessions,
     pub brake: LoginBrake,
-    pub one_time: OneTimeToken,
     pub tls: bool,
 }
 
@@ -186,18 +185,26 @@ async fn one_time_login(
         return ApiError::client_limited("too many failed logins from this address", wait).into_response();
     }
     let store = admin.pool.store().clone();
+    let redeemed = match &query {
+        Ok(Query(q)) => match redeem_login_link(store.as_ref(), &q.token).await {
+            Ok(redeemed) => redeemed,
+            Err(e) => return ApiError::internal(format!("cannot check the login link: {e}")).into_response(),
+        },
+        Err(_) => false,
+    };
     match query {
-        Ok(Query(q)) if admin.one_time.redeem(&q.token) => {
+        Ok(_) if redeemed => {
             admin.brake.succeeded(ip);
-            audit(store.as_ref(), "one-time-url", Some(ip), "admin.login", "session", "ok", "admin").await;
-            let mut response = logged_in(&admin, "one-time-url".to_owned(), Role::Admin, StatusCode::SEE_OTHER);
+            audit(store.as_ref(), "dashboard-link", Some(ip), "admin.login", "session", "ok", "admin").await;
+            let mut response = logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, StatusCode::SEE_OTHER);
             response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/dashboard"));
             response
         }
         _ => {
             admin.brake.failed(ip);
-            audit(store.as_ref(), "unknown", Some(ip), "admin.login", "one-time-url", "denied", "").await;
-            ApiError::unauthorized("this login link is invalid or was already used").into_response()
+            audit(store.as_ref(), "unknown", Some(ip), "admin.login", "dashboard-link", "denied", "").await;
+            // A person followed this link in a browser: a page that says what to do, not JSON.
+            (StatusCode::UNAUTHORIZED, axum::response::Html(super::dashboard::LINK_USED)).into_response()
         }
     }
 }

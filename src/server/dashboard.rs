@@ -19,6 +19,8 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 const LOGIN_JS: &str = include_str!("dashboard/login.js");
 const CSS: &str = include_str!("dashboard/app.css");
 const ICON: &str = include_str!("dashboard/icon.svg");
+/// What a used or expired login link opens.
+pub(super) const LINK_USED: &str = include_str!("dashboard/link_used.html");
 
 pub fn routes(admin: Arc<Admin>) -> Router {
     Router::new()

@@ -268,7 +268,6 @@ impl Gateway {
             keys: keys.clone(),
             sessions: crate::access::admin::Sessions::new(8 * 3600 * 1000),
             brake: crate::access::admin::LoginBrake::default(),
-            one_time: crate::access::admin::OneTimeToken::default(),
             tls: config.tls_cert.is_some(),
         });
         Ok(Self {

@@ -318,6 +318,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.
     async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
+    /// Delete a setting only if it still holds `value`, atomically; true when this call deleted it (so of
+    /// two callers racing for a single-use value, exactly one wins).
+    async fn take_setting(&self, key: &str, value: &str) -> Result<bool, StoreError>;
     /// Append request-log rows in one transaction.
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError>;
     /// The newest requests matching `filter`, newest first (ties broken by id, so pages never overlap).

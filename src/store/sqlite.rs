@@ -660,6 +660,16 @@ impl Store for SqliteStore {
         row.map(|r| r.try_get("value").map_err(db)).transpose()
     }
 
+    async fn take_setting(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM settings WHERE key = ? AND value = ?")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
         match value {
             Some(value) => sqlx::query(

@@ -33,6 +33,14 @@ class ApiError extends Error {
   constructor(status, type, message) { super(message); this.status = status; this.type = type; }
 }
 
+// Who is logged in, in words: "ops (admin key)", "administrator (password)".
+function who(session) {
+  if (session.actor.startsWith("key:")) return `${session.actor.slice(4)} (${session.role} key)`;
+  if (session.actor.startsWith("password:")) return "administrator (password)";
+  if (session.actor === "dashboard-link") return "administrator (login link)";
+  return `${session.actor} (${session.role})`;
+}
+
 async function api(method, path, body) {
   const headers = {};
   if (body !== undefined) headers["content-type"] = "application/json";
@@ -530,7 +538,7 @@ async function start() {
     document.getElementById("main").replaceChildren(h("p", { class: "error" }, e.message));
     return;
   }
-  document.getElementById("who").textContent = `${state.session.actor} (${state.session.role})`;
+  document.getElementById("who").textContent = who(state.session);
   if (!can("logs")) for (const a of document.querySelectorAll('#nav a[href="#/requests"], #nav a[href="#/audit"]')) a.hidden = true;
   if (!can("manage")) document.querySelector('#nav a[href="#/keys"]').hidden = true;
   document.getElementById("logout").addEventListener("click", async (e) => {
