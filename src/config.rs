@@ -43,10 +43,12 @@ pub mod defaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {message}")]
+    InFile { path: PathBuf, key: &'static str, message: String },
     #[error("{name}: {message}")]
     Invalid { name: &'static str, message: String },
     #[error("no data directory: set SWITCHYARD_HOME")]
@@ -335,16 +337,34 @@ impl Config {
                 None => default_home().ok_or(ConfigError::NoHome)?,
             },
         };
-        let file_path =
-            flags.config.clone().or_else(|| env("SWITCHYARD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
-        let raw = match file_path {
-            Some(path) => read_file(&path)?,
-            None => {
-                let path = home.join("config.toml");
-                if path.exists() { read_file(&path)? } else { RawFile::default() }
-            }
+        let file_path = flags
+            .config
+            .clone()
+            .or_else(|| env("SWITCHYARD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| Some(home.join("config.toml")).filter(|p| p.exists()));
+        let raw = match &file_path {
+            Some(path) => read_file(path)?,
+            None => RawFile::default(),
         };
+        Self::assemble(flags, env, home, raw).map_err(|e| match (e, &file_path) {
+            // The value came from the file, not the environment: name the file and key.
+            (ConfigError::Invalid { name, message }, Some(path)) if env(name).is_none_or(|v| v.is_empty()) => {
+                match FILE_KEYS.iter().find(|(var, _)| *var == name) {
+                    Some((_, key)) => ConfigError::InFile { path: path.clone(), key, message },
+                    None => ConfigError::Invalid { name, message },
+                }
+            }
+            (e, _) => e,
+        })
+    }
 
+    /// Every setting from the file, the environment and the flags, validated once.
+    fn assemble(
+        flags: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        home: PathBuf,
+        raw: RawFile,
+    ) -> Result<Self, ConfigError> {
         let host = flags.host.clone().or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
         let port = flags.port.or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
         let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
@@ -570,9 +590,44 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+    toml::from_str(&text).map_err(|e| {
+        // One line: where, then what (toml's own text draws the line with a caret over several lines).
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{}{}", at.unwrap_or_default(), e.message().trim()),
+        }
+    })
 }
+
+/// Environment variables whose value is validated after it is read, and the config-file key each stands
+/// for, so an error names where the bad value really came from.
+const FILE_KEYS: &[(&str, &str)] = &[
+    ("SWITCHYARD_LB_STRATEGY", "routing.strategy"),
+    ("SWITCHYARD_RETRY_BACKOFF", "routing.retry_backoff"),
+    ("SWITCHYARD_SECRET_STORE", "secrets.store"),
+    ("SWITCHYARD_IDENTITY", "upstream.identity"),
+    ("SWITCHYARD_UPSTREAM_URL", "upstream.url"),
+    ("SWITCHYARD_UPSTREAM_PINS", "upstream.pins"),
+    ("SWITCHYARD_LOG_FORMAT", "log.format"),
+    ("SWITCHYARD_PAYLOADS", "requests.payloads"),
+    ("SWITCHYARD_REDACT", "requests.redact"),
+    ("SWITCHYARD_BODY_LIMIT", "server.body_limit"),
+    ("SWITCHYARD_ALLOWED_IPS", "server.allowed_ips"),
+    ("SWITCHYARD_ALLOWED_ORIGINS", "server.allowed_origins"),
+    ("SWITCHYARD_TLS_CERT", "server.tls_cert"),
+    ("SWITCHYARD_ALERT_WEBHOOK_URL", "alerts.webhook_url"),
+    ("SWITCHYARD_OAUTH_AUTHORIZE_URL", "oauth.authorize_url"),
+    ("SWITCHYARD_OAUTH_CONSOLE_AUTHORIZE_URL", "oauth.console_authorize_url"),
+    ("SWITCHYARD_OAUTH_TOKEN_URL", "oauth.token_url"),
+    ("SWITCHYARD_OAUTH_REDIRECT_URI", "oauth.redirect_uri"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,56 @@ async fn bad_configuration_is_named() {
     let out = env.run(&["--config", file.to_str().unwrap(), "serve"], "").await;
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("hots"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "a TOML error is one line: {}", out.stderr);
+
+    // Each error names its real source once: the file and key, the variable, or the flag.
+    let one_error = |out: &support::Output| {
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "one error line: {}", out.stderr);
+        errors[0].to_owned()
+    };
+    std::fs::write(&file, "[routing]\nstrategy = \"nope\"\n").unwrap();
+    let config = file.to_str().unwrap();
+    let err = one_error(&env.run(&["--config", config, "accounts", "list"], "").await);
+    assert!(err.contains("bad.toml: routing.strategy") && !err.contains("SWITCHYARD_LB_STRATEGY"), "{err}");
+    env.set("SWITCHYARD_LB_STRATEGY", "sideways");
+    let err = one_error(&env.run(&["--config", config, "accounts", "list"], "").await);
+    assert!(err.contains("SWITCHYARD_LB_STRATEGY") && err.contains("sideways"), "{err}");
+    env.set("SWITCHYARD_LB_STRATEGY", "");
+    let missing = env.home().join("missing.toml");
+    let err = one_error(&env.run(&["--config", missing.to_str().unwrap(), "accounts", "list"], "").await);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    for (args, flag) in [
+        (&["requests", "--since", "abc"][..], "--since"),
+        (&["stats", "--since", "abc"], "--since"),
+        (&["audit", "--since", "abc"], "--since"),
+        (&["cleanup", "--older-than", "abc"], "--older-than"),
+    ] {
+        let err = one_error(&env.run(args, "").await);
+        assert!(err.contains(flag) && err.contains("like 30m") && !err.contains("expected number"), "{err}");
+    }
+    env.ok(&["keys", "create", "ci"]).await;
+    let err = one_error(&env.run(&["keys", "create", "ci"], "").await);
+    assert!(err.contains("a client key named \"ci\" already exists"), "{err}");
+}
+
+/// The unprotected key file is mentioned where it helps (serve, storage status), not before every command.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_file_note_is_said_where_it_helps() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-note"]).await;
+    for args in [&["accounts", "list"][..], &["keys", "list"], &["auth", "status"]] {
+        let out = env.ok(args).await;
+        assert!(!out.stderr.contains("passphrase") && !out.stderr.contains("WARN"), "{args:?}: {}", out.stderr);
+    }
+    let status = env.ok(&["auth", "storage", "status"]).await.stdout;
+    assert!(status.contains("not protected by a passphrase"), "{status}");
+    let gw = env.serve().await;
+    let logs = gw.logs();
+    assert_eq!(logs.matches("the key file is not protected by a passphrase").count(), 1, "{logs}");
+    assert!(!logs.lines().any(|l| l.contains("WARN") && l.contains("passphrase")), "{logs}");
 }
 
 /// SIGTERM stops accepting, lets a running stream finish, then exits 0: whether connections are served

@@ -87,6 +87,19 @@ async fn pending_login_is_finished_later_with_code() {
 
     let code = fake.authorize(&challenge, &redirect);
     let pasted = format!("{code}#{state}");
+    // The token endpoint cannot be reached: the login stays pending for another try.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/v1/oauth/token", closed.local_addr().unwrap());
+    drop(closed);
+    let mut cut = env.command(&["auth", "login", "--code", &pasted]);
+    cut.env("SWITCHYARD_OAUTH_TOKEN_URL", &dead).stdin(std::process::Stdio::null());
+    let failed = cut.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach the authorization server") && stderr.contains("still pending"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    assert_eq!(errors[0].matches("cannot reach").count(), 1, "the cause once: {}", errors[0]);
     let out = env.ok(&["auth", "login", "--code", &pasted]).await;
     assert!(out.stdout.contains("user@example.com"));
     assert_eq!(accounts_json(&env).await[0]["name"], "user@example.com");
@@ -118,6 +131,7 @@ async fn bad_codes_print_one_line_and_save_nothing() {
     let out = login.finish().await;
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("invalid_grant"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("refused the grant").count(), 1, "the cause once: {}", out.stderr);
 
     // Unknown state for --code, and garbage.
     let out = env.run(&["auth", "login", "--code", "abc#unknown"], "").await;

@@ -17,8 +17,44 @@ pub enum LoginError {
     OAuth(#[from] OAuthError),
     #[error("login failed: the token answer carried no refresh token")]
     NoRefreshToken,
+    #[error(
+        "no pending login for this code: it expired after 10 minutes, was used, or belongs to another login; \
+         start the login again"
+    )]
+    NoPending,
     #[error(transparent)]
     Account(#[from] AccountError),
+}
+
+/// Finish a pending login with its pasted `CODE#STATE` parts. The pending login is kept while finishing
+/// it may still succeed: it is gone only once the account is saved, the server refuses the code, or it
+/// expires; a network failure or a busy token endpoint leaves it for another try.
+pub async fn finish_pending(
+    registry: &Registry,
+    oauth: &OAuthClient,
+    code: &str,
+    state: &str,
+    account: Option<String>,
+) -> Result<LoggedIn, LoginError> {
+    let Some((verifier, pending)) = registry.take_pending(state).await? else { return Err(LoginError::NoPending) };
+    let grant =
+        CodeGrant { code, state, verifier: &verifier, redirect_uri: &pending.redirect_uri, console: pending.console };
+    let result = complete(registry, oauth, grant, account.or_else(|| pending.account.clone())).await;
+    if let Err(LoginError::OAuth(e)) = &result
+        && e.retryable()
+    {
+        registry
+            .put_pending(
+                state,
+                &verifier,
+                &pending.redirect_uri,
+                pending.console,
+                pending.account.as_deref(),
+                pending.expires_at_ms,
+            )
+            .await?;
+    }
+    result
 }
 
 /// A login saved.

@@ -163,7 +163,7 @@ impl Registry {
     async fn slot(&self, name: &str, replace: bool) -> Result<(String, i64), AccountError> {
         match self.store.find_account(name).await? {
             Some(existing) if replace => Ok((existing.id, existing.created_at_ms)),
-            Some(_) => Err(StoreError::Duplicate(name.to_owned()).into()),
+            Some(_) => Err(StoreError::Duplicate { what: "an account", name: name.to_owned() }.into()),
             None => Ok((new_id(), crate::now_ms())),
         }
     }

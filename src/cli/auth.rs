@@ -24,20 +24,13 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
     let oauth = OAuthClient::new(oauth_http(config)?, config.oauth.clone());
     if let Some(pasted) = &args.code {
         let (code, state) = split_pasted(pasted)?;
-        let Some((verifier, pending)) = registry.take_pending(&state).await? else {
-            bail!(
-                "no pending login for this code (it expired after 10 minutes or was used); run `switchyard auth login` again"
-            );
-        };
-        let account = args.account.or(pending.account);
-        let grant = login::CodeGrant {
-            code: &code,
-            state: &state,
-            verifier: &verifier,
-            redirect_uri: &pending.redirect_uri,
-            console: pending.console,
-        };
-        return finish(&registry, &oauth, grant, account).await;
+        let result = login::finish_pending(&registry, &oauth, &code, &state, args.account).await;
+        if let Err(login::LoginError::OAuth(e)) = &result
+            && e.retryable()
+        {
+            bail!("{e}; the login is still pending: run the same `switchyard auth login --code …` again");
+        }
+        return report(&registry, result?).await;
     }
 
     let pkce = Pkce::generate();
@@ -119,8 +112,13 @@ async fn finish(
     grant: login::CodeGrant<'_>,
     account: Option<String>,
 ) -> anyhow::Result<()> {
-    let detail = if grant.console { "console" } else { "oauth" };
     let saved = login::complete(registry, oauth, grant, account).await?;
+    report(registry, saved).await
+}
+
+/// Audit a saved login and say what was saved.
+async fn report(registry: &Registry, saved: login::LoggedIn) -> anyhow::Result<()> {
+    let detail = if saved.kind == "api-key" { "console" } else { "oauth" };
     let name = &saved.name;
     super::audit_cli(registry.store().as_ref(), "auth.login", name, detail).await;
     match (saved.kind, &saved.email) {

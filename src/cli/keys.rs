@@ -1,7 +1,5 @@
 //! `switchyard keys …` and `switchyard audit`: client API keys and the audit log.
 
-use anyhow::Context;
-
 use super::args::KeysCommand;
 use super::{format_ms, open_data};
 use crate::access::{NewKey, Role, hash_key, parse_expiry};
@@ -149,7 +147,7 @@ pub async fn dashboard_link(config: &Config, host: Option<String>, port: Option<
 }
 
 pub async fn audit(config: &Config, since: &str, json: bool) -> anyhow::Result<()> {
-    let since_ms = crate::since_ms(since).with_context(|| format!("bad --since {since:?} (e.g. 1d, 12h)"))?;
+    let since_ms = super::window_start("--since", since)?;
     let entries = match super::open_existing(config).await? {
         Some(opened) => opened.registry.store().list_audit(since_ms).await?,
         None => Vec::new(),

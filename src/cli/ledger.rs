@@ -6,10 +6,6 @@ use super::{format_ms, open_data, open_existing};
 use crate::config::Config;
 use crate::store::{RequestFilter, RequestRow};
 
-fn since_ms(since: &str) -> anyhow::Result<i64> {
-    crate::since_ms(since).with_context(|| format!("bad duration {since:?} (e.g. 1h, 24h, 7d)"))
-}
-
 /// One request with its payload, as JSON.
 pub async fn one_request(config: &Config, id: &str) -> anyhow::Result<()> {
     let Some(opened) = open_existing(config).await? else { anyhow::bail!("no request with id {id:?}") };
@@ -29,7 +25,13 @@ pub async fn requests(
     limit: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let filter = RequestFilter { since_ms: since_ms(since)?, account, status, limit, ..RequestFilter::default() };
+    let filter = RequestFilter {
+        since_ms: super::window_start("--since", since)?,
+        account,
+        status,
+        limit,
+        ..RequestFilter::default()
+    };
     let rows: Vec<RequestRow> = match open_existing(config).await? {
         Some(opened) => opened.registry.store().find_requests(&filter).await?,
         None => Vec::new(),
@@ -62,7 +64,7 @@ pub async fn requests(
 }
 
 pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow::Result<()> {
-    let since_ms = since_ms(since)?;
+    let since_ms = super::window_start("--since", since)?;
     let groups = match open_existing(config).await? {
         Some(opened) => crate::ledger::stats(opened.registry.store().as_ref(), since_ms, by).await?,
         None => Default::default(),
@@ -94,7 +96,7 @@ pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow
 pub async fn cleanup(config: &Config, older_than: &str, kind: &str, dry_run: bool) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let store = opened.registry.store();
-    let before = since_ms(older_than)?;
+    let before = super::window_start("--older-than", older_than)?;
     let requests = if kind == "payloads" { 0 } else { store.delete_requests_before(before, dry_run).await? };
     let payloads = if kind == "requests" { 0 } else { store.delete_payloads_before(before, dry_run).await? };
     if dry_run {

@@ -35,10 +35,34 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes as one line: a cause the message above it already quotes is not repeated
+/// (`login failed: X` over `X`), and line breaks inside a message become spaces.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Epoch ms a `--FLAG` duration (`30m`, `24h`, `7d`) ago, or an error naming the flag.
+pub(crate) fn window_start(flag: &str, value: &str) -> anyhow::Result<i64> {
+    crate::since_ms(value).map_err(|_| {
+        anyhow::anyhow!("{flag} {value:?} is not a duration; use a number and a unit, like 30m, 24h or 7d")
+    })
 }
 
 /// Run one parsed command.

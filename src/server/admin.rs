@@ -395,26 +395,11 @@ async fn oauth_finish(
         Err(e) => return ApiError::invalid_request(e.to_string()).into_response(),
     };
     let registry = admin.pool.registry();
-    let (verifier, pending) = match registry.take_pending(&state).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return ApiError::invalid_request(
-                "no pending login for this code: it expired after 10 minutes, was used, or belongs to another login; \
-                 start again",
-            )
-            .into_response();
-        }
-        Err(e) => return ApiError::internal(e.to_string()).into_response(),
-    };
-    let account = body.account.filter(|a| !a.trim().is_empty()).or(pending.account);
-    let grant = crate::accounts::login::CodeGrant {
-        code: &code,
-        state: &state,
-        verifier: &verifier,
-        redirect_uri: &pending.redirect_uri,
-        console: pending.console,
-    };
-    let result = crate::accounts::login::complete(registry, admin.pool.oauth(), grant, account).await;
+    let account = body.account.filter(|a| !a.trim().is_empty());
+    let result = crate::accounts::login::finish_pending(registry, admin.pool.oauth(), &code, &state, account).await;
+    if let Err(e @ crate::accounts::login::LoginError::NoPending) = &result {
+        return ApiError::invalid_request(e.to_string()).into_response();
+    }
     let target = result.as_ref().map_or("-", |l| l.name.as_str()).to_owned();
     record(&admin, &session, peer.ip(), "auth.login", &target, result.is_ok()).await;
     match result {
@@ -521,7 +506,7 @@ async fn create_key(
             axum::Json(serde_json::json!({ "name": body.name, "role": role.as_str(), "key": key.expose_secret() })),
         )
             .into_response(),
-        Err(crate::store::StoreError::Duplicate(_)) => {
+        Err(crate::store::StoreError::Duplicate { .. }) => {
             ApiError::invalid_request(format!("a key named {:?} exists", body.name)).into_response()
         }
         Err(e) => ApiError::internal(e.to_string()).into_response(),

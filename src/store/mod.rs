@@ -261,8 +261,9 @@ pub struct PendingLogin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("an account named {0:?} already exists")]
-    Duplicate(String),
+    /// A row of that name exists: `what` is "an account" or "a client key".
+    #[error("{what} named {name:?} already exists")]
+    Duplicate { what: &'static str, name: String },
     #[error("database error: {0}")]
     Database(String),
     #[error("database content is invalid: {0}")]

@@ -191,7 +191,9 @@ static INSERT_REQUESTS: std::sync::LazyLock<[String; 3]> = std::sync::LazyLock::
 
 fn db(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate(String::new()),
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Duplicate { what: "a row", name: String::new() }
+        }
         _ => StoreError::Database(e.to_string()),
     }
 }
@@ -369,7 +371,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(|e| match db(e) {
-            StoreError::Duplicate(_) => StoreError::Duplicate(r.name.clone()),
+            StoreError::Duplicate { .. } => StoreError::Duplicate { what: "an account", name: r.name.clone() },
             other => other,
         })?;
         Ok(())
@@ -582,7 +584,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(|e| match db(e) {
-            StoreError::Duplicate(_) => StoreError::Duplicate(k.name.clone()),
+            StoreError::Duplicate { .. } => StoreError::Duplicate { what: "a client key", name: k.name.clone() },
             other => other,
         })?;
         Ok(())
@@ -1000,7 +1002,9 @@ mod tests {
         {
             let s = SqliteStore::open(&path).await.unwrap();
             s.save_account(&record("1", "a")).await.unwrap();
-            assert!(matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate(n)) if n == "a"));
+            assert!(
+                matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate { name, .. }) if name == "a")
+            );
             let t = SealedTokens { access_token: "v1.a2".into(), refresh_token: "v1.r2".into(), expires_at_ms: 9 };
             assert!(s.update_tokens("1", &t, 2).await.unwrap());
         }
