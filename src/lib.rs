@@ -25,6 +25,21 @@ pub fn since_ms(window: &str) -> Result<i64, humantime::DurationError> {
     Ok(now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
+/// Check a name given to an account or a client key (`what`): shown in tables, logs and the dashboard, and
+/// listed comma-separated in a key's account restriction, so it must be visible and simple.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err(format!("the {what} name is empty"));
+    }
+    if name.trim() != name || name.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!("the {what} name {name:?} has spaces at its ends, a comma or a control character"));
+    }
+    if name.chars().count() > 128 {
+        return Err(format!("the {what} name is longer than 128 characters"));
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, the one clock unit used in storage and token expiries.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

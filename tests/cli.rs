@@ -13,7 +13,7 @@ async fn accounts_are_added_listed_and_removed() {
     let out = env.ok(&["accounts", "add", "k1", "--api-key", "sk-ant-api03-secret-value-1234"]).await;
     assert!(out.stderr.contains("created a new encryption key"), "{}", out.stderr);
     env.run(&["accounts", "add", "k2", "--api-key", "-"], "sk-ant-api03-from-stdin-5678\n").await;
-    let dup = env.run(&["accounts", "add", "k1", "--api-key", "x"], "").await;
+    let dup = env.run(&["accounts", "add", "k1", "--api-key", "x", "--force"], "").await;
     assert_eq!(dup.code, Some(1));
     assert!(dup.stderr.contains("already exists"), "{}", dup.stderr);
 
@@ -250,4 +250,28 @@ fn readme_builds_are_locked_and_state_the_rust_version() {
     }
     assert!(manifest.contains("rust-version = \"1.95\""));
     assert!(readme.contains("Rust 1.95"), "the README does not state the minimum Rust version");
+}
+
+/// Input that would silently do the wrong thing is refused with a clear line, and nothing is saved.
+#[tokio::test(flavor = "multi_thread")]
+async fn doubtful_input_is_refused_with_a_reason() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let refused = |out: support::Output, what: &str| {
+        assert_eq!(out.code, Some(1), "{what}: {}", out.stderr);
+        let line = out.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_owned();
+        assert!(line.contains(what), "{line}");
+    };
+    refused(
+        env.run(&["accounts", "add", "work", "--api-key", "hello"], "").await,
+        "does not look like an Anthropic API key",
+    );
+    refused(env.run(&["accounts", "add", " ", "--api-key", "sk-ant-api03-blank-name"], "").await, "name is empty");
+    env.ok(&["accounts", "add", "work", "--api-key", "hello", "--force"]).await;
+    refused(env.run(&["keys", "create", ""], "").await, "key name is empty");
+    refused(env.run(&["keys", "create", "ci", "--expires", "0s"], "").await, "before it is used");
+    refused(env.run(&["keys", "create", "ci", "--accounts", "work,nope"], "").await, "no account named nope");
+    let keys = env.ok(&["keys", "list", "--json"]).await.stdout;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&keys).unwrap(), serde_json::json!([]), "nothing saved");
+    env.ok(&["keys", "create", "ci", "--accounts", "work", "--expires", "1h"]).await;
 }

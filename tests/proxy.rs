@@ -261,7 +261,7 @@ async fn bad_client_input_gets_anthropic_errors() {
     let mut env = Env::new(&fake);
     env.set("SWITCHYARD_BODY_LIMIT", "1000");
     fake.add_api_key("k");
-    env.ok(&["accounts", "add", "a", "--api-key", "k"]).await;
+    env.ok(&["accounts", "add", "a", "--api-key", "k", "--force"]).await;
     let gw = env.serve().await;
     let cases = [
         (
@@ -303,7 +303,7 @@ async fn unreachable_and_slow_upstreams_are_502_and_504() {
     drop(closed);
     let fake = Fake::start().await;
     let mut env = Env::new(&fake);
-    env.ok(&["accounts", "add", "a", "--api-key", "k"]).await;
+    env.ok(&["accounts", "add", "a", "--api-key", "k", "--force"]).await;
     env.set("SWITCHYARD_UPSTREAM_URL", &dead);
     // No retries: this is about how a single failure is reported.
     env.set("SWITCHYARD_RETRY_ATTEMPTS", "0");
@@ -331,8 +331,8 @@ async fn a_silent_or_unreachable_upstream_costs_one_budget() {
     fake.add_api_key("k1");
     fake.add_api_key("k2");
     let mut env = Env::new(&fake);
-    env.ok(&["accounts", "add", "a", "--api-key", "k1"]).await;
-    env.ok(&["accounts", "add", "b", "--api-key", "k2"]).await;
+    env.ok(&["accounts", "add", "a", "--api-key", "k1", "--force"]).await;
+    env.ok(&["accounts", "add", "b", "--api-key", "k2", "--force"]).await;
     env.set("SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", "2");
     env.set("SWITCHYARD_RETRY_ATTEMPTS", "3");
     env.set("SWITCHYARD_RETRY_DELAY_MS", "500");
@@ -365,4 +365,19 @@ async fn a_silent_or_unreachable_upstream_costs_one_budget() {
     assert!(waited < Duration::from_secs(1), "the client waited {waited:?}");
     let logs = gw.logs();
     assert_eq!(logs.matches("upstream unreachable").count(), 2, "{logs}");
+}
+
+/// Pinning an account that does not exist is the client's mistake: 404 naming it, not a 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn pinning_an_unknown_account_is_a_404() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-pin");
+    let env = Env::new(&fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-pin"]).await;
+    let gw = env.serve().await;
+    let r = gw.post("/v1/messages").header("x-switchyard-account", "ghost").json(&message_body(false)).send().await;
+    let (kind, message) = error_type(r.unwrap(), 404).await;
+    assert_eq!(kind, "not_found_error");
+    assert!(message.contains("no account named \"ghost\"") && message.contains("x-switchyard-account"), "{message}");
+    assert!(fake.requests().is_empty());
 }

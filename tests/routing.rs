@@ -14,7 +14,7 @@ async fn gateway(fake: &Fake, accounts: &[(&str, &str)], vars: &[(&str, &str)]) 
     let mut env = Env::new(fake);
     for (name, key) in accounts {
         fake.add_api_key(key);
-        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+        env.ok(&["accounts", "add", name, "--api-key", key, "--force"]).await;
     }
     env.set("SWITCHYARD_RETRY_DELAY_MS", "10");
     for (k, v) in vars {
@@ -300,10 +300,10 @@ async fn everything_limited_is_a_429_with_retry_after() {
     assert!(body["error"]["message"].as_str().unwrap().contains("all accounts are rate-limited"), "{body}");
     assert_eq!(fake.requests().len(), 2);
 
-    // Pinning an unknown account is a clear 503.
+    // Pinning an unknown account is the client's mistake: a clear 404.
     let r =
         gw.post("/v1/messages").header("x-switchyard-account", "zzz").json(&message_body(false)).send().await.unwrap();
-    let (_, message) = support::error_type(r, 503).await;
+    let (_, message) = support::error_type(r, 404).await;
     assert!(message.contains("no account named"), "{message}");
 }
 
@@ -358,7 +358,7 @@ async fn fifty_concurrent_streams_with_one_expiring_token() {
     let mut env = env;
     for (name, key) in &ABC[..2] {
         fake.add_api_key(key);
-        env.ok(&["accounts", "add", name, "--api-key", key]).await;
+        env.ok(&["accounts", "add", name, "--api-key", key, "--force"]).await;
     }
     let rt = fake.issue_refresh_token();
     let at = fake.issue_access_token();

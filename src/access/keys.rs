@@ -80,8 +80,22 @@ pub fn hash_key(key: &str) -> String {
 
 /// `30d`, `12h`, `90m` → epoch ms from now.
 pub fn parse_expiry(text: &str, now_ms: i64) -> Result<i64, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("bad duration {text:?}: {e}"))?;
+    let d = humantime::parse_duration(text)
+        .map_err(|_| format!("expiry {text:?} is not a duration; use a number and a unit, like 12h or 30d"))?;
+    if d.is_zero() {
+        return Err(format!("expiry {text:?} would end the key before it is used; give a lifetime like 12h or 30d"));
+    }
     Ok(now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+/// Why a key could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NewKeyError {
+    /// The caller asked for something impossible (empty name, unknown account): fix and resend.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A key as the hot path sees it, with its live limiters.
@@ -426,8 +440,24 @@ pub struct NewKey {
 }
 
 impl NewKey {
-    /// Store the key's hash; returns the key itself, to be shown once.
-    pub async fn create(&self, store: &dyn Store) -> Result<SecretString, StoreError> {
+    /// Check the name and the accounts it is restricted to, then store the key's hash; returns the key
+    /// itself, to be shown once.
+    pub async fn create(&self, store: &dyn Store) -> Result<SecretString, NewKeyError> {
+        crate::check_name("key", &self.name).map_err(NewKeyError::Invalid)?;
+        if let Some(wanted) = &self.accounts {
+            if wanted.is_empty() {
+                return Err(NewKeyError::Invalid("the account restriction names no account".into()));
+            }
+            let known: Vec<String> = store.list_accounts().await?.into_iter().map(|a| a.name).collect();
+            let unknown: Vec<&str> = wanted.iter().filter(|w| !known.contains(w)).map(String::as_str).collect();
+            if !unknown.is_empty() {
+                return Err(NewKeyError::Invalid(format!(
+                    "no account named {} (accounts: {})",
+                    unknown.join(", "),
+                    if known.is_empty() { "none yet".to_owned() } else { known.join(", ") }
+                )));
+            }
+        }
         let key = generate_key();
         let now = crate::now_ms();
         let mut id = [0u8; 16];

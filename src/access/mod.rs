@@ -7,6 +7,6 @@ mod keys;
 pub mod totp;
 
 pub use keys::{
-    ClientKey, ClientKeys, KeyCheck, NewKey, Permission, Role, SpendBook, audit, generate_key, hash_key, key_listing,
-    parse_expiry, periods,
+    ClientKey, ClientKeys, KeyCheck, NewKey, NewKeyError, Permission, Role, SpendBook, audit, generate_key, hash_key,
+    key_listing, parse_expiry, periods,
 };

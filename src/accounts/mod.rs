@@ -16,6 +16,14 @@ use crate::oauth::OAuthError;
 use crate::secrets::CryptoError;
 use crate::store::StoreError;
 
+/// Whether `key` has the shape of an Anthropic API key (`sk-ant-…`, no spaces): catches a pasted
+/// password, a client key of Switchyard's or half a line before it is stored.
+pub fn looks_like_api_key(key: &crate::secrets::SecretString) -> bool {
+    use secrecy::ExposeSecret;
+    let key = key.expose_secret();
+    key.len() > "sk-ant-".len() && key.starts_with("sk-ant-") && !key.chars().any(char::is_whitespace)
+}
+
 /// Why an account could not give a credential, or an account operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {

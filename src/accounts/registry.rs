@@ -161,6 +161,7 @@ impl Registry {
 
     /// The id and creation time to write `name` under: the existing row's when replacing.
     async fn slot(&self, name: &str, replace: bool) -> Result<(String, i64), AccountError> {
+        crate::check_name("account", name).map_err(AccountError::Invalid)?;
         match self.store.find_account(name).await? {
             Some(existing) if replace => Ok((existing.id, existing.created_at_ms)),
             Some(_) => Err(StoreError::Duplicate { what: "an account", name: name.to_owned() }.into()),

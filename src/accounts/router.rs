@@ -66,6 +66,10 @@ pub enum Unavailable {
     Forbidden {
         detail: String,
     },
+    /// The client pinned an account that does not exist (its mistake, not the gateway's state).
+    UnknownAccount {
+        name: String,
+    },
 }
 
 impl Unavailable {
@@ -79,6 +83,11 @@ impl Unavailable {
             }
             Self::NoneUsable { detail } => format!("no usable account: {detail}"),
             Self::Forbidden { detail } => detail.clone(),
+            Self::UnknownAccount { name } => {
+                format!(
+                    "no account named {name:?} (asked for with x-switchyard-account); see `switchyard accounts list`"
+                )
+            }
         }
     }
 }
@@ -145,7 +154,7 @@ impl Router {
         };
         if let Some(name) = &want.pinned {
             let Some(account) = accounts.iter().find(|a| &a.name == name) else {
-                return Err(Unavailable::NoneUsable { detail: format!("no account named {name:?}") });
+                return Err(Unavailable::UnknownAccount { name: name.clone() });
             };
             return match account.unusable(family, now_ms) {
                 None if !exclude.contains(&account.id) => Ok(vec![account.clone()]),

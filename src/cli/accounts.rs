@@ -81,8 +81,14 @@ fn read_claude_code(path: &PathBuf) -> anyhow::Result<NewOAuth> {
     })
 }
 
-pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool) -> anyhow::Result<()> {
+pub async fn add(config: &Config, name: &str, api_key: &str, replace: bool, force: bool) -> anyhow::Result<()> {
+    crate::check_name("account", name).map_err(anyhow::Error::msg)?;
     let key = secret_arg(api_key, "API key")?;
+    anyhow::ensure!(
+        force || crate::accounts::looks_like_api_key(&key),
+        "this does not look like an Anthropic API key (they start with sk-ant-); check what was pasted, or pass \
+         --force to add it anyway"
+    );
     let (registry, _) = open_registry(config).await?;
     registry.add_api_key(name, &key, replace).await?;
     super::audit_cli(registry.store().as_ref(), "accounts.add", name, "api_key").await;

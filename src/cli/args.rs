@@ -271,12 +271,15 @@ pub enum AccountsCommand {
     /// Add an Anthropic API-key account.
     Add {
         name: String,
-        /// The API key (`-` reads it from stdin).
+        /// The API key (`-` reads it: a hidden prompt at a terminal, one line from a pipe).
         #[arg(long, value_name = "KEY")]
         api_key: String,
         /// Overwrite an existing account of that name.
         #[arg(long)]
         replace: bool,
+        /// Add the key even though it does not look like an Anthropic API key (`sk-ant-…`).
+        #[arg(long)]
+        force: bool,
     },
     /// List accounts (no secrets).
     List {

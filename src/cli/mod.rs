@@ -92,7 +92,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Accounts { command } => match command {
             AccountsCommand::Import(args) => accounts::import(&config, args).await,
-            AccountsCommand::Add { name, api_key, replace } => accounts::add(&config, &name, &api_key, replace).await,
+            AccountsCommand::Add { name, api_key, replace, force } => {
+                accounts::add(&config, &name, &api_key, replace, force).await
+            }
             AccountsCommand::List { json } => accounts::list(&config, json).await,
             AccountsCommand::Remove { name } => accounts::remove(&config, &name).await,
             AccountsCommand::Pause { name } => accounts::pause(&config, &name, true).await,

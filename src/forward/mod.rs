@@ -119,6 +119,7 @@ fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError 
             ApiError::all_limited(message, u64::try_from(secs).unwrap_or(1))
         }
         Unavailable::Forbidden { .. } => ApiError::forbidden(message),
+        Unavailable::UnknownAccount { .. } => ApiError::not_found(message),
         _ => ApiError::no_account(message),
     }
 }

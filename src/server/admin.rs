@@ -506,7 +506,8 @@ async fn create_key(
             axum::Json(serde_json::json!({ "name": body.name, "role": role.as_str(), "key": key.expose_secret() })),
         )
             .into_response(),
-        Err(crate::store::StoreError::Duplicate { .. }) => {
+        Err(crate::access::NewKeyError::Invalid(message)) => ApiError::invalid_request(message).into_response(),
+        Err(crate::access::NewKeyError::Store(crate::store::StoreError::Duplicate { .. })) => {
             ApiError::invalid_request(format!("a key named {:?} exists", body.name)).into_response()
         }
         Err(e) => ApiError::internal(e.to_string()).into_response(),
