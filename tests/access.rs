@@ -232,8 +232,9 @@ async fn administrative_actions_are_audited() {
     env.ok(&["accounts", "remove", "a"]).await;
     let entries: serde_json::Value = serde_json::from_str(&env.ok(&["audit", "--json"]).await.stdout).unwrap();
     let actions: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["accounts.add", "keys.create", "keys.revoke", "accounts.pause", "accounts.remove"]);
-    let first = &entries[1];
+    // Newest first, like every other listing.
+    assert_eq!(actions, ["accounts.remove", "accounts.pause", "keys.revoke", "keys.create", "accounts.add"]);
+    let first = &entries[3];
     assert_eq!(
         (first["target"].as_str(), first["outcome"].as_str(), first["source"].as_str()),
         (Some("k"), Some("ok"), Some("cli"))

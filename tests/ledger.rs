@@ -9,15 +9,12 @@ use std::time::{Duration, Instant};
 use support::{Env, Fake, Script, message_body};
 
 async fn rows(env: &Env, expected: usize) -> Vec<serde_json::Value> {
-    for _ in 0..50 {
+    support::eventually(&format!("{expected} rows in the request log"), Duration::from_secs(5), async || {
         let out = env.ok(&["requests", "--since", "1h", "--json"]).await;
         let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
-        if list.len() >= expected {
-            return list;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the request log never reached {expected} rows");
+        (list.len() >= expected).then_some(list)
+    })
+    .await
 }
 
 async fn two_accounts(fake: &Fake) -> Env {
@@ -319,4 +316,54 @@ async fn alerts_reach_the_webhook_without_blocking_requests() {
     assert_eq!(needs_login["subject"], "max");
     assert_eq!(kinds.iter().filter(|k| *k == "all_accounts_limited").count(), 1, "not repeated within 15 minutes");
     assert!(!format!("{:?}", received.lock().unwrap()).contains("sk-ant-"), "no secrets in alerts");
+}
+
+/// Requests and attempts are counted apart, and agree with the log: three requests that fail over four
+/// times each are three failed requests (at the last account tried) and twelve failed attempts; answers
+/// no route takes (404, 405) are logged too, and the text form shows each path.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_and_attempts_are_counted_apart_and_match_the_log() {
+    let fake = Fake::start().await;
+    let env = two_accounts(&fake).await;
+    let gw = env.serve().await;
+    let overloaded = || Script::Status {
+        status: 529,
+        body: serde_json::json!({"type":"error","error":{"type":"overloaded_error","message":"busy"}}),
+        headers: vec![],
+    };
+    for _ in 0..12 {
+        fake.push(overloaded());
+    }
+    for _ in 0..3 {
+        let r = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 529);
+    }
+    assert_eq!(gw.get("/v2/nothing").send().await.unwrap().status(), 404);
+    assert_eq!(gw.client.put(format!("{}/v1/messages", gw.url)).send().await.unwrap().status(), 405);
+    let log = rows(&env, 5).await;
+    let failed: Vec<&serde_json::Value> =
+        log.iter().filter(|r| r["path"] == "/v1/messages" && r["status"] == 529).collect();
+    assert_eq!(failed.len(), 3, "{log:?}");
+    for row in &failed {
+        assert_eq!(row["attempts"], 4);
+        let last = row["accounts_tried"].as_str().unwrap().rsplit(',').next().unwrap();
+        assert_eq!(row["account"].as_str(), Some(last), "{row}");
+    }
+    assert!(log.iter().any(|r| r["path"] == "/v2/nothing" && r["status"] == 404));
+    assert!(log.iter().any(|r| r["method"] == "PUT" && r["status"] == 405));
+
+    let accounts = support::eventually("counters written", Duration::from_secs(5), async || {
+        let out = env.ok(&["accounts", "list", "--json"]).await.stdout;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let sum = |f: &str| list.iter().map(|a| a[f].as_u64().unwrap()).sum::<u64>();
+        (sum("failed_attempts") == 12).then(|| (sum("requests"), sum("failures"), sum("attempts")))
+    })
+    .await;
+    assert_eq!(accounts, (3, 3, 12));
+    let by_account: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stats", "--by", "account", "--json"]).await.stdout).unwrap();
+    let proxied: i64 = ["a", "b"].iter().map(|a| by_account[a]["requests"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(proxied, 3, "{by_account}");
+    let text = env.ok(&["requests"]).await.stdout;
+    assert!(text.contains("/v1/messages") && text.contains("/v2/nothing"), "{text}");
 }

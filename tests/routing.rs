@@ -50,15 +50,12 @@ async fn accounts(env: &Env) -> serde_json::Value {
 
 /// Poll `accounts list --json` until `check` holds for the account `name` (state is flushed each second).
 async fn eventually(env: &Env, name: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    for _ in 0..40 {
+    support::eventually(&format!("account {name} to reach the expected state"), Duration::from_secs(5), async || {
         let all = accounts(env).await;
         let one = all.as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();
-        if check(&one) {
-            return one;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("account {name} never reached the expected state: {}", accounts(env).await);
+        check(&one).then_some(one)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +97,8 @@ async fn overload_and_server_errors_are_retried_transparently() {
     assert_eq!((fake.served_by("key-a"), fake.served_by("key-b"), fake.served_by("key-c")), (1, 1, 1));
     // Neither 529 nor 500 benches an account.
     for name in ["a", "b"] {
-        let one = eventually(&env, name, |a| a["failures"] == 1).await;
+        let one = eventually(&env, name, |a| a["failed_attempts"] == 1).await;
+        assert_eq!((one["requests"].as_u64(), one["failures"].as_u64()), (Some(0), Some(0)), "{one}");
         assert_eq!(one["status"], "active");
     }
     // One account, overloaded twice: retried on the same account.
@@ -143,7 +141,12 @@ async fn headerless_429_fails_over_without_benching() {
     assert_eq!(r.status(), 200);
     assert_eq!(fake.served_by("key-a"), 2);
     assert!(fake.last_request().header("x-switchyard-account").is_none(), "control headers stay home");
-    assert_eq!(eventually(&env, "a", |a| a["requests"] == 2).await["status"], "active");
+    // Its failed attempt is counted as an attempt; the request it failed over counts at b.
+    let a = eventually(&env, "a", |a| a["attempts"] == 2).await;
+    assert_eq!(
+        (a["status"].as_str(), a["requests"].as_u64(), a["failed_attempts"].as_u64()),
+        (Some("active"), Some(1), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

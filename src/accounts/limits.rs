@@ -38,8 +38,12 @@ pub struct Limits {
     pub warning: bool,
     pub five_hour: Option<UsageWindow>,
     pub seven_day: Option<UsageWindow>,
+    /// Requests whose answer came from this account (a failed request counts at the last account tried).
     pub requests: u64,
     pub failures: u64,
+    /// Upstream attempts made on this account, including those that failed over to another.
+    pub attempts: u64,
+    pub failed_attempts: u64,
     pub last_used_ms: i64,
     recent_start_ms: i64,
     recent_count: u64,
@@ -110,8 +114,12 @@ impl Limits {
         (until > now_ms).then_some(until)
     }
 
-    pub fn record_use(&mut self, now_ms: i64) {
-        self.requests += 1;
+    /// One upstream attempt on this account.
+    pub fn record_attempt(&mut self, now_ms: i64, failed: bool) {
+        self.attempts += 1;
+        if failed {
+            self.failed_attempts += 1;
+        }
         self.last_used_ms = now_ms;
         if now_ms - self.recent_start_ms > RECENT_WINDOW_MS {
             self.recent_start_ms = now_ms;
@@ -223,7 +231,7 @@ mod tests {
             None,
             5,
         );
-        l.record_use(5);
+        l.record_attempt(5, false);
         let back: Limits = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
         assert_eq!(back, l);
         assert!(back.warning);

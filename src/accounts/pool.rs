@@ -168,14 +168,29 @@ impl Account {
         verdict
     }
 
-    /// Count a request this account answered (`failed`: it did not end well).
+    /// Count a request this account answered, and its attempt (`failed`: it did not end well).
     pub fn record(&self, failed: bool) {
         let now = crate::now_ms();
         self.change_limits(|l| {
-            l.record_use(now);
+            l.record_attempt(now, failed);
+            l.requests += 1;
             if failed {
                 l.failures += 1;
             }
+        });
+    }
+
+    /// Count an attempt that failed over to another try.
+    pub fn attempt_failed(&self) {
+        let now = crate::now_ms();
+        self.change_limits(|l| l.record_attempt(now, true));
+    }
+
+    /// Count a failed request whose last attempt (already counted) was on this account.
+    pub fn request_failed(&self) {
+        self.change_limits(|l| {
+            l.requests += 1;
+            l.failures += 1;
         });
     }
 

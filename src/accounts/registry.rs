@@ -75,8 +75,12 @@ pub struct AccountView {
     pub weight: i64,
     pub five_hour: Option<UsageWindow>,
     pub seven_day: Option<UsageWindow>,
+    /// Requests answered from this account; a failed request counts at the last account it tried.
     pub requests: u64,
     pub failures: u64,
+    /// Upstream attempts, including those that failed over to another account.
+    pub attempts: u64,
+    pub failed_attempts: u64,
     pub last_used_ms: Option<i64>,
     pub email: Option<String>,
     pub organization: Option<String>,
@@ -265,6 +269,8 @@ impl Registry {
             seven_day: limits.seven_day,
             requests: limits.requests,
             failures: limits.failures,
+            attempts: limits.attempts,
+            failed_attempts: limits.failed_attempts,
             last_used_ms: (limits.last_used_ms > 0).then_some(limits.last_used_ms),
             email: r.email.clone(),
             organization: r.org_name.clone(),

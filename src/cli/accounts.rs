@@ -149,11 +149,13 @@ pub(super) fn print_table(views: &[AccountView]) {
             status = status_text(v),
         );
         println!(
-            "    5h {}  7d {}  requests {} (failed {})  last used {}  credential {}",
+            "    5h {}  7d {}  requests {} (failed {})  attempts {} (failed {})  last used {}  credential {}",
             percent(v.five_hour),
             percent(v.seven_day),
             v.requests,
             v.failures,
+            v.attempts,
+            v.failed_attempts,
             v.last_used_ms.map(format_ms).unwrap_or_else(|| "never".to_owned()),
             v.credential
         );

@@ -45,10 +45,11 @@ pub async fn requests(
     }
     for r in &rows {
         println!(
-            "{} {} {:<6} {:<14} {:<24} {}{} in {} out {} ${:.4} {} ms{}",
+            "{} {} {:<6} {:<26} {:<14} {:<24} {}{} in {} out {} ${:.4} {} ms{}",
             format_ms(r.at_ms),
             r.status,
             r.method,
+            r.path,
             r.account.as_deref().unwrap_or("-"),
             r.model.as_deref().unwrap_or("-"),
             if r.stream { "stream " } else { "" },

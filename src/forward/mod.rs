@@ -235,9 +235,17 @@ impl Forwarder {
         // Every log line of this request carries its id (the same id as in the request log).
         let span = tracing::info_span!("request", id = %trace.row.id);
         let result = tracing::Instrument::instrument(self.forward_inner(&req, &mut trace), span).await;
+        // A request that failed over to its end counts as one failed request of the last account tried
+        // (each attempt counted as it failed).
+        if !trace.answered
+            && let Some(account) = &trace.last
+        {
+            account.request_failed();
+        }
         if let (Err(error), Some(log)) = (&result, &self.log) {
             // Answered by Switchyard itself: recorded now; streamed answers are recorded when they end.
             let mut row = trace.row;
+            row.account = trace.last.as_ref().map(|a| a.name.clone());
             row.status = i64::from(error.status.as_u16());
             row.error_type = Some(error.kind.to_owned());
             row.duration_ms = millis(trace.started.elapsed());
@@ -323,7 +331,7 @@ impl Forwarder {
                 Credential::Bearer(_) => oauth_body.get_or_insert_with(|| self.oauth_body(req)).clone(),
             };
             attempts += 1;
-            trace.tried(&account.name, attempts);
+            trace.tried(&account, attempts);
             let mut sent = self.send(req, &credential, body.clone(), deadline).await;
             if let (Ok(response), Credential::Bearer(rejected)) = (&sent, &credential)
                 && response.status() == StatusCode::UNAUTHORIZED
@@ -343,12 +351,12 @@ impl Forwarder {
                 Ok(response) => response,
                 Err(SendFailure::TimedOut(error)) => {
                     tracing::warn!(account = %account.name, error = %error.message, "upstream attempt timed out");
-                    account.record(true);
+                    account.attempt_failed();
                     return Err(error);
                 }
                 Err(SendFailure::Unreachable(error)) => {
                     tracing::warn!(account = %account.name, error = %error.message, "upstream unreachable");
-                    account.record(true);
+                    account.attempt_failed();
                     reasons.push(format!("{} could not connect", account.name));
                     // Not tried again for this request: the next account goes at once.
                     skipped.push(account.id.clone());
@@ -360,7 +368,7 @@ impl Forwarder {
                 }
                 Err(SendFailure::Broken(error)) => {
                     tracing::warn!(account = %account.name, error = %error.message, "upstream attempt failed");
-                    account.record(true);
+                    account.attempt_failed();
                     tried.push(account.id.clone());
                     if attempts >= self.retry.max_attempts {
                         return Err(error);
@@ -383,7 +391,7 @@ impl Forwarder {
             };
             if fail_over {
                 log_answer(req, &account, status, started, attempts);
-                account.record(true);
+                account.attempt_failed();
                 tried.push(account.id.clone());
                 reasons.push(format!("{} answered {}", account.name, status.as_u16()));
                 if attempts >= self.retry.max_attempts {
@@ -402,6 +410,7 @@ impl Forwarder {
             }
             log_answer(req, &account, status, started, attempts);
             account.record(!status.is_success());
+            trace.answered = true;
             self.pool.served(&account, &want);
             let recorder = self.recorder(trace, Some(&account.name), &response, &info);
             return Ok(stream_back(response, Some(account), recorder, self.idle_timeout));
@@ -554,6 +563,10 @@ struct Trace {
     started: Instant,
     /// The request body, for payload keeping (a reference-counted view, not a copy).
     body: Bytes,
+    /// The account of the last attempt: a request that fails is counted and logged there.
+    last: Option<Arc<Account>>,
+    /// An account's answer was passed on as a success or a final error, and counted there.
+    answered: bool,
 }
 
 impl Trace {
@@ -566,15 +579,16 @@ impl Trace {
             path: req.path_and_query.split('?').next().unwrap_or("").to_owned(),
             ..RequestRow::default()
         };
-        Self { row, started: Instant::now(), body: req.body.clone() }
+        Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false }
     }
 
-    fn tried(&mut self, account: &str, attempts: u32) {
+    fn tried(&mut self, account: &Arc<Account>, attempts: u32) {
         if !self.row.accounts_tried.is_empty() {
             self.row.accounts_tried.push(',');
         }
-        self.row.accounts_tried.push_str(account);
+        self.row.accounts_tried.push_str(&account.name);
         self.row.attempts = i64::from(attempts);
+        self.last = Some(account.clone());
     }
 }
 

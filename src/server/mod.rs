@@ -41,13 +41,29 @@ pub fn front(
     body_limit: usize,
 ) -> Front {
     let cors = headers::Cors { origins: Arc::new(web.allowed_origins) };
+    let log = web.log.clone();
+    let not_found = move |method: Method, uri: Uri| {
+        let log = log.clone();
+        async move {
+            let error = ApiError::not_found(format!("no such endpoint: {}", uri.path()));
+            unrouted(log.as_deref(), &method, &uri, error)
+        }
+    };
+    let log = web.log.clone();
+    let method_not_allowed = move |method: Method, uri: Uri| {
+        let log = log.clone();
+        async move {
+            let error = ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()));
+            unrouted(log.as_deref(), &method, &uri, error)
+        }
+    };
     let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), body_limit });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed.clone())
         .with_state(api.clone());
     let metrics_route = Router::new().route("/metrics", get(metrics)).with_state(MetricsState {
         handle: crate::metrics::install(),
@@ -184,12 +200,32 @@ async fn health() -> Response {
     axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
 }
 
-async fn not_found(uri: Uri) -> Response {
-    ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
-}
+/// Longest path kept in the request log for a request no route takes (the client chose it).
+const UNROUTED_PATH_MAX: usize = 256;
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path())).into_response()
+/// The answer to a request no route takes (404, 405), recorded in the request log like every other.
+fn unrouted(log: Option<&crate::ledger::RequestLog>, method: &Method, uri: &Uri, error: ApiError) -> Response {
+    if let Some(log) = log {
+        let mut path = uri.path().to_owned();
+        if path.len() > UNROUTED_PATH_MAX {
+            let mut end = UNROUTED_PATH_MAX;
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            path.truncate(end);
+            path.push('…');
+        }
+        log.record(crate::store::RequestRow {
+            id: crate::ledger::request_id(),
+            at_ms: crate::now_ms(),
+            method: method.to_string(),
+            path,
+            status: i64::from(error.status.as_u16()),
+            error_type: Some(error.kind.to_owned()),
+            ..crate::store::RequestRow::default()
+        });
+    }
+    error.into_response()
 }
 
 /// Browser-facing settings.

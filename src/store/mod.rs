@@ -315,6 +315,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Spend per client key since `since_ms`: (key name, USD, tokens).
     async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError>;
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries since `since_ms`, newest first (like every other listing).
     async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.

@@ -633,7 +633,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE at_ms >= ? ORDER BY at_ms, id")
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE at_ms >= ? ORDER BY at_ms DESC, id DESC")
             .bind(since_ms)
             .fetch_all(&self.pool)
             .await

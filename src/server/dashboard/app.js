@@ -256,6 +256,7 @@ async function accounts(main) {
       { title: "5 h", cell: (a) => meter(a.five_hour) },
       { title: "7 d", cell: (a) => meter(a.seven_day) },
       { title: "Requests", cls: "hide-sm", cell: (a) => `${fmt.int(a.requests)}${a.failures ? ` (${fmt.int(a.failures)} failed)` : ""}` },
+      { title: "Attempts", cls: "hide-sm", cell: (a) => `${fmt.int(a.attempts)}${a.failed_attempts ? ` (${fmt.int(a.failed_attempts)} failed)` : ""}` },
       { title: "Last used", cls: "hide-sm", cell: (a) => fmt.ago(a.last_used_ms) },
       { title: "Priority", cell: (a) => {
         if (!manage) return String(a.priority);
