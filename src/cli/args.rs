@@ -4,18 +4,32 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+const EXAMPLES: &str = "\
+Examples:
+  switchyard accounts add work --api-key -     add an API-key account (the key typed at a hidden prompt)
+  switchyard auth login                        log a Claude Pro/Max account in with OAuth
+  switchyard serve                             run the gateway on 127.0.0.1:8080
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8080 ANTHROPIC_API_KEY=switchyard claude
+  switchyard dashboard-link                    a single-use login link for the dashboard
+  switchyard requests --since 1h --status 429  what was rate-limited in the last hour";
+
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "A gateway for the Anthropic Claude API over many accounts")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A gateway for the Anthropic Claude API over many accounts",
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// Configuration file (TOML). Default: <home>/config.toml when it exists. Env: SWITCHYARD_CONFIG.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Global options")]
     pub config: Option<PathBuf>,
-    /// Data directory (database, key file). Env: SWITCHYARD_HOME.
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Data directory (database, key file). Default: ~/.local/share/switchyard. Env: SWITCHYARD_HOME.
+    #[arg(long, global = true, value_name = "DIR", help_heading = "Global options")]
     pub home: Option<PathBuf>,
-    /// Refuse to run when the data directory's permissions are too open (default: fix them and warn).
-    /// Env: SWITCHYARD_STRICT_PERMISSIONS.
-    #[arg(long, global = true)]
+    /// Refuse to run when Switchyard's files are open to others (default: a command that writes tightens
+    /// them, one that reads warns). Env: SWITCHYARD_STRICT_PERMISSIONS.
+    #[arg(long, global = true, help_heading = "Global options")]
     pub strict_permissions: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -23,7 +37,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway.
+    /// Run the gateway: the Anthropic API on /v1, the dashboard on /dashboard.
+    #[command(after_help = "\
+Prints `switchyard listening on URL`, then the dashboard's address and, while no admin key or password
+exists, a single-use dashboard login link. Ctrl-C or SIGTERM stops it after running requests finish.
+
+Examples:
+  switchyard serve
+  switchyard serve --host 0.0.0.0 --port 8443 --tls-cert cert.pem --tls-key key.pem")]
     Serve(ServeArgs),
     /// Log accounts in and out.
     Auth {
@@ -58,44 +79,59 @@ pub enum Command {
         command: AdminCommand,
     },
     /// The request log, newest first.
+    #[command(
+        after_help = "Examples:\n  switchyard requests --since 24h --account work\n  switchyard requests --status 429 --json\n  switchyard requests --id 01J…"
+    )]
     Requests {
-        #[arg(long, default_value = "1h")]
+        /// How far back, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
         since: String,
-        #[arg(long)]
+        /// Only requests answered by (or, when failed, last tried on) this account.
+        #[arg(long, value_name = "NAME")]
         account: Option<String>,
-        #[arg(long)]
+        /// Only requests answered with this HTTP status, e.g. 429.
+        #[arg(long, value_name = "CODE")]
         status: Option<i64>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100, value_name = "N")]
         limit: i64,
         /// Show one request, with its kept payload (decrypted, redacted) if any.
         #[arg(long)]
         id: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Requests, tokens, cost, error rate and latency, grouped.
     Stats {
-        #[arg(long, default_value = "24h")]
+        /// How far back, e.g. 1h, 24h, 30d.
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
         since: String,
+        /// Group by account, model or client key, or everything in one row.
         #[arg(long, default_value = "all", value_parser = ["all", "account", "model", "key"])]
         by: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete request-log rows older than a duration and compact the database.
     Cleanup {
-        #[arg(long, default_value = "30d")]
+        /// Delete what is older than this, e.g. 7d, 30d.
+        #[arg(long, default_value = "30d", value_name = "DURATION")]
         older_than: String,
+        /// What to delete: request rows, kept payloads, or both.
         #[arg(long = "type", default_value = "all", value_parser = ["requests", "payloads", "all"])]
         kind: String,
+        /// Only count what would be deleted.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show the audit log of administrative actions.
+    /// Show the audit log of administrative actions, newest first.
     Audit {
         /// How far back, e.g. 1d, 12h, 30m.
-        #[arg(long, default_value = "1d")]
+        #[arg(long, default_value = "1d", value_name = "DURATION")]
         since: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -138,8 +174,20 @@ pub enum AdminCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; it is printed once (stdout) and only its hash is stored.
+    #[command(after_help = "\
+Roles:
+  user    send API requests (/v1): for Claude Code, SDKs and apps
+  viewer  look at the dashboard's overview and accounts, and /metrics; no API requests, no changes
+  admin   everything: API requests, the dashboard, the request and audit logs, managing accounts and keys
+
+Examples:
+  switchyard keys create laptop
+  switchyard keys create ci --rpm 60 --budget-usd-day 5 --expires 30d
+  switchyard keys create ops --role admin")]
     Create {
+        /// Name of the key, shown in listings and the request log.
         name: String,
+        /// What the key may do (see Roles below).
         #[arg(long, default_value = "user", value_parser = ["admin", "user", "viewer"])]
         role: String,
         /// Requests per minute.
@@ -162,19 +210,27 @@ pub enum KeysCommand {
     },
     /// Change a key's budgets.
     Set {
+        /// Name of the key.
         name: String,
         #[command(flatten)]
         budgets: BudgetArgs,
     },
     /// List keys (no secrets).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key; a running server refuses it within a second.
-    Revoke { name: String },
+    Revoke {
+        /// Name of the key.
+        name: String,
+    },
     /// Replace a key's secret (same name and settings); prints the new key once.
-    Rotate { name: String },
+    Rotate {
+        /// Name of the key.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +268,7 @@ pub enum AuthCommand {
     },
     /// Show every account's login state (tokens masked).
     Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +283,7 @@ pub enum AuthCommand {
 pub enum StorageCommand {
     /// Backend in use, key source, number of secrets, permission check.
     Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +291,7 @@ pub enum StorageCommand {
     Test,
     /// Move the encryption key to another backend (verified before the old copy is deleted).
     Migrate {
+        /// Where the key goes: the OS keychain, or the key file in the data directory.
         #[arg(long, value_parser = ["keyring", "file"])]
         to: String,
     },
@@ -243,7 +302,10 @@ pub enum StorageCommand {
         output: Option<PathBuf>,
     },
     /// Restore accounts from a backup (accounts of the same name are replaced).
-    Restore { file: PathBuf },
+    Restore {
+        /// The backup file written by `auth storage backup`.
+        file: PathBuf,
+    },
     /// Re-encrypt every secret under a new key, atomically.
     RotateKey,
 }
@@ -269,7 +331,11 @@ pub enum AccountsCommand {
     /// Import an OAuth account from its tokens or from Claude Code's credentials file.
     Import(ImportArgs),
     /// Add an Anthropic API-key account.
+    #[command(
+        after_help = "Examples:\n  switchyard accounts add work --api-key -\n  echo \"$KEY\" | switchyard accounts add work --api-key -"
+    )]
     Add {
+        /// Name of the account, as routing, listings and x-switchyard-account know it.
         name: String,
         /// The API key (`-` reads it: a hidden prompt at a terminal, one line from a pipe).
         #[arg(long, value_name = "KEY")]
@@ -283,20 +349,33 @@ pub enum AccountsCommand {
     },
     /// List accounts (no secrets).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove an account and its tokens.
-    Remove { name: String },
+    Remove {
+        /// Name of the account.
+        name: String,
+    },
     /// Take an account out of rotation (a running server follows within a second).
-    Pause { name: String },
+    Pause {
+        /// Name of the account.
+        name: String,
+    },
     /// Put a paused account back into rotation.
-    Resume { name: String },
+    Resume {
+        /// Name of the account.
+        name: String,
+    },
     /// Change an account's routing priority (lower first) and weight (share under `weighted`).
     Set {
+        /// Name of the account.
         name: String,
-        #[arg(long)]
+        /// Routing priority: lower is preferred (default 0).
+        #[arg(long, allow_negative_numbers = true)]
         priority: Option<i64>,
+        /// Share of requests under the `weighted` strategy, 1 to 1000 (default 1).
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1000))]
         weight: Option<i64>,
     },
@@ -304,6 +383,7 @@ pub enum AccountsCommand {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Name to save the account under.
     pub name: String,
     /// OAuth refresh token (`-` reads it from stdin).
     #[arg(long, value_name = "RT", required_unless_present = "from_claude_code")]
@@ -320,4 +400,51 @@ pub struct ImportArgs {
     /// Overwrite an existing account of that name.
     #[arg(long)]
     pub replace: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and positional argument of every command says what it is for.
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:#?}");
+    }
+
+    #[test]
+    fn help_groups_global_options_and_explains_roles_and_the_dashboard() {
+        let mut cli = Cli::command();
+        cli.build();
+        let top = cli.render_help().to_string();
+        assert!(top.contains("Global options") && top.contains("Examples:"), "{top}");
+        let sub = |name: &str| cli.find_subcommand(name).unwrap().clone();
+        let mut serve = sub("serve");
+        assert!(serve.render_help().to_string().contains("dashboard"));
+        let mut create = sub("keys").find_subcommand("create").unwrap().clone();
+        let text = create.render_long_help().to_string();
+        assert!(text.contains("viewer") && text.contains("look at the dashboard"), "{text}");
+        let mut list = sub("accounts").find_subcommand("list").unwrap().clone();
+        let text = list.render_help().to_string();
+        assert!(text.find("--json") < text.find("Global options"), "own flags before the global ones: {text}");
+    }
 }
