@@ -191,9 +191,27 @@ try {
   await page.click('[data-action="remove"][data-account="epsilon"]');
   await toast("epsilon removed");
 
+  begin("add an API-key account from the page (a mistyped key is refused)");
+  await page.fill("#new-key-account-name", "kappa");
+  await page.fill("#new-key-account-key", "hello");
+  await page.click("#api-key-add");
+  await page.locator(".toast.bad", { hasText: "does not look like an Anthropic API key" }).waitFor();
+  await page.fill("#new-key-account-key", "sk-ant-api03-kappa-from-the-page-4321");
+  await page.click("#api-key-add");
+  await toast("Added API-key account kappa");
+  await page.locator('[data-action="pause"][data-account="kappa"]').waitFor();
+  const kappa = (await adminGet("/admin/api/accounts")).find((a) => a.name === "kappa");
+  assert.equal(kappa.kind, "api_key");
+  assert.equal(kappa.credential, "…4321");
+  assert.equal(await page.inputValue("#new-key-account-key"), "", "the key leaves the form once saved");
+  await page.click('[data-action="remove"][data-account="kappa"]');
+  await toast("kappa removed");
+  assert.ok(await page.locator("#toasts .toast").count() > 0);
+
   begin("requests: filter by account and open the details");
   await page.click('#nav a[href="#/requests"]');
   await ready("requests");
+  assert.equal(await page.locator("#toasts .toast").count(), 0, "the accounts page's messages left with it");
   await page.locator("#requests-list tbody tr").first().waitFor();
   await page.selectOption("#account", "beta");
   await page.click('#request-filters button[type="submit"]');

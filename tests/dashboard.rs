@@ -1,7 +1,7 @@
 //! The dashboard end to end: Playwright (`e2e/dashboard.mjs`) drives Debian's Chromium, headless, against
 //! the real binary and the fake upstream. This test sets the stage (accounts, keys, logged requests),
 //! runs the browser script, and checks its verdict; screenshots of every page land in
-//! `target/e2e-screenshots/`. `./scripts/test` installs Chromium and playwright-core when they are missing.
+//! `e2e-screenshots/` under Cargo's target directory (`target/tmp/`, or under `CARGO_TARGET_DIR`). `./scripts/test` installs Chromium and playwright-core when they are missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -56,7 +56,8 @@ async fn dashboard_end_to_end_in_chromium() {
         }
     }
     assert!(zeta_needs_login().await, "zeta's spent refresh token was tried");
-    let shots = root.join("target/e2e-screenshots");
+    // Cargo's own scratch directory for integration tests: follows CARGO_TARGET_DIR.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(root.join("e2e/dashboard.mjs"))

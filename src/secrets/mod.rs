@@ -17,8 +17,28 @@ pub use keystore::{Backend, KeyError, KeyStore, SecretSettings, StoreChoice};
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// The last four characters of a secret, for `status` output: enough to tell two apart, useless to a thief.
+/// A short secret would give away half of itself that way: it shows a fingerprint instead
+/// (`sha256:1a2b`, the first four hex digits of its SHA-256), which still tells two apart.
 pub fn masked(secret: &SecretString) -> String {
+    use sha2::Digest;
     let s = secret.expose_secret();
+    if s.chars().count() <= 8 {
+        let digest = sha2::Sha256::digest(s.as_bytes());
+        return format!("sha256:{:02x}{:02x}", digest[0], digest[1]);
+    }
     let tail: String = s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    if s.chars().count() <= 8 { "…".to_owned() } else { format!("…{tail}") }
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_show_a_tail_or_a_fingerprint_never_a_short_secret() {
+        assert_eq!(masked(&SecretString::from("sk-ant-api03-abcdefgh1234")), "…1234");
+        let short = masked(&SecretString::from("k1"));
+        assert!(short.starts_with("sha256:") && short.len() == 11 && !short.contains("k1"), "{short}");
+        assert_ne!(short, masked(&SecretString::from("k2")));
+    }
 }

@@ -42,7 +42,7 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
         .route("/admin/api/session", get(whoami))
-        .route("/admin/api/accounts", get(accounts))
+        .route("/admin/api/accounts", get(accounts).post(add_api_key_account))
         .route("/admin/api/accounts/{name}", delete(remove_account))
         .route("/admin/api/accounts/{name}/set", post(set_account))
         .route("/admin/api/accounts/{name}/{action}", post(account_action))
@@ -250,6 +250,55 @@ async fn accounts(State(admin): State<Shared>, headers: HeaderMap) -> Response {
     }
     match admin.pool.registry().views().await {
         Ok(views) => axum::Json(views).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddApiKey {
+    name: String,
+    api_key: secrecy::SecretString,
+    /// Save a key that does not look like an Anthropic API key.
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    replace: bool,
+}
+
+/// Add an API-key account (as `accounts add`); the key is sealed at once and never answered back.
+async fn add_api_key_account(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<axum::Json<AddApiKey>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(axum::Json(body)) = body else {
+        return ApiError::invalid_request("send JSON: {\"name\": …, \"api_key\": \"sk-ant-…\"}").into_response();
+    };
+    let key = secrecy::SecretString::from(body.api_key.expose_secret().trim().to_owned());
+    if !body.force && !crate::accounts::looks_like_api_key(&key) {
+        return ApiError::invalid_request(
+            "this does not look like an Anthropic API key (they start with sk-ant-); check what was pasted, or send \
+             \"force\": true",
+        )
+        .into_response();
+    }
+    let result = admin.pool.registry().add_api_key(&body.name, &key, body.replace).await;
+    record(&admin, &session, peer.ip(), "accounts.add", &body.name, result.is_ok()).await;
+    match result {
+        Ok(()) => {
+            accounts_changed(&admin).await;
+            (StatusCode::CREATED, axum::Json(serde_json::json!({ "name": body.name, "kind": "api_key" })))
+                .into_response()
+        }
+        Err(crate::accounts::AccountError::Invalid(message)) => ApiError::invalid_request(message).into_response(),
+        Err(crate::accounts::AccountError::Store(e @ crate::store::StoreError::Duplicate { .. })) => {
+            ApiError::invalid_request(e.to_string()).into_response()
+        }
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }

@@ -316,11 +316,21 @@ function addAccountPanel() {
       h("div", { class: "row" }, code, finish));
     step2.hidden = false;
   } }, "Start login");
+  const keyName = h("input", { id: "new-key-account-name", placeholder: "name", autocomplete: "off" });
+  const keyValue = h("input", { id: "new-key-account-key", type: "password", placeholder: "sk-ant-…", autocomplete: "off" });
+  const addKey = h("button", { type: "button", id: "api-key-add", onclick: async () => {
+    const saved = await act(addKey, () => api("POST", "/admin/api/accounts", { name: keyName.value.trim(), api_key: keyValue.value.trim() }),
+      (r) => `Added API-key account ${r.name}`);
+    if (saved) { keyName.value = ""; keyValue.value = ""; if (state.refreshAccounts) state.refreshAccounts(); }
+  } }, "Add API key");
   return h("section", { class: "panel", id: "add-account" },
-    h("h2", {}, "Add an account (OAuth)"),
+    h("h2", {}, "Add an account"),
+    h("h3", {}, "Claude Pro/Max or Console (OAuth)"),
     h("div", { class: "row" }, h("label", {}, "Name", name),
       h("label", { class: "check" }, console_, "Console login (creates an API key)"), start),
-    step2);
+    step2,
+    h("h3", {}, "Anthropic API key"),
+    h("div", { class: "row" }, h("label", {}, "Name", keyName), h("label", {}, "API key", keyValue), addKey));
 }
 
 // ---------- requests ----------
@@ -519,6 +529,8 @@ async function render() {
   state.refreshAccounts = null;
   const name = (location.hash.replace(/^#\/?/, "") || "overview").split("?")[0];
   const page = pages[name] || overview;
+  // Messages belong to the page they were raised on.
+  if (state.page !== name) document.getElementById("toasts").replaceChildren();
   state.page = name;
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === `#/${name}`);
   document.title = `Switchyard · ${name[0].toUpperCase()}${name.slice(1)}`;
