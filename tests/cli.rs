@@ -250,6 +250,22 @@ fn readme_builds_are_locked_and_state_the_rust_version() {
     }
     assert!(manifest.contains("rust-version = \"1.95\""));
     assert!(readme.contains("Rust 1.95"), "the README does not state the minimum Rust version");
+    // A user's path first, the reference after it, maintainers' material last.
+    let at = |heading: &str| readme.find(&format!("\n## {heading}")).unwrap_or_else(|| panic!("no section {heading}"));
+    let order = [
+        "Install",
+        "Quick start",
+        "Point your tools at it",
+        "Dashboard",
+        "Running as a service",
+        "Commands (reference)",
+        "Configuration",
+        "Development",
+        "Benchmark",
+    ];
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "README: {} should come before {}", pair[0], pair[1]);
+    }
 }
 
 /// Input that would silently do the wrong thing is refused with a clear line, and nothing is saved.
