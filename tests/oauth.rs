@@ -88,9 +88,7 @@ async fn pending_login_is_finished_later_with_code() {
     let code = fake.authorize(&challenge, &redirect);
     let pasted = format!("{code}#{state}");
     // The token endpoint cannot be reached: the login stays pending for another try.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}/v1/oauth/token", closed.local_addr().unwrap());
-    drop(closed);
+    let dead = format!("{}/v1/oauth/token", support::closed_port_url());
     let mut cut = env.command(&["auth", "login", "--code", &pasted]);
     cut.env("SWITCHYARD_OAUTH_TOKEN_URL", &dead).stdin(std::process::Stdio::null());
     let failed = cut.output().await.unwrap();

@@ -298,9 +298,7 @@ async fn no_account_is_a_clear_503() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_and_slow_upstreams_are_502_and_504() {
     // A port with nothing listening.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let dead = support::closed_port_url();
     let fake = Fake::start().await;
     let mut env = Env::new(&fake);
     env.ok(&["accounts", "add", "a", "--api-key", "k", "--force"]).await;
@@ -350,9 +348,7 @@ async fn a_silent_or_unreachable_upstream_costs_one_budget() {
     assert_eq!(fake.requests().len(), 1, "attempts after the budget was spent");
     drop(gw);
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let dead = support::closed_port_url();
     env.set("SWITCHYARD_UPSTREAM_URL", &dead);
     env.set("SWITCHYARD_RETRY_DELAY_MS", "1000");
     let gw = env.serve().await;

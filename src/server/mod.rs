@@ -41,22 +41,11 @@ pub fn front(
     body_limit: usize,
 ) -> Front {
     let cors = headers::Cors { origins: Arc::new(web.allowed_origins) };
-    let log = web.log.clone();
-    let not_found = move |method: Method, uri: Uri| {
-        let log = log.clone();
-        async move {
-            let error = ApiError::not_found(format!("no such endpoint: {}", uri.path()));
-            unrouted(log.as_deref(), &method, &uri, error)
-        }
-    };
-    let log = web.log.clone();
-    let method_not_allowed = move |method: Method, uri: Uri| {
-        let log = log.clone();
-        async move {
-            let error = ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()));
-            unrouted(log.as_deref(), &method, &uri, error)
-        }
-    };
+    let not_found =
+        unrouted(web.log.clone(), |_, uri| ApiError::not_found(format!("no such endpoint: {}", uri.path())));
+    let method_not_allowed = unrouted(web.log.clone(), |method, uri| {
+        ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
+    });
     let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), body_limit });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
@@ -203,8 +192,16 @@ async fn health() -> Response {
 /// Longest path kept in the request log for a request no route takes (the client chose it).
 const UNROUTED_PATH_MAX: usize = 256;
 
-/// The answer to a request no route takes (404, 405), recorded in the request log like every other.
-fn unrouted(log: Option<&crate::ledger::RequestLog>, method: &Method, uri: &Uri, error: ApiError) -> Response {
+/// The handler for requests no route takes (404, 405): answers `error` and records the request in the log
+/// like every other.
+fn unrouted(
+    log: Option<Arc<crate::ledger::RequestLog>>,
+    error: fn(&Method, &Uri) -> ApiError,
+) -> impl Fn(Method, Uri) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move |method, uri| std::future::ready(answer_unrouted(log.as_deref(), &method, &uri, error(&method, &uri)))
+}
+
+fn answer_unrouted(log: Option<&crate::ledger::RequestLog>, method: &Method, uri: &Uri, error: ApiError) -> Response {
     if let Some(log) = log {
         let mut path = uri.path().to_owned();
         if path.len() > UNROUTED_PATH_MAX {

@@ -249,6 +249,12 @@ impl Gateway {
     }
 }
 
+/// `http://127.0.0.1:PORT` of a port nothing listens on (bound, then released): connections are refused.
+pub fn closed_port_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", closed.local_addr().unwrap())
+}
+
 /// Whether `needle` occurs anywhere in `haystack`.
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
