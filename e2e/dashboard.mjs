@@ -4,6 +4,7 @@
 // Every step asserts what a person would see; any failure exits non-zero with the step named.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
+import http from "node:http";
 
 const base = process.env.SY_URL;
 const adminKey = process.env.SY_ADMIN_KEY;
@@ -37,8 +38,11 @@ async function message(key) {
   await r.arrayBuffer();
   return r.status;
 }
+// The admin API as the dashboard calls it: the browser's cookie plus the session secret from the page's
+// own storage (the cookie alone opens nothing).
 async function adminGet(path) {
-  const r = await page.request.get(`${base}${path}`);
+  const secret = await page.evaluate(() => localStorage.getItem("sy_session_secret"));
+  const r = await page.request.get(`${base}${path}`, { headers: { "x-csrf-token": secret || "" } });
   assert.equal(r.status(), 200, `${path}: ${r.status()}`);
   return r.json();
 }
@@ -84,6 +88,26 @@ try {
   await page.waitForURL(/\/dashboard$/);
   await ready("overview");
   assert.match(await page.textContent("#who"), /root \(admin key\)/);
+
+  begin("another port on this host receives the cookie, and it opens nothing");
+  const seen = [];
+  const evil = http.createServer((req, res) => { seen.push(req.headers.cookie || ""); res.end("<p>hello</p>"); });
+  await new Promise((r) => evil.listen(0, "127.0.0.1", r));
+  const evilPage = await context.newPage();
+  await evilPage.goto(`http://127.0.0.1:${evil.address().port}/`);
+  await evilPage.close();
+  const stolen = seen.find((c) => c.includes("sy_session="));
+  assert.ok(stolen, `the browser sent the cookie to the other port (${seen})`);
+  for (const path of ["/admin/api/session", "/admin/api/keys"]) {
+    const r = await fetch(`${base}${path}`, { headers: { cookie: stolen } });
+    assert.equal(r.status, 401, `${path} with a stolen cookie`);
+  }
+  const mint = await fetch(`${base}/admin/api/keys`, {
+    method: "POST", headers: { cookie: stolen, "content-type": "application/json" },
+    body: JSON.stringify({ name: "stolen", role: "admin" }),
+  });
+  assert.equal(mint.status, 401, "no admin key for a stolen cookie");
+  evil.close();
 
   begin("overview shows accounts, requests and charts");
   await page.locator("#card-available .n", { hasText: "2 / 4" }).waitFor();

@@ -17,6 +17,12 @@ fn cookie_of(response: &reqwest::Response) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
+/// The session secret a login link hands over: in the fragment of its redirect, never in a body.
+fn secret_of_link(response: &reqwest::Response) -> String {
+    let location = response.headers()["location"].to_str().unwrap();
+    location.strip_prefix("/dashboard#session=").expect("the secret in the fragment").to_owned()
+}
+
 async fn login(gw: &Gateway, body: serde_json::Value) -> reqwest::Response {
     gw.post("/admin/api/login").json(&body).send().await.unwrap()
 }
@@ -26,7 +32,7 @@ async fn session_from(gw: &Gateway, response: reqwest::Response) -> Session {
     let cookie = cookie_of(&response);
     let body: serde_json::Value = response.json().await.unwrap();
     let csrf = body["csrf_token"].as_str().unwrap().to_owned();
-    let me = gw.get("/admin/api/session").header("cookie", &cookie).send().await.unwrap();
+    let me = gw.get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", &csrf).send().await.unwrap();
     assert_eq!(me.status(), 200);
     Session { cookie, csrf }
 }
@@ -51,7 +57,7 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let r = no_redirect.get(&link).send().await.unwrap();
     assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/dashboard");
+    let csrf = secret_of_link(&r);
     let cookie = cookie_of(&r);
     let page = no_redirect.get(format!("{}/dashboard", gw.url)).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -74,27 +80,51 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
     assert_eq!(no_redirect.get(&first).send().await.unwrap().status(), 401, "replaced by the newer link");
     let r = no_redirect.get(&fresh).send().await.unwrap();
     assert_eq!(r.status(), 303);
-    let me: serde_json::Value =
-        gw.get("/admin/api/session").header("cookie", cookie_of(&r)).send().await.unwrap().json().await.unwrap();
+    let me: serde_json::Value = gw
+        .get("/admin/api/session")
+        .header("cookie", cookie_of(&r))
+        .header("x-csrf-token", secret_of_link(&r))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["actor"], "dashboard-link");
     assert_eq!(no_redirect.get(&fresh).send().await.unwrap().status(), 401, "single use");
 
-    // State changes need the CSRF token.
-    let me: serde_json::Value =
-        gw.get("/admin/api/session").header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-    let csrf = me["csrf_token"].as_str().unwrap();
-    let r = gw.post("/admin/api/accounts/a/pause").header("cookie", &cookie).send().await.unwrap();
-    let (kind, message) = error_type(r, 403).await;
-    assert_eq!(kind, "permission_error");
-    assert!(message.contains("csrf"), "{message}");
+    // The cookie alone, as another port of this host receives it from the browser, opens nothing: not
+    // even the session's own description, which would hand out the secret.
+    for path in ["/admin/api/session", "/admin/api/accounts", "/admin/api/keys"] {
+        let r = gw.get(path).header("cookie", &cookie).send().await.unwrap();
+        let (kind, message) = error_type(r, 401).await;
+        assert_eq!(kind, "authentication_error");
+        assert!(message.contains("x-csrf-token"), "{message}");
+    }
     let r = gw
-        .post("/admin/api/accounts/a/pause")
+        .post("/admin/api/keys")
         .header("cookie", &cookie)
-        .header("x-csrf-token", "nope")
+        .json(&serde_json::json!({"name": "stolen", "role": "admin"}));
+    assert_eq!(r.send().await.unwrap().status(), 401);
+    let r = gw.post("/admin/api/accounts/a/pause").header("cookie", &cookie).header("x-csrf-token", "nope");
+    assert_eq!(r.send().await.unwrap().status(), 401);
+    // A second sy_session planted by another port (a longer Path wins the order): refused, not guessed at.
+    let planted = format!("sy_session=planted-by-another-port; {cookie}");
+    let r = gw.get("/admin/api/session").header("cookie", &planted).header("x-csrf-token", &csrf).send().await.unwrap();
+    let (_, message) = error_type(r, 401).await;
+    assert!(message.contains("several sy_session cookies"), "{message}");
+    let csrf = csrf.as_str();
+    let me: serde_json::Value = gw
+        .get("/admin/api/session")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", csrf)
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert!(me.get("csrf_token").is_none(), "the session's description does not repeat the secret");
     let r = gw
         .post("/admin/api/accounts/a/pause")
         .header("cookie", &cookie)
@@ -103,8 +133,16 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let accounts: serde_json::Value =
-        gw.get("/admin/api/accounts").header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
+    let accounts: serde_json::Value = gw
+        .get("/admin/api/accounts")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(accounts[0]["status"], "paused");
     assert!(!accounts.to_string().contains("sk-ant-api03-adm"), "no secrets in the admin API");
 
@@ -134,9 +172,36 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let (kind, _) = error_type(login(&gw, serde_json::json!({"key": user_key})).await, 403).await;
     assert_eq!(kind, "permission_error");
     let viewer = session_from(&gw, login(&gw, serde_json::json!({"key": viewer_key})).await).await;
-    assert_eq!(gw.get("/admin/api/accounts").header("cookie", &viewer.cookie).send().await.unwrap().status(), 200);
-    assert_eq!(gw.get("/admin/api/keys").header("cookie", &viewer.cookie).send().await.unwrap().status(), 403);
-    assert_eq!(gw.get("/admin/api/audit").header("cookie", &viewer.cookie).send().await.unwrap().status(), 403);
+    assert_eq!(
+        gw.get("/admin/api/accounts")
+            .header("cookie", &viewer.cookie)
+            .header("x-csrf-token", &viewer.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        gw.get("/admin/api/keys")
+            .header("cookie", &viewer.cookie)
+            .header("x-csrf-token", &viewer.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        gw.get("/admin/api/audit")
+            .header("cookie", &viewer.cookie)
+            .header("x-csrf-token", &viewer.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let r = gw
         .post("/admin/api/accounts/a/pause")
         .header("cookie", &viewer.cookie)
@@ -162,8 +227,16 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let proxied =
         gw.post("/v1/messages").header("x-api-key", &new_key).json(&message_body(false)).send().await.unwrap();
     assert_eq!(proxied.status(), 200);
-    let keys: serde_json::Value =
-        gw.get("/admin/api/keys").header("cookie", &admin.cookie).send().await.unwrap().json().await.unwrap();
+    let keys: serde_json::Value = gw
+        .get("/admin/api/keys")
+        .header("cookie", &admin.cookie)
+        .header("x-csrf-token", &admin.csrf)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(!keys.to_string().contains(&new_key[3..]), "listing shows no secret");
     let r = gw
         .post("/admin/api/keys/made-by-api/revoke")
@@ -173,8 +246,16 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let audit: serde_json::Value =
-        gw.get("/admin/api/audit").header("cookie", &admin.cookie).send().await.unwrap().json().await.unwrap();
+    let audit: serde_json::Value = gw
+        .get("/admin/api/audit")
+        .header("cookie", &admin.cookie)
+        .header("x-csrf-token", &admin.csrf)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let actions: Vec<String> = audit
         .as_array()
         .unwrap()
@@ -189,6 +270,7 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let requests: serde_json::Value = gw
         .get("/admin/api/requests?since=1h")
         .header("cookie", &admin.cookie)
+        .header("x-csrf-token", &admin.csrf)
         .send()
         .await
         .unwrap()
@@ -197,11 +279,37 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
         .unwrap();
     assert_eq!(requests[0]["client_key"], "made-by-api");
     assert_eq!(requests[0]["status"], 200);
-    let stats: serde_json::Value =
-        gw.get("/admin/api/stats?by=key").header("cookie", &admin.cookie).send().await.unwrap().json().await.unwrap();
+    let stats: serde_json::Value = gw
+        .get("/admin/api/stats?by=key")
+        .header("cookie", &admin.cookie)
+        .header("x-csrf-token", &admin.csrf)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["made-by-api"]["requests"], 1);
-    assert_eq!(gw.get("/admin/api/requests").header("cookie", &viewer.cookie).send().await.unwrap().status(), 403);
-    assert_eq!(gw.get("/admin/api/stats").header("cookie", &viewer.cookie).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/admin/api/requests")
+            .header("cookie", &viewer.cookie)
+            .header("x-csrf-token", &viewer.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        gw.get("/admin/api/stats")
+            .header("cookie", &viewer.cookie)
+            .header("x-csrf-token", &viewer.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let by_api = audit
         .as_array()
         .unwrap()
@@ -235,7 +343,16 @@ async fn password_with_totp_and_the_login_brake() {
     let code = switchyard::access::totp::code(&secret_bytes, now);
     let ok = login(&gw, serde_json::json!({"password": "correct horse battery", "totp": code})).await;
     let admin = session_from(&gw, ok).await;
-    assert_eq!(gw.get("/admin/api/keys").header("cookie", &admin.cookie).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/admin/api/keys")
+            .header("cookie", &admin.cookie)
+            .header("x-csrf-token", &admin.csrf)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Wrong passwords: three tries, then the address waits, longer each time.
     for _ in 0..2 {
@@ -274,7 +391,7 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     }
     let admin = session_from(&gw, login(&gw, serde_json::json!({"key": admin_key})).await).await;
     let viewer = session_from(&gw, login(&gw, serde_json::json!({"key": viewer_key})).await).await;
-    let get = |path: &str, s: &Session| gw.get(path).header("cookie", &s.cookie).send();
+    let get = |path: &str, s: &Session| gw.get(path).header("cookie", &s.cookie).header("x-csrf-token", &s.csrf).send();
     let json = |r: reqwest::Response| async move {
         assert_eq!(r.status(), 200, "{:?}", r.url().path());
         r.json::<serde_json::Value>().await.unwrap()
@@ -286,7 +403,13 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/dashboard/login"));
     let r = no_redirect.get(format!("{}/admin/", gw.url)).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/dashboard"));
-    let shell = no_redirect.get(format!("{}/dashboard", gw.url)).header("cookie", &viewer.cookie).send().await.unwrap();
+    let shell = no_redirect
+        .get(format!("{}/dashboard", gw.url))
+        .header("cookie", &viewer.cookie)
+        .header("x-csrf-token", &viewer.csrf)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(shell.status(), 200);
     assert!(shell.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
     assert!(shell.text().await.unwrap().contains("/dashboard/app.js"));
@@ -392,7 +515,7 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     let r = post("/admin/api/accounts/beta/set", &viewer, serde_json::json!({"priority": 1})).await.unwrap();
     assert_eq!(r.status(), 403);
     let r = gw.delete("/admin/api/accounts/alpha").header("cookie", &admin.cookie).send().await.unwrap();
-    assert_eq!(r.status(), 403, "DELETE needs the CSRF token");
+    assert_eq!(r.status(), 401, "DELETE needs the session secret");
     let delete = |name: &str| {
         gw.delete(&format!("/admin/api/accounts/{name}"))
             .header("cookie", &admin.cookie)

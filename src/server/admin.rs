@@ -59,15 +59,31 @@ pub fn routes(admin: Shared) -> Router {
         .with_state(admin)
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The session cookie's value; an error when there are several (another program on this host can set a
+/// cookie for our name: browsers do not isolate cookies by port, so neither may win).
+fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .filter(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned());
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::unauthorized(
+            "several sy_session cookies were sent (another program on this host may have set one); clear this \
+             site's cookies and log in again",
+        ));
+    }
+    Ok(first)
+}
+
+/// The session a cookie names, for the dashboard's page shell only: the shell holds no data, and every
+/// call it makes needs the session secret too.
+fn cookie_session(admin: &Admin, headers: &HeaderMap) -> Option<Session> {
+    cookie_value(headers).ok().flatten().and_then(|id| admin.sessions.get(&id))
 }
 
 fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
@@ -77,44 +93,43 @@ fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The session of a request, with the permission it needs; state-changing calls also check CSRF.
-fn authorize(
-    admin: &Admin,
-    headers: &HeaderMap,
-    permission: Permission,
-    changes_state: bool,
-) -> Result<Session, ApiError> {
-    let session = cookie_value(headers)
+/// The session of a request, with the permission it needs. The cookie alone is not enough: every call
+/// also carries the session secret in `x-csrf-token`, which only the login's answer hands out and which
+/// the dashboard keeps in its origin's storage. Browsers send the cookie to every port of this host; the
+/// origin (port included) keeps the secret from pages and programs on the others.
+fn authorize(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Result<Session, ApiError> {
+    let session = cookie_value(headers)?
         .and_then(|id| admin.sessions.get(&id))
         .ok_or_else(|| ApiError::unauthorized("log in first (POST /admin/api/login)"))?;
+    use subtle::ConstantTimeEq;
+    let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(session.csrf.as_bytes())) {
+        return Err(ApiError::unauthorized(
+            "missing or wrong x-csrf-token: send the session secret from the login's answer with every call",
+        ));
+    }
     if !session.role.allows(permission) {
         return Err(ApiError::forbidden(format!("role {} may not do this", session.role.as_str())));
-    }
-    if changes_state {
-        use subtle::ConstantTimeEq;
-        let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(session.csrf.as_bytes())) {
-            return Err(ApiError::forbidden("missing or wrong x-csrf-token"));
-        }
     }
     Ok(session)
 }
 
 /// Whether a request carries a key or an admin session with `permission` (for routes outside `/admin`).
 pub fn allows(admin: &Admin, headers: &HeaderMap, permission: Permission) -> bool {
-    if authorize(admin, headers, permission, false).is_ok() {
+    if authorize(admin, headers, permission).is_ok() {
         return true;
     }
     let key = super::guard::presented_key(headers);
     matches!(admin.keys.check(key, crate::now_ms()), KeyCheck::Valid(k) if k.role.allows(permission))
 }
 
-fn logged_in(admin: &Admin, actor: String, role: Role, status: StatusCode) -> Response {
+/// A new session: the cookie, and the session secret in the answer (the only place it is handed out).
+fn logged_in(admin: &Admin, actor: String, role: Role) -> (Response, String) {
     let (id, session) = admin.sessions.create(actor.clone(), role);
     let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": session.csrf });
-    let mut response = (status, axum::Json(body)).into_response();
+    let mut response = axum::Json(body).into_response();
     response.headers_mut().insert(header::SET_COOKIE, session_cookie(admin, &id));
-    response
+    (response, session.csrf)
 }
 
 #[derive(Deserialize)]
@@ -160,7 +175,7 @@ async fn login(
         Ok((actor, role)) => {
             admin.brake.succeeded(ip);
             audit(store.as_ref(), &actor, Some(ip), "admin.login", "session", "ok", role.as_str()).await;
-            logged_in(&admin, actor, role, StatusCode::OK)
+            logged_in(&admin, actor, role).0
         }
         Err(error) => {
             admin.brake.failed(ip);
@@ -196,8 +211,15 @@ async fn one_time_login(
         Ok(_) if redeemed => {
             admin.brake.succeeded(ip);
             audit(store.as_ref(), "dashboard-link", Some(ip), "admin.login", "session", "ok", "admin").await;
-            let mut response = logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, StatusCode::SEE_OTHER);
-            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/dashboard"));
+            let (mut response, secret) = logged_in(&admin, "dashboard-link".to_owned(), Role::Admin);
+            // The secret rides in the fragment, which the browser keeps to itself: the page moves it to its
+            // origin's storage and out of the address bar.
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            *response.body_mut() = axum::body::Body::empty();
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            if let Ok(location) = HeaderValue::from_str(&format!("/dashboard#session={secret}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
             response
         }
         _ => {
@@ -210,10 +232,10 @@ async fn one_time_login(
 }
 
 async fn logout(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, true) {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
-    if let Some(id) = cookie_value(&headers) {
+    if let Ok(Some(id)) = cookie_value(&headers) {
         admin.sessions.remove(&id);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -225,9 +247,9 @@ async fn logout(State(admin): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 async fn whoami(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    match authorize(&admin, &headers, Permission::DashboardView, false) {
+    match authorize(&admin, &headers, Permission::DashboardView) {
         Ok(s) => axum::Json(serde_json::json!({
-            "actor": s.actor, "role": s.role.as_str(), "csrf_token": s.csrf, "expires_at_ms": s.expires_at_ms,
+            "actor": s.actor, "role": s.role.as_str(), "expires_at_ms": s.expires_at_ms,
         }))
         .into_response(),
         Err(e) => e.into_response(),
@@ -239,13 +261,14 @@ async fn to_dashboard() -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response()
 }
 
-/// The session of a request, if it has one with `permission` (for pages, which redirect rather than fail).
+/// The session a request's cookie names, if it has `permission`: for the dashboard's page shell, which
+/// holds no data and redirects to the login page rather than fail.
 pub fn session_for(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Option<Session> {
-    authorize(admin, headers, permission, false).ok()
+    cookie_session(admin, headers).filter(|s| s.role.allows(permission))
 }
 
 async fn accounts(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
     match admin.pool.registry().views().await {
@@ -272,7 +295,7 @@ async fn add_api_key_account(
     headers: HeaderMap,
     body: Result<axum::Json<AddApiKey>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -309,7 +332,7 @@ async fn account_action(
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -356,7 +379,7 @@ async fn set_account(
     Path(name): Path<String>,
     body: Result<axum::Json<Routing>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -382,7 +405,7 @@ async fn remove_account(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -405,7 +428,7 @@ async fn oauth_start(
     headers: HeaderMap,
     body: Result<axum::Json<OAuthStart>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::AccountsManage, true) {
+    if let Err(e) = authorize(&admin, &headers, Permission::AccountsManage) {
         return e.into_response();
     }
     let Ok(axum::Json(body)) = body else {
@@ -432,7 +455,7 @@ async fn oauth_finish(
     headers: HeaderMap,
     body: Result<axum::Json<OAuthFinish>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::AccountsManage, true) {
+    let session = match authorize(&admin, &headers, Permission::AccountsManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -473,7 +496,7 @@ async fn record(admin: &Admin, session: &Session, ip: IpAddr, action: &str, targ
 }
 
 async fn list_keys(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::KeysManage, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::KeysManage) {
         return e.into_response();
     }
     match crate::access::key_listing(admin.pool.store().as_ref(), crate::now_ms()).await {
@@ -517,7 +540,7 @@ async fn create_key(
     headers: HeaderMap,
     body: Result<axum::Json<CreateKey>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::KeysManage, true) {
+    let session = match authorize(&admin, &headers, Permission::KeysManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -569,7 +592,7 @@ async fn revoke_key(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let session = match authorize(&admin, &headers, Permission::KeysManage, true) {
+    let session = match authorize(&admin, &headers, Permission::KeysManage) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -609,7 +632,7 @@ async fn requests(
     headers: HeaderMap,
     query: Result<Query<RequestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView) {
         return e.into_response();
     }
     let Ok(Query(q)) = query else {
@@ -648,7 +671,7 @@ async fn requests(
 
 /// One request with its details and its payload when one was kept (`logs.view`).
 async fn one_request(State(admin): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView) {
         return e.into_response();
     }
     let registry = admin.pool.registry();
@@ -667,7 +690,7 @@ struct SeriesQuery {
 /// Requests, errors, tokens and cost per bucket over `range` (`1h` in minutes, `24h` in 15 minutes, `7d`
 /// in hours) (`dashboard.view`).
 async fn series(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<SeriesQuery>) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
     let (span_ms, bucket_ms) = match q.range.as_deref().unwrap_or("1h") {
@@ -691,7 +714,7 @@ async fn series(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query
 
 /// Accounts by state and what is happening now (`dashboard.view`).
 async fn overview(State(admin): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
     let views = match admin.pool.registry().views().await {
@@ -712,7 +735,7 @@ async fn overview(State(admin): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Requests, tokens, cost, error rate and latency grouped by `by` (`dashboard.view`).
 async fn stats(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<RequestQuery>) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
     let since = match since_ms(q.since.as_deref(), "24h") {
@@ -731,7 +754,7 @@ struct Since {
 }
 
 async fn audit_log(State(admin): State<Shared>, headers: HeaderMap, Query(q): Query<Since>) -> Response {
-    if let Err(e) = authorize(&admin, &headers, Permission::LogsView, false) {
+    if let Err(e) = authorize(&admin, &headers, Permission::LogsView) {
         return e.into_response();
     }
     let since = match since_ms(q.since.as_deref(), "1d") {

@@ -41,10 +41,20 @@ function who(session) {
   return `${session.actor} (${session.role})`;
 }
 
+// The session secret: the login answer's (or the login link's fragment), kept in this origin's storage
+// and sent with every admin call; the cookie alone opens nothing.
+function sessionSecret() {
+  const m = location.hash.match(/^#session=([A-Za-z0-9_-]+)$/);
+  if (m) {
+    localStorage.setItem("sy_session_secret", m[1]);
+    history.replaceState(null, "", location.pathname);
+  }
+  return localStorage.getItem("sy_session_secret") || "";
+}
+
 async function api(method, path, body) {
-  const headers = {};
+  const headers = { "x-csrf-token": sessionSecret() };
   if (body !== undefined) headers["content-type"] = "application/json";
-  if (method !== "GET" && state.session) headers["x-csrf-token"] = state.session.csrf_token;
   let response;
   try {
     response = await fetch(path, { method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
@@ -52,6 +62,7 @@ async function api(method, path, body) {
     throw new ApiError(0, "network_error", `cannot reach Switchyard (${e.message})`);
   }
   if (response.status === 401 && path !== "/admin/api/login") {
+    localStorage.removeItem("sy_session_secret");
     location.href = "/dashboard/login";
     throw new ApiError(401, "authentication_error", "your session ended; log in again");
   }
@@ -556,6 +567,7 @@ async function start() {
   if (!can("manage")) document.querySelector('#nav a[href="#/keys"]').hidden = true;
   document.getElementById("logout").addEventListener("click", async (e) => {
     await act(e.target, () => api("POST", "/admin/api/logout"));
+    localStorage.removeItem("sy_session_secret");
     location.href = "/dashboard/login";
   });
   window.addEventListener("hashchange", render);

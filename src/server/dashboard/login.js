@@ -12,6 +12,10 @@ async function logIn(body) {
       body: JSON.stringify(body),
     });
     if (response.ok) {
+      // The session secret stays in this origin's storage (other ports of this host cannot read it); the
+      // cookie alone opens nothing.
+      const data = await response.json();
+      localStorage.setItem("sy_session_secret", data.csrf_token);
       location.href = "/dashboard";
       return;
     }
