@@ -33,7 +33,7 @@ async fn session_from(gw: &Gateway, response: reqwest::Response) -> Session {
     let body: serde_json::Value = response.json().await.unwrap();
     let csrf = body["csrf_token"].as_str().unwrap().to_owned();
     let me = gw.get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", &csrf).send().await.unwrap();
-    assert_eq!(me.status(), 200);
+    assert_eq!(me.status(), 200, "{}", me.text().await.unwrap());
     Session { cookie, csrf }
 }
 
@@ -573,4 +573,73 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     for action in ["accounts.set", "accounts.remove", "auth.login", "accounts.pause"] {
         assert!(actions.contains(&action), "{action} audited: {actions:?}");
     }
+}
+
+/// A session lives only as long as what started it: revoking or rotating its key, changing the password,
+/// or "log out everyone" (CLI or API) ends it within a second; a login link ends once an admin key exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_end_with_the_credential_that_started_them() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-sess"]).await;
+    let mut gw = env.serve().await;
+    gw.next_line().await;
+    let link = gw.next_line().await.rsplit(' ').next().unwrap().to_owned();
+    let root = env.ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
+    let ops = env.ok(&["keys", "create", "ops", "--role", "admin"]).await.stdout.trim().to_owned();
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    assert_eq!(no_redirect.get(&link).send().await.unwrap().status(), 401, "the link ended when an admin key appeared");
+
+    let alive = |s: &Session| {
+        let request = gw.get("/admin/api/session").header("cookie", &s.cookie).header("x-csrf-token", &s.csrf);
+        async move { request.send().await.unwrap().status() == 200 }
+    };
+    // Keys made by the CLI reach the running server within a second. Polled on /metrics, which counts no
+    // failed login (the login brake would slow the poll down): once keys exist it needs one, so a 200 with
+    // `ops` and a 401 without any key mean both keys are loaded.
+    support::eventually("the new keys to reach the server", std::time::Duration::from_secs(3), async || {
+        let with = gw.get("/metrics").header("x-api-key", &ops).send().await.unwrap().status();
+        let without = gw.get("/metrics").send().await.unwrap().status();
+        (with == 200 && without == 401).then_some(())
+    })
+    .await;
+    let key_login = async |key: &str| session_from(&gw, login(&gw, serde_json::json!({ "key": key })).await).await;
+    let ends = async |s: &Session, what: &str| {
+        support::eventually(what, std::time::Duration::from_secs(3), async || (!alive(s).await).then_some(())).await;
+    };
+
+    // Revoked key: its session ends, and cannot mint anything on the way out.
+    let by_key = key_login(&root).await;
+    env.ok(&["keys", "revoke", "root"]).await;
+    ends(&by_key, "the revoked key's session to end").await;
+    let mint = gw
+        .post("/admin/api/keys")
+        .header("cookie", &by_key.cookie)
+        .header("x-csrf-token", &by_key.csrf)
+        .json(&serde_json::json!({"name": "heir", "role": "admin"}));
+    assert_eq!(mint.send().await.unwrap().status(), 401);
+
+    // Rotated key.
+    let by_ops = key_login(&ops).await;
+    env.ok(&["keys", "rotate", "ops"]).await;
+    ends(&by_ops, "the rotated key's session to end").await;
+
+    // Password changed from the CLI.
+    env.set("SWITCHYARD_ADMIN_PASSWORD", "the first long password");
+    env.ok(&["admin", "set-password"]).await;
+    let by_password =
+        session_from(&gw, login(&gw, serde_json::json!({"password": "the first long password"})).await).await;
+    env.set("SWITCHYARD_ADMIN_PASSWORD", "the second long password");
+    env.ok(&["admin", "set-password"]).await;
+    ends(&by_password, "the old password's session to end").await;
+
+    // Log out everyone: from the CLI, then from the API (which ends the caller's session too).
+    let first = session_from(&gw, login(&gw, serde_json::json!({"password": "the second long password"})).await).await;
+    env.ok(&["admin", "logout-all"]).await;
+    ends(&first, "logout-all from the CLI").await;
+    let second = session_from(&gw, login(&gw, serde_json::json!({"password": "the second long password"})).await).await;
+    let third = session_from(&gw, login(&gw, serde_json::json!({"password": "the second long password"})).await).await;
+    let r = gw.post("/admin/api/logout-all").header("cookie", &second.cookie).header("x-csrf-token", &second.csrf);
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    assert!(!alive(&second).await && !alive(&third).await, "the API ends every session at once");
 }

@@ -60,6 +60,9 @@ pub async fn set_password(
         .to_string();
     let now = crate::now_ms();
     store.put_setting(PASSWORD, Some(&phc), now).await?;
+    end_login_link(store).await?;
+    // Sessions started with the old password (or TOTP secret) end.
+    store.put_setting(PASSWORD_SESSIONS_NOT_BEFORE, Some(&now.to_string()), now).await?;
     if !totp {
         store.put_setting(TOTP, None, now).await?;
         return Ok(None);
@@ -115,6 +118,17 @@ pub async fn check_password(
     })
 }
 
+/// What a session was started with; it lives only as long as that credential does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOrigin {
+    /// A client key: ends when the key is revoked, expires or is rotated (its secret's hash changes).
+    Key { id: String, hash: [u8; 32] },
+    /// The administrator password: ends when the password or the TOTP secret changes.
+    Password,
+    /// A single-use login link.
+    Link,
+}
+
 /// A logged-in administrator or viewer.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -122,6 +136,20 @@ pub struct Session {
     pub role: Role,
     pub csrf: String,
     pub expires_at_ms: i64,
+    pub created_at_ms: i64,
+    pub origin: SessionOrigin,
+}
+
+/// Settings holding "sessions started before this epoch ms are over": for every session (log out
+/// everyone) and for password sessions (the password or TOTP changed). Kept in the store, so a change made
+/// by the CLI or another instance reaches every server within its next second of upkeep.
+const SESSIONS_NOT_BEFORE: &str = "admin.sessions_not_before_ms";
+const PASSWORD_SESSIONS_NOT_BEFORE: &str = "admin.password_sessions_not_before_ms";
+
+/// End every admin session, on every server using this store (within a second).
+pub async fn end_all_sessions(store: &dyn Store) -> Result<(), StoreError> {
+    let now = crate::now_ms();
+    store.put_setting(SESSIONS_NOT_BEFORE, Some(&now.to_string()), now).await
 }
 
 /// Server-side sessions, keyed by the SHA-256 of the cookie value (the store of sessions never holds a
@@ -130,6 +158,8 @@ pub struct Session {
 pub struct Sessions {
     ttl_ms: i64,
     map: Mutex<HashMap<String, Session>>,
+    not_before_ms: std::sync::atomic::AtomicI64,
+    password_not_before_ms: std::sync::atomic::AtomicI64,
 }
 
 fn digest(id: &str) -> String {
@@ -138,7 +168,37 @@ fn digest(id: &str) -> String {
 
 impl Sessions {
     pub fn new(ttl_ms: i64) -> Self {
-        Self { ttl_ms, map: Mutex::new(HashMap::new()) }
+        Self {
+            ttl_ms,
+            map: Mutex::new(HashMap::new()),
+            not_before_ms: std::sync::atomic::AtomicI64::new(0),
+            password_not_before_ms: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Read the session epochs from the store (called every second by the server's upkeep, and at once
+    /// after a change made here).
+    pub async fn sync(&self, store: &dyn Store) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let read = async |key| -> Result<i64, StoreError> {
+            Ok(store.get_setting(key).await?.and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        self.not_before_ms.store(read(SESSIONS_NOT_BEFORE).await?, Relaxed);
+        self.password_not_before_ms.store(read(PASSWORD_SESSIONS_NOT_BEFORE).await?, Relaxed);
+        Ok(())
+    }
+
+    /// Whether what started `session` still stands.
+    fn still_valid(&self, session: &Session, keys: &super::ClientKeys, now: i64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if session.expires_at_ms <= now || session.created_at_ms <= self.not_before_ms.load(Relaxed) {
+            return false;
+        }
+        match &session.origin {
+            SessionOrigin::Key { id, hash } => keys.is_current(id, hash, now),
+            SessionOrigin::Password => session.created_at_ms > self.password_not_before_ms.load(Relaxed),
+            SessionOrigin::Link => true,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -146,9 +206,11 @@ impl Sessions {
     }
 
     /// A new session; returns the cookie value and the session.
-    pub fn create(&self, actor: String, role: Role) -> (String, Session) {
+    pub fn create(&self, actor: String, role: Role, origin: SessionOrigin) -> (String, Session) {
         let id = random_token();
-        let session = Session { actor, role, csrf: random_token(), expires_at_ms: crate::now_ms() + self.ttl_ms };
+        let now = crate::now_ms();
+        let session =
+            Session { actor, role, csrf: random_token(), expires_at_ms: now + self.ttl_ms, created_at_ms: now, origin };
         let mut map = self.lock();
         let now = crate::now_ms();
         map.retain(|_, s| s.expires_at_ms > now);
@@ -156,11 +218,13 @@ impl Sessions {
         (id, session)
     }
 
-    pub fn get(&self, id: &str) -> Option<Session> {
+    /// The session a cookie names, while it and what started it are valid (checked against `keys`, the
+    /// live client keys).
+    pub fn get(&self, id: &str, keys: &super::ClientKeys) -> Option<Session> {
         let mut map = self.lock();
         let key = digest(id);
         match map.get(&key) {
-            Some(s) if s.expires_at_ms > crate::now_ms() => Some(s.clone()),
+            Some(s) if self.still_valid(s, keys, crate::now_ms()) => Some(s.clone()),
             Some(_) => {
                 map.remove(&key);
                 None
@@ -224,6 +288,11 @@ const LOGIN_LINK: &str = "admin.login_link";
 /// How long a dashboard login link stays valid.
 pub const LOGIN_LINK_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// End the login link (once another way in exists, a link left lying around is only a risk).
+pub async fn end_login_link(store: &dyn Store) -> Result<(), StoreError> {
+    store.put_setting(LOGIN_LINK, None, crate::now_ms()).await
+}
+
 /// Issue a new single-use login token (the previous one stops working).
 pub async fn issue_login_link(store: &dyn Store, ttl_ms: i64) -> Result<String, StoreError> {
     let token = random_token();
@@ -250,11 +319,16 @@ mod tests {
     #[test]
     fn sessions_expire_and_tokens_are_single_use() {
         let sessions = Sessions::new(50);
-        let (id, s) = sessions.create("key:a".into(), Role::Admin);
-        assert_eq!(sessions.get(&id).map(|s| s.csrf), Some(s.csrf));
-        assert!(sessions.get("nope").is_none());
+        let keys = crate::access::ClientKeys::default();
+        let (id, s) = sessions.create("link".into(), Role::Admin, SessionOrigin::Link);
+        assert_eq!(sessions.get(&id, &keys).map(|s| s.csrf), Some(s.csrf));
+        assert!(sessions.get("nope", &keys).is_none());
         std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(sessions.get(&id).is_none());
+        assert!(sessions.get(&id, &keys).is_none());
+        // A key session without its key is over.
+        let (id, _) =
+            sessions.create("key:a".into(), Role::Admin, SessionOrigin::Key { id: "k".into(), hash: [0; 32] });
+        assert!(sessions.get(&id, &keys).is_none());
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub struct ClientKey {
     pub id: String,
     pub name: String,
     pub role: Role,
-    hash: [u8; 32],
+    /// SHA-256 of the key's secret.
+    pub(crate) hash: [u8; 32],
     pub accounts: Option<Vec<String>>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
@@ -231,6 +232,15 @@ impl ClientKeys {
             Ok(k) => k.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Whether the key `id` is still active with the secret whose hash is `hash` (not revoked, expired or
+    /// rotated since): what a session started with that key lives on.
+    pub fn is_current(&self, id: &str, hash: &[u8; 32], now: i64) -> bool {
+        use subtle::ConstantTimeEq;
+        self.snapshot().iter().any(|k| {
+            k.id == id && !k.revoked && k.expires_at_ms.is_none_or(|e| e > now) && bool::from(k.hash.ct_eq(hash))
+        })
     }
 
     /// Whether an active key with `role` exists.
@@ -480,6 +490,10 @@ impl NewKey {
             budget_tokens_day: self.budgets.tokens_day,
         };
         store.insert_client_key(&record).await?;
+        if self.role == Some(Role::Admin) {
+            // A way in exists now: a login link printed earlier stops working.
+            super::admin::end_login_link(store).await?;
+        }
         Ok(key)
     }
 }

@@ -169,6 +169,8 @@ pub enum AdminCommand {
         #[arg(long)]
         totp: bool,
     },
+    /// End every dashboard and admin API session, on every server using this data, within a second.
+    LogoutAll,
 }
 
 #[derive(Debug, Subcommand)]

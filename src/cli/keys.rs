@@ -128,6 +128,16 @@ pub async fn set_password(config: &Config, totp: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// End every admin session; running servers notice within a second.
+pub async fn logout_all(config: &Config) -> anyhow::Result<()> {
+    let opened = open_data(config).await?;
+    let store = opened.registry.store();
+    crate::access::admin::end_all_sessions(store.as_ref()).await?;
+    super::audit_cli(store.as_ref(), "admin.logout-all", "sessions", "").await;
+    println!("every admin session ends within a second; log in again to continue");
+    Ok(())
+}
+
 /// A new single-use dashboard login link, stored hashed where the server (running or not yet) checks it.
 pub async fn dashboard_link(config: &Config, host: Option<String>, port: Option<u16>) -> anyhow::Result<()> {
     let opened = open_data(config).await?;

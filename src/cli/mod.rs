@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { since, by, json } => ledger::stats(&config, &since, &by, json).await,
         Command::Cleanup { older_than, kind, dry_run } => ledger::cleanup(&config, &older_than, &kind, dry_run).await,
         Command::Admin { command: args::AdminCommand::SetPassword { totp } } => keys::set_password(&config, totp).await,
+        Command::Admin { command: args::AdminCommand::LogoutAll } => keys::logout_all(&config).await,
         Command::DashboardLink { host, port } => keys::dashboard_link(&config, host, port).await,
     }
 }

@@ -14,7 +14,9 @@ use axum::routing::{delete, get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::access::admin::{LoginBrake, PasswordCheck, Session, Sessions, check_password, redeem_login_link};
+use crate::access::admin::{
+    LoginBrake, PasswordCheck, Session, SessionOrigin, Sessions, check_password, redeem_login_link,
+};
 use crate::access::{ClientKeys, KeyCheck, NewKey, Permission, Role, audit, parse_expiry};
 use crate::accounts::Pool;
 use crate::error::ApiError;
@@ -41,6 +43,7 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/login", get(one_time_login))
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
+        .route("/admin/api/logout-all", post(logout_all))
         .route("/admin/api/session", get(whoami))
         .route("/admin/api/accounts", get(accounts).post(add_api_key_account))
         .route("/admin/api/accounts/{name}", delete(remove_account))
@@ -83,7 +86,7 @@ fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// The session a cookie names, for the dashboard's page shell only: the shell holds no data, and every
 /// call it makes needs the session secret too.
 fn cookie_session(admin: &Admin, headers: &HeaderMap) -> Option<Session> {
-    cookie_value(headers).ok().flatten().and_then(|id| admin.sessions.get(&id))
+    cookie_value(headers).ok().flatten().and_then(|id| admin.sessions.get(&id, &admin.keys))
 }
 
 fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
@@ -99,7 +102,7 @@ fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
 /// origin (port included) keeps the secret from pages and programs on the others.
 fn authorize(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Result<Session, ApiError> {
     let session = cookie_value(headers)?
-        .and_then(|id| admin.sessions.get(&id))
+        .and_then(|id| admin.sessions.get(&id, &admin.keys))
         .ok_or_else(|| ApiError::unauthorized("log in first (POST /admin/api/login)"))?;
     use subtle::ConstantTimeEq;
     let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -124,8 +127,8 @@ pub fn allows(admin: &Admin, headers: &HeaderMap, permission: Permission) -> boo
 }
 
 /// A new session: the cookie, and the session secret in the answer (the only place it is handed out).
-fn logged_in(admin: &Admin, actor: String, role: Role) -> (Response, String) {
-    let (id, session) = admin.sessions.create(actor.clone(), role);
+fn logged_in(admin: &Admin, actor: String, role: Role, origin: SessionOrigin) -> (Response, String) {
+    let (id, session) = admin.sessions.create(actor.clone(), role, origin);
     let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": session.csrf });
     let mut response = axum::Json(body).into_response();
     response.headers_mut().insert(header::SET_COOKIE, session_cookie(admin, &id));
@@ -152,9 +155,11 @@ async fn login(
         return ApiError::invalid_request("send JSON: {\"key\": …} or {\"password\": …, \"totp\": …}").into_response();
     };
     let store = admin.pool.store().clone();
-    let outcome: Result<(String, Role), ApiError> = if let Some(key) = body.key.as_deref() {
+    let outcome: Result<(String, Role, SessionOrigin), ApiError> = if let Some(key) = body.key.as_deref() {
         match admin.keys.check(Some(key), crate::now_ms()) {
-            KeyCheck::Valid(k) if k.role.allows(Permission::DashboardView) => Ok((format!("key:{}", k.name), k.role)),
+            KeyCheck::Valid(k) if k.role.allows(Permission::DashboardView) => {
+                Ok((format!("key:{}", k.name), k.role, SessionOrigin::Key { id: k.id.clone(), hash: k.hash }))
+            }
             KeyCheck::Valid(k) => {
                 Err(ApiError::forbidden(format!("key {:?} (role {}) may not log in", k.name, k.role.as_str())))
             }
@@ -163,7 +168,7 @@ async fn login(
     } else if let Some(password) = body.password.as_deref() {
         let cipher = admin.pool.registry().cipher().clone();
         match check_password(store.as_ref(), &cipher, password, body.totp.as_deref()).await {
-            Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin)),
+            Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin, SessionOrigin::Password)),
             Ok(PasswordCheck::NeedsTotp) => Err(ApiError::unauthorized("a valid TOTP code is required")),
             Ok(PasswordCheck::Wrong | PasswordCheck::NoPassword) => Err(ApiError::unauthorized("wrong password")),
             Err(e) => Err(ApiError::internal(e.to_string())),
@@ -172,10 +177,10 @@ async fn login(
         Err(ApiError::invalid_request("give a key or a password"))
     };
     match outcome {
-        Ok((actor, role)) => {
+        Ok((actor, role, origin)) => {
             admin.brake.succeeded(ip);
             audit(store.as_ref(), &actor, Some(ip), "admin.login", "session", "ok", role.as_str()).await;
-            logged_in(&admin, actor, role).0
+            logged_in(&admin, actor, role, origin).0
         }
         Err(error) => {
             admin.brake.failed(ip);
@@ -211,7 +216,8 @@ async fn one_time_login(
         Ok(_) if redeemed => {
             admin.brake.succeeded(ip);
             audit(store.as_ref(), "dashboard-link", Some(ip), "admin.login", "session", "ok", "admin").await;
-            let (mut response, secret) = logged_in(&admin, "dashboard-link".to_owned(), Role::Admin);
+            let (mut response, secret) =
+                logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, SessionOrigin::Link);
             // The secret rides in the fragment, which the browser keeps to itself: the page moves it to its
             // origin's storage and out of the address bar.
             *response.status_mut() = StatusCode::SEE_OTHER;
@@ -228,6 +234,29 @@ async fn one_time_login(
             // A person followed this link in a browser: a page that says what to do, not JSON.
             (StatusCode::UNAUTHORIZED, axum::response::Html(super::dashboard::LINK_USED)).into_response()
         }
+    }
+}
+
+/// End every admin session (this one too), on every server using this store.
+async fn logout_all(
+    State(admin): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let session = match authorize(&admin, &headers, Permission::KeysManage) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let store = admin.pool.store();
+    let result = crate::access::admin::end_all_sessions(store.as_ref()).await;
+    let synced = match result {
+        Ok(()) => admin.sessions.sync(store.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    record(&admin, &session, peer.ip(), "admin.logout-all", "sessions", synced.is_ok()).await;
+    match synced {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }
 

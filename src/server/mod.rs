@@ -334,7 +334,13 @@ impl Gateway {
         options: ListenOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let upkeep = tokio::spawn(upkeep(self.pool.clone(), self.keys.clone(), self.retention, self.payload_retention));
+        let upkeep = tokio::spawn(upkeep(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.admin.clone(),
+            self.retention,
+            self.payload_retention,
+        ));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         listen::serve(listener, self.front.clone(), options, shutdown).await;
@@ -357,7 +363,13 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
 /// refresh tokens that are about to expire.
-async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration, payload_retention: Duration) {
+async fn upkeep(
+    pool: Arc<Pool>,
+    keys: Arc<ClientKeys>,
+    admin: Arc<Admin>,
+    retention: Duration,
+    payload_retention: Duration,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
@@ -368,6 +380,10 @@ async fn upkeep(pool: Arc<Pool>, keys: Arc<ClientKeys>, retention: Duration, pay
         }
         if let Err(e) = keys.reload(pool.store().as_ref()).await {
             tracing::error!(error = %e, "reloading client keys failed");
+        }
+        // Sessions ended by the CLI or another instance (log out everyone, a password change).
+        if let Err(e) = admin.sessions.sync(pool.store().as_ref()).await {
+            tracing::error!(error = %e, "reading the admin session epochs failed");
         }
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
