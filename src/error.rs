@@ -90,6 +90,14 @@ impl ApiError {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", Origin::Upstream, message)
     }
 
+    /// Switchyard is busy with this kind of work (e.g. password checks); try again after `retry_after`.
+    pub fn busy(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", Origin::Internal, message);
+        e.retryable = true;
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", Origin::Internal, message)
     }

@@ -24,6 +24,13 @@ use crate::store::AccountStatus;
 
 const COOKIE: &str = "sy_session";
 
+/// Largest body the admin API reads.
+pub const ADMIN_BODY_LIMIT: usize = 16 * 1024;
+
+/// Password checks (Argon2, about 19 MiB and tens of milliseconds each) running at once, at most; more
+/// are turned away with 503 rather than queued.
+pub const PASSWORD_CHECKS: usize = 2;
+
 /// What the admin API needs.
 #[derive(Debug)]
 pub struct Admin {
@@ -31,17 +38,20 @@ pub struct Admin {
     pub keys: Arc<ClientKeys>,
     pub sessions: Sessions,
     pub brake: LoginBrake,
+    /// Permits for password checks ([`PASSWORD_CHECKS`]).
+    pub password_checks: Arc<tokio::sync::Semaphore>,
     pub tls: bool,
 }
 
 type Shared = Arc<Admin>;
 
 pub fn routes(admin: Shared) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/admin", get(to_dashboard))
         .route("/admin/", get(to_dashboard))
         .route("/admin/login", get(one_time_login))
-        .route("/admin/api/login", post(login))
+        .route("/admin/api/login", post(login));
+    Router::new()
         .route("/admin/api/logout", post(logout))
         .route("/admin/api/logout-all", post(logout_all))
         .route("/admin/api/session", get(whoami))
@@ -59,6 +69,12 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/api/audit", get(audit_log))
         .route("/admin/api/requests", get(requests))
         .route("/admin/api/stats", get(stats))
+        // No session, no body read: checked before any extractor runs.
+        .route_layer(axum::middleware::from_fn_with_state(admin.clone(), session_first))
+        .merge(open)
+        // Admin bodies are small JSON: a few KiB, never the proxy's limit, so an unauthenticated caller
+        // cannot make the server hold large bodies (the extractors read at most this much).
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(admin)
 }
 
@@ -126,6 +142,21 @@ pub fn allows(admin: &Admin, headers: &HeaderMap, permission: Permission) -> boo
     matches!(admin.keys.check(key, crate::now_ms()), KeyCheck::Valid(k) if k.role.allows(permission))
 }
 
+/// Refuse a call without a valid session before its body is read; each handler then checks its own
+/// permission.
+async fn session_first(
+    State(admin): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&admin, request.headers(), Permission::DashboardView) {
+        // A session whose role lacks dashboard.view does not exist (viewer is the least), so any other
+        // error is about the session itself.
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => e.into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 /// A new session: the cookie, and the session secret in the answer (the only place it is handed out).
 fn logged_in(admin: &Admin, actor: String, role: Role, origin: SessionOrigin) -> (Response, String) {
     let (id, session) = admin.sessions.create(actor.clone(), role, origin);
@@ -166,6 +197,9 @@ async fn login(
             _ => Err(ApiError::unauthorized("invalid, revoked or expired key")),
         }
     } else if let Some(password) = body.password.as_deref() {
+        let Ok(_permit) = admin.password_checks.clone().try_acquire_owned() else {
+            return ApiError::busy("too many password checks are running; try again in a second", 1).into_response();
+        };
         let cipher = admin.pool.registry().cipher().clone();
         match check_password(store.as_ref(), &cipher, password, body.totp.as_deref()).await {
             Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin, SessionOrigin::Password)),

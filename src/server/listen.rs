@@ -197,6 +197,9 @@ fn spawn_worker(
     Ok(finished)
 }
 
+/// Concurrent HTTP/2 streams one connection may hold open.
+const H2_MAX_STREAMS: u32 = 128;
+
 /// Accept and serve connections until `shutdown`, then give running requests `drain` to finish.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     let options = &shared.options;
@@ -207,6 +210,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(256 * 1024)
+        // One connection may not open more streams than a client needs: each holds memory and a request.
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);

@@ -300,6 +300,7 @@ impl Gateway {
             pool: pool.clone(),
             keys: keys.clone(),
             sessions: crate::access::admin::Sessions::new(8 * 3600 * 1000),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(admin::PASSWORD_CHECKS)),
             brake: crate::access::admin::LoginBrake::default(),
             tls: config.tls_cert.is_some(),
         });
