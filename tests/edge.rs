@@ -302,3 +302,69 @@ async fn unauthenticated_bodies_and_login_bursts_stay_bounded() {
     let grown = rss_mib(pid).saturating_sub(before);
     assert!(grown < 128, "a burst of 40 password logins grew the server by {grown} MiB");
 }
+
+/// What the review found at the edge, each attack refused: hop-by-hop headers named by `Connection` stay on
+/// their hop; a model id that would move the path is not forwarded; long paths are cut in the log and
+/// refusals past the per-address limit are not logged; a non-loopback server whose keys are all revoked
+/// refuses everyone instead of falling open.
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_attacks_from_the_review_are_refused() {
+    let fake = Fake::start().await;
+    let env = gateway_env(&fake).await;
+    let gw = env.serve().await;
+    let r = gw
+        .post("/v1/messages")
+        .header("connection", "keep-alive, x-secret-hop")
+        .header("x-secret-hop", "for this hop only")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(fake.last_request().header("x-secret-hop"), None, "a header named by Connection was forwarded");
+
+    for id in ["..%2F..%2Fapi%2Foauth%2Fprofile", "..", "a%2Fb", "x%00"] {
+        let r = gw.get(&format!("/v1/models/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{id}");
+    }
+    assert_eq!(fake.requests().len(), 1, "a crafted model id reached the upstream");
+    assert_eq!(gw.get("/v1/models/claude-sonnet-4-5").send().await.unwrap().status(), 200);
+    assert_eq!(fake.last_request().path_and_query, "/v1/models/claude-sonnet-4-5");
+    drop(gw);
+
+    // Keys in use: refusals are logged only up to the per-address limit, with their paths cut.
+    let mut env = env;
+    env.set("SWITCHYARD_AUTH_FAILURES_PER_MINUTE", "5");
+    env.set("SWITCHYARD_HOST", "0.0.0.0");
+    env.ok(&["keys", "create", "only"]).await;
+    let gw = env.serve().await;
+    let local = gw.url.replace("0.0.0.0", "127.0.0.1");
+    let long = format!("/v1/{}", "x".repeat(10_000));
+    assert_eq!(gw.client.get(format!("{local}{long}")).send().await.unwrap().status(), 404);
+    for _ in 0..20 {
+        let r = gw.client.post(format!("{local}/v1/messages")).json(&message_body(false)).send().await.unwrap();
+        assert!(matches!(r.status().as_u16(), 401 | 429));
+    }
+    let rows = support::eventually("the refusals in the log", Duration::from_secs(5), async || {
+        let out = env.ok(&["requests", "--json", "--limit", "1000"]).await.stdout;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        (rows.len() >= 6).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r["path"].as_str().unwrap().len() <= 260), "a path was kept whole");
+    assert!(rows.iter().any(|r| r["status"] == 404 && r["path"].as_str().unwrap().ends_with('…')));
+    let refused = rows.iter().filter(|r| r["status"] == 401).count();
+    assert!(refused <= 5, "{refused} refusals logged past the per-address limit of 5");
+
+    // Every key revoked on a non-loopback address: closed, not open.
+    env.ok(&["keys", "revoke", "only"]).await;
+    support::eventually("the server to refuse without a key", Duration::from_secs(5), async || {
+        let r = gw.client.post(format!("{local}/v1/messages")).json(&message_body(false)).send().await.unwrap();
+        matches!(r.status().as_u16(), 401 | 429).then_some(())
+    })
+    .await;
+    let before = fake.requests().len();
+    let r = gw.client.post(format!("{local}/v1/messages")).json(&message_body(false)).send().await.unwrap();
+    assert_ne!(r.status(), 200);
+    assert_eq!(fake.requests().len(), before, "a request without a key was forwarded");
+}

@@ -20,6 +20,8 @@ use crate::store::{Store, StoreError};
 
 const PASSWORD: &str = "admin.password";
 const TOTP: &str = "admin.totp";
+/// The last TOTP time step a login used (a code is accepted once).
+const TOTP_LAST_STEP: &str = "admin.totp_last_step";
 /// The shortest administrator password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
@@ -112,10 +114,21 @@ pub async fn check_password(
     let secret = cipher.open(&sealed, "settings/admin.totp")?;
     let secret = totp::base32_decode(secret.expose_secret()).unwrap_or_default();
     let now = u64::try_from(crate::now_ms() / 1000).unwrap_or(0);
-    Ok(match code {
-        Some(code) if totp::verify(&secret, code, now) => PasswordCheck::Ok,
-        _ => PasswordCheck::NeedsTotp,
-    })
+    let previous = store.get_setting(TOTP_LAST_STEP).await?;
+    let last: u64 = previous.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let Some(step) = code.and_then(|code| totp::verify_step(&secret, code, now, last)) else {
+        return Ok(PasswordCheck::NeedsTotp);
+    };
+    // Taken only if no other login moved the step meanwhile: a code works once.
+    let taken = match &previous {
+        Some(previous) => store.take_setting(TOTP_LAST_STEP, previous).await?,
+        None => true,
+    };
+    if !taken {
+        return Ok(PasswordCheck::NeedsTotp);
+    }
+    store.put_setting(TOTP_LAST_STEP, Some(&step.to_string()), crate::now_ms()).await?;
+    Ok(PasswordCheck::Ok)
 }
 
 /// What a session was started with; it lives only as long as that credential does.

@@ -52,11 +52,19 @@ pub fn code(secret: &[u8], unix_secs: u64) -> String {
 
 /// Whether `given` is the code of the current step or one step either side (clock drift).
 pub fn verify(secret: &[u8], given: &str, unix_secs: u64) -> bool {
+    verify_step(secret, given, unix_secs, 0).is_some()
+}
+
+/// The 30-second step whose code `given` is (the previous, current or next one), if it is later than
+/// `after`: a code accepted once is not accepted again, nor is one older than it.
+pub fn verify_step(secret: &[u8], given: &str, unix_secs: u64, after: u64) -> Option<u64> {
     use subtle::ConstantTimeEq;
     let given = given.trim();
     [unix_secs.saturating_sub(30), unix_secs, unix_secs + 30]
         .iter()
-        .any(|t| bool::from(code(secret, *t).as_bytes().ct_eq(given.as_bytes())))
+        .map(|t| t / 30)
+        .filter(|step| *step > after)
+        .find(|step| bool::from(code(secret, step * 30).as_bytes().ct_eq(given.as_bytes())))
 }
 
 #[cfg(test)]

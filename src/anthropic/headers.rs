@@ -29,6 +29,7 @@ pub fn forward_request_header(name: &str) -> bool {
         "true-client-ip",
         "origin",
         "referer",
+        "expect",
     ];
     const DROP_PREFIX: &[&str] = &["x-forwarded-", "cf-", "x-switchyard-"];
     // `http` header names are lowercase already; other callers get the same answer either way.
@@ -40,6 +41,16 @@ pub fn forward_request_header(name: &str) -> bool {
         name
     };
     !DROP.contains(&name) && !DROP_PREFIX.iter().any(|p| name.starts_with(p))
+}
+
+/// The header names a `Connection` header lists (lowercase): hop-by-hop for this one connection, so they
+/// are dropped in both directions like the standard hop-by-hop headers (RFC 9110 §7.6.1).
+pub fn named_by_connection<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty() && name != "close" && name != "keep-alive")
+        .collect()
 }
 
 /// Whether an upstream response header may be passed back to the client.
@@ -92,5 +103,18 @@ mod tests {
         assert!(pass_back_response_header("anthropic-ratelimit-unified-status"));
         assert!(pass_back_response_header("request-id"));
         assert!(!pass_back_response_header("set-cookie"));
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    #[test]
+    fn connection_names_its_hop_by_hop_headers() {
+        let named = named_by_connection(["keep-alive, X-Secret-Hop", "close,  x-other "].into_iter());
+        assert_eq!(named, ["x-secret-hop", "x-other"]);
+        assert!(named_by_connection(std::iter::empty()).is_empty());
+        assert!(!forward_request_header("expect"));
     }
 }

@@ -46,8 +46,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = crate::forward::UpstreamClients::new(&config).map_err(|e| anyhow::anyhow!(e.message))?;
     crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new());
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
-    let gateway =
-        Gateway::new(&config, pool.clone(), keys.clone(), true, http).map_err(|e| anyhow::anyhow!(e.message))?;
 
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(crate::server::tls_config(cert, key)?),
@@ -57,7 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && !keys.any() {
+    if !addr.ip().to_canonical().is_loopback() && !keys.any() {
         anyhow::ensure!(
             config.allow_unauthenticated,
             "refusing to listen on {addr} without client keys: anyone who can reach it could use your accounts. \
@@ -69,6 +67,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
              reach it can use your accounts"
         );
     }
+    // Open without keys only where that was allowed: on loopback, or by --allow-unauthenticated. A server
+    // on another address whose keys later disappear refuses everyone instead of serving them.
+    let loopback = addr.ip().to_canonical().is_loopback();
+    let open_without_keys = loopback || config.allow_unauthenticated;
+    let gateway = Gateway::new(&config, pool.clone(), keys.clone(), open_without_keys, http)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let accounts = pool.snapshot().len();
     tracing::info!(%addr, accounts, key = %key_source, upstream = %config.upstream_url, "switchyard ready");
     if accounts == 0 {

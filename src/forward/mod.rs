@@ -502,8 +502,12 @@ impl Forwarder {
         body: Bytes,
     ) -> Result<hyper::Request<Full<Bytes>>, ApiError> {
         let mut headers = HeaderMap::with_capacity(req.headers.len() + 3);
+        let hop = connection_named(&req.headers);
         for (name, value) in &req.headers {
-            if forward_request_header(name.as_str()) && name != "anthropic-beta" {
+            if forward_request_header(name.as_str())
+                && name != "anthropic-beta"
+                && !hop.iter().any(|h| h == name.as_str())
+            {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -543,6 +547,16 @@ impl Forwarder {
     }
 }
 
+/// Headers the message's `Connection` header names (usually none: no allocation then).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    if !headers.contains_key(axum::http::header::CONNECTION) {
+        return Vec::new();
+    }
+    crate::anthropic::named_by_connection(
+        headers.get_all(axum::http::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()),
+    )
+}
+
 fn log_answer(req: &Inbound, account: &Account, status: StatusCode, started: Instant, attempt: u32) {
     let path = req.path_and_query.split('?').next().unwrap_or("");
     tracing::info!(
@@ -576,7 +590,7 @@ impl Trace {
             at_ms: crate::now_ms(),
             client_key: req.caller.as_ref().map(|k| k.name.clone()),
             method: req.method.to_string(),
-            path: req.path_and_query.split('?').next().unwrap_or("").to_owned(),
+            path: crate::ledger::bounded_path(req.path_and_query.split('?').next().unwrap_or("")),
             ..RequestRow::default()
         };
         Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false }
@@ -823,8 +837,9 @@ fn stream_back(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    let hop = connection_named(&parts.headers);
     for (name, value) in &parts.headers {
-        if pass_back_response_header(name.as_str()) {
+        if pass_back_response_header(name.as_str()) && !hop.iter().any(|h| h == name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }

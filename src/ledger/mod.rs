@@ -175,6 +175,21 @@ impl Pricing {
     }
 }
 
+/// Longest path kept in a request-log row: a client chooses the path, and a row lives for weeks.
+pub const PATH_MAX: usize = 256;
+
+/// `path` cut to [`PATH_MAX`] bytes (at a character boundary, marked with `…`).
+pub fn bounded_path(path: &str) -> String {
+    if path.len() <= PATH_MAX {
+        return path.to_owned();
+    }
+    let mut end = PATH_MAX;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
 /// A fresh request id: time first, so ids sort by time and the log's primary-key index grows at its end
 /// (random keys would scatter every insert across the index), then 48 random bits.
 pub fn request_id() -> String {

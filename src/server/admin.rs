@@ -203,8 +203,11 @@ async fn login(
         let cipher = admin.pool.registry().cipher().clone();
         match check_password(store.as_ref(), &cipher, password, body.totp.as_deref()).await {
             Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin, SessionOrigin::Password)),
-            Ok(PasswordCheck::NeedsTotp) => Err(ApiError::unauthorized("a valid TOTP code is required")),
-            Ok(PasswordCheck::Wrong | PasswordCheck::NoPassword) => Err(ApiError::unauthorized("wrong password")),
+            // One answer for every failure: a distinct one would confirm the password without the second
+            // factor.
+            Ok(PasswordCheck::NeedsTotp | PasswordCheck::Wrong | PasswordCheck::NoPassword) => {
+                Err(ApiError::unauthorized("wrong password, or a missing, wrong or already used TOTP code"))
+            }
             Err(e) => Err(ApiError::internal(e.to_string())),
         }
     } else {

@@ -42,7 +42,7 @@ impl Guard {
                 at_ms: crate::now_ms(),
                 client_key: key.map(str::to_owned),
                 method: req.method.to_string(),
-                path: req.path.to_owned(),
+                path: crate::ledger::bounded_path(req.path),
                 status: i64::from(error.status.as_u16()),
                 error_type: Some(error.kind.to_owned()),
                 ..crate::store::RequestRow::default()
@@ -54,8 +54,9 @@ impl Guard {
     /// A failed attempt from `ip`: 401 normally, 429 once the IP has failed too often.
     fn refuse(&self, req: &Asking<'_>, error: ApiError) -> ApiError {
         if self.failures.check_key(&req.ip).is_err() {
-            let error = ApiError::client_limited("too many failed attempts from this address; slow down", 60);
-            return self.deny(req, None, error);
+            // Past the per-address limit refusals are answered but not logged: the log would otherwise be
+            // an unauthenticated way to fill the disk.
+            return ApiError::client_limited("too many failed attempts from this address; slow down", 60);
         }
         self.deny(req, None, error)
     }

@@ -92,8 +92,18 @@ pub fn is_api(method: &Method, path: &str) -> bool {
     match path {
         "/v1/messages" | "/v1/messages/count_tokens" => *method == Method::POST,
         "/v1/models" => get,
-        _ => get && path.strip_prefix("/v1/models/").is_some_and(|id| !id.is_empty() && !id.contains('/')),
+        _ => get && path.strip_prefix("/v1/models/").is_some_and(plain_model_id),
     }
+}
+
+/// A model id as Anthropic names them (`claude-sonnet-4-5`, `claude-3-5-haiku@20241022`): nothing that
+/// could change the path the account's credential is sent to (no dot segments, `%` escapes or slashes).
+fn plain_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
 impl Api {
@@ -115,6 +125,9 @@ impl Api {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
+        if parts.uri.path().strip_prefix("/v1/models/").is_some_and(|id| !plain_model_id(id)) {
+            return ApiError::not_found("no such model: a model id is letters, digits and - _ . : @").into_response();
+        }
         let asking = Asking { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, ip: peer };
         let admitted = match self.guard.admit(&asking) {
             Ok(admitted) => admitted,
@@ -189,9 +202,6 @@ async fn health() -> Response {
     axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
 }
 
-/// Longest path kept in the request log for a request no route takes (the client chose it).
-const UNROUTED_PATH_MAX: usize = 256;
-
 /// The handler for requests no route takes (404, 405): answers `error` and records the request in the log
 /// like every other.
 fn unrouted(
@@ -203,20 +213,11 @@ fn unrouted(
 
 fn answer_unrouted(log: Option<&crate::ledger::RequestLog>, method: &Method, uri: &Uri, error: ApiError) -> Response {
     if let Some(log) = log {
-        let mut path = uri.path().to_owned();
-        if path.len() > UNROUTED_PATH_MAX {
-            let mut end = UNROUTED_PATH_MAX;
-            while !path.is_char_boundary(end) {
-                end -= 1;
-            }
-            path.truncate(end);
-            path.push('…');
-        }
         log.record(crate::store::RequestRow {
             id: crate::ledger::request_id(),
             at_ms: crate::now_ms(),
             method: method.to_string(),
-            path,
+            path: crate::ledger::bounded_path(uri.path()),
             status: i64::from(error.status.as_u16()),
             error_type: Some(error.kind.to_owned()),
             ..crate::store::RequestRow::default()

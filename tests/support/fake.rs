@@ -165,6 +165,7 @@ impl Fake {
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .route("/v1/models", get(models))
+            .route("/v1/models/{id}", get(models))
             .route("/api/oauth/usage", get(usage))
             .route("/api/oauth/profile", get(profile))
             .route("/oauth/authorize", get(authorize_page))
