@@ -129,6 +129,9 @@ pub struct Config {
     pub allowed_ips: Option<Vec<ipnet::IpNet>>,
     /// Browser origins allowed by CORS; none by default.
     pub allowed_origins: Vec<String>,
+    /// Host names (without port) accepted in `Host` besides loopback's; with a loopback bind only these
+    /// and `localhost`, `127.0.0.1`, `[::1]` are served (DNS rebinding), elsewhere only these when set.
+    pub allowed_hosts: Vec<String>,
     /// SHA-256 pins of the upstream's SubjectPublicKeyInfo; empty: no pinning.
     pub upstream_pins: Vec<[u8; 32]>,
     /// Extra CA (PEM) trusted for upstream and token endpoint connections instead of the platform roots.
@@ -192,6 +195,7 @@ struct RawServer {
     header_timeout_secs: Option<u64>,
     allowed_ips: Option<String>,
     allowed_origins: Option<String>,
+    allowed_hosts: Option<String>,
     auth_failures_per_minute: Option<u32>,
     allow_unauthenticated: Option<bool>,
     host: Option<String>,
@@ -394,6 +398,13 @@ impl Config {
             .map(|o| o.trim().trim_end_matches('/').to_owned())
             .filter(|o| !o.is_empty())
             .collect();
+        let hosts: Option<String> = pick(env, "SWITCHYARD_ALLOWED_HOSTS", raw.server.allowed_hosts)?;
+        let allowed_hosts: Vec<String> = hosts
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
         let upstream = pick(env, "SWITCHYARD_UPSTREAM_URL", raw.upstream.url)?;
         let pins: Option<String> = pick(env, "SWITCHYARD_UPSTREAM_PINS", raw.upstream.pins)?;
         let upstream_pins = crate::forward::tls::parse_pins(pins.as_deref().unwrap_or(""))
@@ -553,6 +564,7 @@ impl Config {
             header_timeout: secs(header_timeout, 30),
             allowed_ips,
             allowed_origins,
+            allowed_hosts,
             upstream_pins,
             upstream_ca,
             request_log: request_log.unwrap_or(true),

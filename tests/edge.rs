@@ -100,12 +100,12 @@ async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
         held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("connection limit"), "{answer}");
     // Clients that never finish their headers are dropped after the header timeout, freeing the slots.
     for stream in &mut held {
-        stream.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        stream.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n").await.unwrap();
     }
     let mut buf = [0u8; 256];
     for stream in &mut held {
@@ -113,11 +113,13 @@ async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
         assert!(n.is_ok(), "connection closed or answered");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Oversized headers are refused, not buffered without end.
-    let huge =
-        format!("GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n", "a".repeat(400_000));
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(400_000)
+    );
     let answer = raw(&addr, &huge).await;
     assert!(!answer.starts_with("HTTP/1.1 200"), "{}", &answer[..answer.len().min(200)]);
 }
@@ -127,6 +129,8 @@ async fn cors_only_for_listed_origins_and_security_headers_on_our_pages() {
     let fake = Fake::start().await;
     let env = gateway_env(&fake).await;
     let gw = env.serve().await;
+    // Open mode (no client keys): a web page cannot drive the gateway. An unlisted Origin, a cross-site
+    // fetch, a "simple" text/plain POST (no preflight) and a foreign Host (DNS rebinding) are refused.
     let r = gw
         .post("/v1/messages")
         .header("origin", "https://evil.example")
@@ -134,8 +138,20 @@ async fn cors_only_for_listed_origins_and_security_headers_on_our_pages() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 403);
     assert!(r.headers().get("access-control-allow-origin").is_none(), "no CORS unless configured");
+    let cross = gw.post("/v1/messages").header("sec-fetch-site", "cross-site").json(&message_body(false));
+    assert_eq!(cross.send().await.unwrap().status(), 403);
+    let simple = gw.post("/v1/messages").header("content-type", "text/plain").body(message_body(false).to_string());
+    assert_eq!(simple.send().await.unwrap().status(), 400);
+    for path in ["/v1/models", "/metrics", "/dashboard/login", "/admin/api/session"] {
+        let rebound = gw.get(path).header("host", "attacker.example:8080").send().await.unwrap();
+        assert_eq!(rebound.status(), 403, "{path} answered a foreign Host");
+    }
+    assert!(fake.requests().is_empty(), "a request from a web page reached the upstream");
+    // A program (no Origin, JSON) still works, and so does localhost by name.
+    let r = gw.post("/v1/messages").header("host", "localhost").json(&message_body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let preflight = gw
         .client
         .request(reqwest::Method::OPTIONS, format!("{}/v1/messages", gw.url))

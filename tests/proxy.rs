@@ -274,7 +274,11 @@ async fn bad_client_input_gets_anthropic_errors() {
         (gw.get("/v1/messages"), 405, "invalid_request_error"),
         (gw.post("/v1/nothing").body("{}"), 404, "not_found_error"),
         (gw.get("/"), 404, "not_found_error"),
-        (gw.post("/v1/messages").body(vec![b' '; 5000]), 413, "request_too_large"),
+        (
+            gw.post("/v1/messages").header("content-type", "application/json").body(vec![b' '; 5000]),
+            413,
+            "request_too_large",
+        ),
     ];
     for (request, status, kind) in cases {
         let (t, _) = error_type(request.send().await.unwrap(), status).await;

@@ -91,9 +91,14 @@ pub struct Admitted {
 }
 
 impl Guard {
+    /// Whether requests pass without a key (none exists, and this server may be open).
+    pub fn is_open(&self) -> bool {
+        !self.keys.any() && self.open_without_keys
+    }
+
     /// Let `req` through, or refuse it (the refusal goes to the request log).
     pub fn admit(&self, req: &Asking<'_>) -> Result<Admitted, ApiError> {
-        if !self.keys.any() && self.open_without_keys {
+        if self.is_open() {
             return Ok(Admitted::default());
         }
         let key = match self.keys.check(presented_key(req.headers), crate::now_ms()) {

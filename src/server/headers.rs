@@ -10,6 +10,73 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
+/// Which `Host` values are served. A page on any site can make the browser talk to a loopback port
+/// (DNS rebinding points the page's own name at 127.0.0.1): the `Host` header then carries that name, so
+/// a loopback server answers only names that mean this machine, plus the configured ones.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    /// Names from `SWITCHYARD_ALLOWED_HOSTS`, lowercase, without port.
+    pub names: Arc<Vec<String>>,
+    /// Whether the check applies: a loopback bind, or names configured.
+    pub enforce: bool,
+}
+
+impl Hosts {
+    pub fn allows(&self, headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+        if !self.enforce {
+            return true;
+        }
+        // HTTP/2 carries the authority in the URI instead of a Host header.
+        let host = match headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+            Some(h) => h.to_owned(),
+            None => match uri.authority() {
+                Some(a) => a.as_str().to_owned(),
+                None => return false,
+            },
+        };
+        let host = host.to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().map(|n| format!("[{n}]")).unwrap_or_default(),
+            None => host.split(':').next().unwrap_or("").to_owned(),
+        };
+        matches!(name.as_str(), "localhost" | "[::1]") || name.starts_with("127.") || self.names.contains(&name)
+    }
+
+    pub fn refusal() -> ApiError {
+        ApiError::forbidden(
+            "this Host is not served here (add it to SWITCHYARD_ALLOWED_HOSTS to reach Switchyard by that name)",
+        )
+    }
+}
+
+/// Refuse requests whose `Host` is not served (see [`Hosts`]).
+pub async fn host_check(State(hosts): State<Hosts>, request: Request, next: Next) -> Response {
+    if !hosts.allows(request.headers(), request.uri()) {
+        return Hosts::refusal().into_response();
+    }
+    next.run(request).await
+}
+
+/// In open mode (no client keys, loopback) a request must come from a program, not a web page: a page
+/// elsewhere can send a "simple" cross-site POST without any preflight. Refused: an `Origin` that is not
+/// allowed, `Sec-Fetch-Site: cross-site`, and a POST that is not `application/json`.
+pub fn open_mode_refusal(cors: &Cors, method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+    if headers.get(header::ORIGIN).is_some() && cors.allowed(headers).is_none() {
+        return Some(ApiError::forbidden("requests from web pages are refused while no client keys exist"));
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
+        return Some(ApiError::forbidden("cross-site requests are refused while no client keys exist"));
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if *method == Method::POST && !json {
+        return Some(ApiError::invalid_request("send the request body as content-type: application/json"));
+    }
+    None
+}
+
 /// CORS policy: exact origins, e.g. `https://app.example.com`.
 #[derive(Debug, Clone)]
 pub struct Cors {

@@ -46,7 +46,7 @@ pub fn front(
     let method_not_allowed = unrouted(web.log.clone(), |method, uri| {
         ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
     });
-    let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), body_limit });
+    let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), hosts: web.hosts.clone(), body_limit });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
@@ -70,7 +70,8 @@ pub fn front(
     let router = own
         .merge(api_routes)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(cors, headers::cors));
+        .layer(axum::middleware::from_fn_with_state(cors, headers::cors))
+        .layer(axum::middleware::from_fn_with_state(web.hosts, headers::host_check));
     Front { api, router }
 }
 
@@ -83,6 +84,7 @@ pub struct Api {
     forwarder: Arc<Forwarder>,
     guard: Arc<Guard>,
     cors: headers::Cors,
+    hosts: headers::Hosts,
     body_limit: usize,
 }
 
@@ -113,6 +115,9 @@ impl Api {
         B::Error: Into<axum::BoxError>,
     {
         let (mut parts, body) = req.into_parts();
+        if !self.hosts.allows(&parts.headers, &parts.uri) {
+            return headers::Hosts::refusal().into_response();
+        }
         guard::mark_sensitive(&mut parts.headers);
         let allowed = self.cors.allowed(&parts.headers);
         let mut response = self.proxy(parts, body, peer).await;
@@ -127,6 +132,11 @@ impl Api {
     {
         if parts.uri.path().strip_prefix("/v1/models/").is_some_and(|id| !plain_model_id(id)) {
             return ApiError::not_found("no such model: a model id is letters, digits and - _ . : @").into_response();
+        }
+        if self.guard.is_open()
+            && let Some(refused) = headers::open_mode_refusal(&self.cors, &parts.method, &parts.headers)
+        {
+            return refused.into_response();
         }
         let asking = Asking { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, ip: peer };
         let admitted = match self.guard.admit(&asking) {
@@ -230,6 +240,7 @@ fn answer_unrouted(log: Option<&crate::ledger::RequestLog>, method: &Method, uri
 #[derive(Debug, Clone, Default)]
 pub struct WebOptions {
     pub tls: bool,
+    pub hosts: headers::Hosts,
     pub allowed_origins: Vec<String>,
     pub log: Option<Arc<crate::ledger::RequestLog>>,
 }
@@ -318,6 +329,12 @@ impl Gateway {
                 admin,
                 WebOptions {
                     tls: config.tls_cert.is_some(),
+                    hosts: headers::Hosts {
+                        names: Arc::new(config.allowed_hosts.clone()),
+                        enforce: !config.allowed_hosts.is_empty()
+                            || config.host == "localhost"
+                            || config.host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback()),
+                    },
                     allowed_origins: config.allowed_origins.clone(),
                     log: log.clone(),
                 },
