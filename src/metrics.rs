@@ -116,10 +116,39 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache { key: String::new(), handles: HashMap::new() });
 }
 
+/// Distinct model labels at most; later models are counted under `other`. The model is the client's
+/// string: without a bound every new name would be a new series, kept for the life of the process.
+const MAX_MODEL_LABELS: usize = 64;
+
+static MODEL_LABELS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// The label a model is counted under: itself while it is short and plain and the label set has room,
+/// else `other`.
+fn model_label(model: &str) -> &str {
+    let plain = model.len() <= 64
+        && model.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if !plain {
+        return "other";
+    }
+    let known = |labels: &Vec<String>| labels.iter().any(|l| l == model);
+    if MODEL_LABELS.read().map(|l| known(&l)).unwrap_or(false) {
+        return model;
+    }
+    let Ok(mut labels) = MODEL_LABELS.write() else { return "other" };
+    if known(&labels) {
+        return model;
+    }
+    if labels.len() >= MAX_MODEL_LABELS {
+        return "other";
+    }
+    labels.push(model.to_owned());
+    model
+}
+
 /// Count a finished request.
 pub fn request(row: &RequestRow) {
     let account = row.account.as_deref().unwrap_or("none");
-    let model = row.model.as_deref().unwrap_or("none");
+    let model = row.model.as_deref().map_or("none", model_label);
     CACHE.with_borrow_mut(|cache| {
         cache.key.clear();
         let _ = write!(cache.key, "{account}\0{model}\0{}", row.status);

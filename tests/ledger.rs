@@ -367,3 +367,45 @@ async fn requests_and_attempts_are_counted_apart_and_match_the_log() {
     let text = env.ok(&["requests"]).await.stdout;
     assert!(text.contains("/v1/messages") && text.contains("/v2/nothing"), "{text}");
 }
+
+/// Client strings cannot grow memory without bound: distinct model names fold into a bounded set of metric
+/// labels (`other` beyond it), and huge session identities are kept as digests.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn client_strings_do_not_grow_metrics_or_memory() {
+    let fake = Fake::start().await;
+    let env = two_accounts(&fake).await;
+    let gw = env.serve().await;
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id().unwrap())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        kb / 1024
+    };
+    let before = rss();
+    let session = "s".repeat(100_000);
+    for i in 0..300 {
+        let mut body = message_body(false);
+        body["model"] = format!("claude-{i}-{}", "m".repeat(2_000)).into();
+        body["metadata"] = serde_json::json!({ "user_id": format!("{session}{i}") });
+        assert_eq!(gw.post("/v1/messages").json(&body).send().await.unwrap().status(), 200);
+    }
+    for i in 0..100 {
+        let mut body = message_body(false);
+        body["model"] = format!("claude-short-{i}").into();
+        assert_eq!(gw.post("/v1/messages").json(&body).send().await.unwrap().status(), 200);
+    }
+    let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.len() < 200_000, "/metrics is {} bytes", metrics.len());
+    assert!(metrics.contains("model=\"other\""), "long or surplus models fold into other");
+    assert!(!metrics.contains("mmmmmmmmmm"), "a long model name became a label");
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64, "300 requests with 100 KB session ids grew the server by {grown} MiB");
+}

@@ -275,10 +275,11 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        trace.row.model = peek.model;
+        trace.row.model = peek.model.map(|m| bounded_model(&m));
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
-            affinity: peek.user_id.or_else(|| header("x-claude-code-session-id")),
+            // Kept as a digest: the client's string may be any length, the map lives for hours.
+            affinity: peek.user_id.or_else(|| header("x-claude-code-session-id")).map(|key| affinity_key(&key)),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
@@ -545,6 +546,29 @@ impl Forwarder {
         *request.headers_mut() = headers;
         Ok(request)
     }
+}
+
+/// A conversation's affinity key: 128 bits of SHA-256 of the client's session identity, in hex.
+fn affinity_key(identity: &str) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    let mut key = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
+/// Longest model name kept (in the log and for routing); Anthropic's are under 64 characters.
+const MODEL_MAX: usize = 128;
+
+fn bounded_model(model: &str) -> String {
+    let mut end = model.len().min(MODEL_MAX);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    model[..end].to_owned()
 }
 
 /// Headers the message's `Connection` header names (usually none: no allocation then).
