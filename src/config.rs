@@ -71,6 +71,8 @@ pub struct Config {
     pub port: u16,
     /// Largest request body accepted, in bytes; larger gets 413.
     pub body_limit: usize,
+    /// A request body must have arrived whole within this time (a trickling body holds a connection).
+    pub body_timeout: Duration,
     /// API base; `/v1/…` and `/api/oauth/…` hang off it.
     pub upstream_url: Url,
     pub connect_timeout: Duration,
@@ -121,6 +123,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Open connections from one source (loopback is one source, IPv6 a /64); default half the total.
+    pub max_connections_per_ip: usize,
     /// Threads serving connections, each with its own event loop and accept loop.
     pub workers: usize,
     /// Time a client has to send a request's headers (slow clients, idle keep-alive).
@@ -191,6 +195,7 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     workers: Option<usize>,
     header_timeout_secs: Option<u64>,
     allowed_ips: Option<String>,
@@ -201,6 +206,7 @@ struct RawServer {
     host: Option<String>,
     port: Option<u16>,
     body_limit: Option<usize>,
+    body_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -372,6 +378,7 @@ impl Config {
         let host = flags.host.clone().or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
         let port = flags.port.or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
         let body_limit = pick(env, "SWITCHYARD_BODY_LIMIT", raw.server.body_limit)?;
+        let body_timeout = pick(env, "SWITCHYARD_BODY_TIMEOUT_SECS", raw.server.body_timeout_secs)?;
         let auth_failures = pick(env, "SWITCHYARD_AUTH_FAILURES_PER_MINUTE", raw.server.auth_failures_per_minute)?;
         let allow_unauth = pick(env, "SWITCHYARD_ALLOW_UNAUTHENTICATED", raw.server.allow_unauthenticated)?;
         let tls_cert = flags.tls_cert.clone().or(pick(env, "SWITCHYARD_TLS_CERT", raw.server.tls_cert)?);
@@ -383,6 +390,7 @@ impl Config {
             });
         }
         let max_connections = pick(env, "SWITCHYARD_MAX_CONNECTIONS", raw.server.max_connections)?;
+        let per_ip = pick(env, "SWITCHYARD_MAX_CONNECTIONS_PER_IP", raw.server.max_connections_per_ip)?;
         let workers: Option<usize> = pick(env, "SWITCHYARD_WORKERS", raw.server.workers)?;
         let header_timeout = pick(env, "SWITCHYARD_HEADER_TIMEOUT_SECS", raw.server.header_timeout_secs)?;
         let allowed_ips: Option<String> = pick(env, "SWITCHYARD_ALLOWED_IPS", raw.server.allowed_ips)?;
@@ -535,6 +543,7 @@ impl Config {
             host: host.unwrap_or_else(|| defaults::HOST.to_owned()),
             port: port.unwrap_or(defaults::PORT),
             body_limit,
+            body_timeout: Duration::from_secs(body_timeout.unwrap_or(120).max(1)),
             upstream_url,
             connect_timeout: secs(connect, defaults::CONNECT_TIMEOUT_SECS),
             first_byte_timeout: secs(first_byte, defaults::FIRST_BYTE_TIMEOUT_SECS),
@@ -558,6 +567,7 @@ impl Config {
             tls_cert,
             tls_key,
             max_connections: max_connections.unwrap_or(1024).max(1),
+            max_connections_per_ip: per_ip.unwrap_or(max_connections.unwrap_or(1024).max(2) / 2).max(1),
             workers: workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
                 .clamp(1, 256),

@@ -91,6 +91,7 @@ async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
     let fake = Fake::start().await;
     let mut env = gateway_env(&fake).await;
     env.set("SWITCHYARD_MAX_CONNECTIONS", "2");
+    env.set("SWITCHYARD_MAX_CONNECTIONS_PER_IP", "2");
     env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "1");
     let gw = env.serve().await;
     let addr = host_port(&gw.url);
@@ -383,4 +384,55 @@ async fn edge_attacks_from_the_review_are_refused() {
     let r = gw.client.post(format!("{local}/v1/messages")).json(&message_body(false)).send().await.unwrap();
     assert_ne!(r.status(), 200);
     assert_eq!(fake.requests().len(), before, "a request without a key was forwarded");
+}
+
+/// Connection slots cannot be held forever: a socket that sends nothing is closed after the header
+/// timeout, a body that trickles in is cut with 408 at the body deadline, and one source cannot take more
+/// than its share of connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_trickling_connections_and_one_source_are_bounded() {
+    let fake = Fake::start().await;
+    let mut env = gateway_env(&fake).await;
+    env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "1");
+    env.set("SWITCHYARD_BODY_TIMEOUT_SECS", "1");
+    env.set("SWITCHYARD_MAX_CONNECTIONS_PER_IP", "4");
+    let gw = env.serve().await;
+    let addr = host_port(&gw.url);
+
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("a silent socket was kept");
+    assert_eq!(n.unwrap_or(0), 0, "a silent socket is closed without an answer");
+
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle.read_to_end(&mut out))
+        .await
+        .expect("a trickling body was kept");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(fake.requests().is_empty());
+
+    // Four connections from this machine are its share; the fifth is turned away, also from another 127.x.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    let answer = support::eventually("the per-address cap", Duration::from_secs(3), async || {
+        let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").await;
+        answer.starts_with("HTTP/1.1 503").then_some(answer)
+    })
+    .await;
+    assert!(answer.contains("too many connections from your address"), "{answer}");
+    drop(held);
+    support::eventually("slots freed", Duration::from_secs(3), async || {
+        let answer = raw(&addr, "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
 }

@@ -101,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let options = ListenOptions {
         tls,
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
         workers: config.workers,
         header_timeout: config.header_timeout,
         allowed_ips: config.allowed_ips.clone(),

@@ -23,6 +23,8 @@ use crate::error::ApiError;
 pub struct ListenOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_connections: usize,
+    /// Open connections from one source at most (loopback counts as one source, IPv6 by its /64).
+    pub max_connections_per_ip: usize,
     /// Threads serving connections (1: the caller's runtime serves them).
     pub workers: usize,
     /// A client must finish sending request headers within this time (also ends idle keep-alive).
@@ -37,6 +39,7 @@ impl std::fmt::Debug for ListenOptions {
         f.debug_struct("ListenOptions")
             .field("tls", &self.tls.is_some())
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("workers", &self.workers)
             .field("header_timeout", &self.header_timeout)
             .field("allowed_ips", &self.allowed_ips)
@@ -120,6 +123,7 @@ pub async fn serve(
 ) {
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
+        per_source: Arc::default(),
         acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         front,
         options,
@@ -141,6 +145,7 @@ pub async fn serve(
 /// What every connection thread shares.
 struct Shared {
     slots: Arc<Semaphore>,
+    per_source: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     front: super::Front,
     options: ListenOptions,
@@ -197,6 +202,53 @@ fn spawn_worker(
     Ok(finished)
 }
 
+/// One open connection counted against its source; the count drops with it.
+struct SourceSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl SourceSlot {
+    /// The source a connection counts against: all of loopback is one machine, an IPv6 client owns its /64.
+    fn source(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            ip if ip.is_loopback() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+            v4 => v4,
+        }
+    }
+
+    fn take(
+        map: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let source = Self::source(ip);
+        let mut counts = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(source).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Self { map: map.clone(), source })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// Concurrent HTTP/2 streams one connection may hold open.
 const H2_MAX_STREAMS: u32 = 128;
 
@@ -212,7 +264,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         .max_header_list_size(256 * 1024)
         // One connection may not open more streams than a client needs: each holds memory and a request.
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        // A peer that stops answering pings is gone: its connection (and slot) is freed.
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -252,6 +306,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
             tokio::spawn(turn_away(tcp, error));
             continue;
         };
+        let Some(source_slot) = SourceSlot::take(&shared.per_source, peer.ip(), options.max_connections_per_ip) else {
+            tracing::warn!(%peer, max = options.max_connections_per_ip, "per-address connection limit reached");
+            let error = ApiError::no_account("too many connections from your address; close some and try again");
+            tokio::spawn(turn_away(tcp, error));
+            continue;
+        };
         let front = shared.front.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let front = front.clone();
@@ -268,14 +328,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         let acceptor = shared.acceptor.clone();
         let header_timeout = options.header_timeout;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, source_slot);
             match acceptor {
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => serve_connection(&builder, watcher, tls, service).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
-                None => serve_connection(&builder, watcher, tcp, service).await,
+                None => {
+                    // A connection that sends nothing at all is closed like one that stops mid-headers
+                    // (hyper's header timer starts only with the first byte).
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => serve_connection(&builder, watcher, tcp, service).await,
+                        Ok(_) => {}
+                        Err(_) => tracing::debug!(%peer, "connection sent nothing; closed"),
+                    }
+                }
             }
         });
     }

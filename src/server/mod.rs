@@ -39,6 +39,7 @@ pub fn front(
     admin: Arc<Admin>,
     web: WebOptions,
     body_limit: usize,
+    body_timeout: Duration,
 ) -> Front {
     let cors = headers::Cors { origins: Arc::new(web.allowed_origins) };
     let not_found =
@@ -46,7 +47,8 @@ pub fn front(
     let method_not_allowed = unrouted(web.log.clone(), |method, uri| {
         ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
     });
-    let api = Arc::new(Api { forwarder, guard, cors: cors.clone(), hosts: web.hosts.clone(), body_limit });
+    let api =
+        Arc::new(Api { forwarder, guard, cors: cors.clone(), hosts: web.hosts.clone(), body_limit, body_timeout });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
@@ -86,6 +88,7 @@ pub struct Api {
     cors: headers::Cors,
     hosts: headers::Hosts,
     body_limit: usize,
+    body_timeout: Duration,
 }
 
 /// Whether `method path` is one of the proxied endpoints.
@@ -143,9 +146,14 @@ impl Api {
             Ok(admitted) => admitted,
             Err(refused) => return refused.into_response(),
         };
-        let body = match read_body(body, &parts.headers, self.body_limit).await {
-            Ok(body) => body,
-            Err(error) => return error.into_response(),
+        let body = match tokio::time::timeout(self.body_timeout, read_body(body, &parts.headers, self.body_limit)).await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => return error.into_response(),
+            Err(_) => {
+                let message = format!("the request body did not arrive within {}s", self.body_timeout.as_secs());
+                return ApiError::request_timeout(message).into_response();
+            }
         };
         if let Some(key) = &admitted.key {
             // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
@@ -339,6 +347,7 @@ impl Gateway {
                     log: log.clone(),
                 },
                 config.body_limit,
+                config.body_timeout,
             ),
             usage_poll: config.usage_poll,
             oauth_beta: config.oauth_beta.clone(),
