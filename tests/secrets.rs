@@ -435,3 +435,29 @@ async fn kill_9_during_rotation_and_import_keeps_everything_readable() {
         assert!(list.as_array().unwrap().len() >= 20, "round {round}: an account vanished");
     }
 }
+
+/// A passphrase set after the key file was written wraps the file at the next command that writes; until
+/// then `auth storage status` reports what is on disk, not what the environment promises.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passphrase_given_later_wraps_the_key_file() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-later-wrapped"]).await;
+    let key_file = env.home().join("secret.key");
+    assert!(!std::fs::read_to_string(&key_file).unwrap().contains("passphrase"), "starts unwrapped");
+    env.set("SWITCHYARD_PASSPHRASE", "a passphrase given later");
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["auth", "storage", "status", "--json"]).await.stdout).unwrap();
+    assert_eq!(status["passphrase_protected"], false, "a read-only command reports the file as it is");
+    env.ok(&["accounts", "pause", "k"]).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["auth", "storage", "status", "--json"]).await.stdout).unwrap();
+    assert_eq!(status["passphrase_protected"], true, "a command that writes wrapped it");
+    // Wrapped for real: without the passphrase it no longer opens, with a wrong one neither.
+    env.set("SWITCHYARD_PASSPHRASE", "");
+    assert_eq!(env.run(&["accounts", "list"], "").await.code, Some(1));
+    env.set("SWITCHYARD_PASSPHRASE", "not the passphrase");
+    assert_eq!(env.run(&["accounts", "list"], "").await.code, Some(1));
+    env.set("SWITCHYARD_PASSPHRASE", "a passphrase given later");
+    assert!(env.ok(&["accounts", "list"]).await.stdout.contains("…pped"));
+}

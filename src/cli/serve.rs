@@ -35,10 +35,12 @@ pub fn exclusive_lock(config: &Config) -> anyhow::Result<std::fs::File> {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = exclusive_lock(&config)?;
-    let (registry, key_source) = super::open_registry(&config).await?;
-    if matches!(key_source, crate::secrets::Backend::File(_)) && config.passphrase.is_none() {
+    let opened = super::open_data(&config).await?;
+    if opened.keystore.unprotected_file() {
         eprintln!("note: the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");
     }
+    let key_source = opened.keystore.backend().clone();
+    let registry = opened.registry;
     let oauth = OAuthClient::new(super::oauth_http(&config)?, config.oauth.clone());
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);
     let router = Router::new(config.strategy, session_ms);

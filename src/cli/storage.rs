@@ -38,10 +38,8 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let secrets = opened.registry.store().count_secrets().await?;
     let loose = loose_permissions(&config.home)?;
     let backend = opened.keystore.backend();
-    let protected = match backend {
-        Backend::File(_) => Some(config.passphrase.is_some()),
-        _ => None,
-    };
+    // What is on disk, not what the environment promises.
+    let protected = opened.keystore.file_wrapped();
     if json {
         let out = serde_json::json!({
             "backend": backend.kind(),

@@ -165,7 +165,15 @@ impl KeyStore {
         };
         let store = Self { settings, backend };
         match store.load()? {
-            Some(keys) => Ok((store, keys, false)),
+            Some(keys) => {
+                // A passphrase given after the key file was written: wrap the file now (atomically), so
+                // what is on disk is what the passphrase promises. A read-only command leaves it.
+                if create && store.settings.passphrase.is_some() && store.file_wrapped() == Some(false) {
+                    store.save(&keys)?;
+                    tracing::info!("wrapped the key file under SWITCHYARD_PASSPHRASE");
+                }
+                Ok((store, keys, false))
+            }
             None if !create => Err(KeyError::Missing(store.backend.to_string())),
             None => {
                 let keys = KeySet::generate();
@@ -179,9 +187,17 @@ impl KeyStore {
         &self.backend
     }
 
-    /// Whether a key file is stored without a passphrase (worth a warning).
+    /// Whether a key file is stored without a passphrase (worth a warning), as it is on disk.
     pub fn unprotected_file(&self) -> bool {
-        matches!(self.backend, Backend::File(_)) && self.settings.passphrase.is_none()
+        self.file_wrapped() == Some(false)
+    }
+
+    /// For the key file backend, whether the file on disk is wrapped under a passphrase.
+    pub fn file_wrapped(&self) -> Option<bool> {
+        match &self.backend {
+            Backend::File(path) => std::fs::read_to_string(path).ok().map(|text| KeySet::is_wrapped(&text)),
+            _ => None,
+        }
     }
 
     fn load(&self) -> Result<Option<KeySet>, KeyError> {
