@@ -416,7 +416,12 @@ async fn idle_and_trickling_connections_and_one_source_are_bounded() {
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     assert!(fake.requests().is_empty());
 
-    // Four connections from this machine are its share; the fifth is turned away, also from another 127.x.
+    // Four connections from this machine are its share; the fifth is turned away. (Headers get the default
+    // 30 s here, so the held connections stay open however slow the machine is.)
+    drop(gw);
+    env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "30");
+    let gw = env.serve().await;
+    let addr = host_port(&gw.url);
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
