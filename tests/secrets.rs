@@ -461,3 +461,42 @@ async fn a_passphrase_given_later_wraps_the_key_file() {
     env.set("SWITCHYARD_PASSPHRASE", "a passphrase given later");
     assert!(env.ok(&["accounts", "list"]).await.stdout.contains("…pped"));
 }
+
+/// Key rotation re-seals every sealed value, the TOTP secret and kept payloads too, counts them all, and
+/// the old key is retired only once nothing needs it: TOTP logins and payloads work after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_covers_totp_and_payloads() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-rotate-all");
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_PAYLOADS", "full");
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-rotate-all"]).await;
+    env.set("SWITCHYARD_ADMIN_PASSWORD", "a rotation test password");
+    let url = env.ok(&["admin", "set-password", "--totp"]).await.stdout;
+    let secret = url.split("secret=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let id = {
+        let gw = env.serve().await;
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+        support::eventually("the payload row", Duration::from_secs(5), async || {
+            let out = env.ok(&["requests", "--json"]).await.stdout;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+            rows.first().map(|r| r["id"].as_str().unwrap().to_owned())
+        })
+        .await
+    };
+    let out = env.ok(&["auth", "storage", "rotate-key"]).await;
+    // One API key, the TOTP secret, and the request and response bodies.
+    assert!(out.stdout.contains("re-encrypted 4 secret(s)"), "{}", out.stdout);
+    let one: serde_json::Value = serde_json::from_str(&env.ok(&["requests", "--id", &id]).await.stdout).unwrap();
+    assert!(one["payload"]["request"].is_string(), "the payload still opens: {one}");
+    let gw = env.serve().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let code = switchyard::access::totp::code(&switchyard::access::totp::base32_decode(&secret).unwrap(), now);
+    let login = gw
+        .post("/admin/api/login")
+        .json(&serde_json::json!({"password": "a rotation test password", "totp": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200, "a TOTP login after rotation");
+}

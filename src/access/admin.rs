@@ -76,6 +76,25 @@ pub async fn set_password(
     Ok(Some(format!("otpauth://totp/Switchyard:admin?secret={encoded}&issuer=Switchyard&digits=6&period=30")))
 }
 
+/// The TOTP secret re-sealed under `new`, if one is set: (setting key, new value).
+pub async fn resealed_totp(
+    store: &dyn Store,
+    old: &Cipher,
+    new: &Cipher,
+) -> Result<Option<(String, String)>, AdminError> {
+    let Some(sealed) = store.get_setting(TOTP).await? else { return Ok(None) };
+    let plain = old.open(&sealed, "settings/admin.totp")?;
+    Ok(Some((TOTP.to_owned(), new.seal(plain.expose_secret(), "settings/admin.totp")?)))
+}
+
+/// Whether the TOTP secret (if any) opens with `cipher`.
+pub async fn totp_opens(store: &dyn Store, cipher: &Cipher) -> Result<bool, StoreError> {
+    Ok(match store.get_setting(TOTP).await? {
+        Some(sealed) => cipher.open(&sealed, "settings/admin.totp").is_ok(),
+        None => true,
+    })
+}
+
 pub async fn has_password(store: &dyn Store) -> Result<bool, StoreError> {
     Ok(store.get_setting(PASSWORD).await?.is_some())
 }

@@ -355,7 +355,9 @@ impl Registry {
     }
 
     /// Re-seal every stored secret under `new` in one transaction; pending logins are dropped.
-    pub async fn reseal_all(&self, new: &Cipher) -> Result<usize, AccountError> {
+    /// Every account's sealed tokens opened with `old` and re-sealed under `new` (not written: the caller
+    /// writes everything in one transaction), with how many values that is.
+    pub async fn resealed_accounts(&self, old: &Cipher, new: &Cipher) -> Result<(Vec<SealedRow>, usize), AccountError> {
         let mut rows = Vec::new();
         let mut count = 0;
         for r in self.list().await? {
@@ -363,7 +365,7 @@ impl Registry {
                 match sealed {
                     Some(s) => {
                         count += 1;
-                        let plain = self.open(&r.id, field, s)?;
+                        let plain = old.open(s, &aad(&r.id, field))?;
                         Ok(Some(new.seal(plain.expose_secret(), &aad(&r.id, field))?))
                     }
                     None => Ok(None),
@@ -376,9 +378,7 @@ impl Registry {
                 api_key: reseal("api_key", &r.api_key)?,
             });
         }
-        self.store.replace_sealed(&rows).await?;
-        self.store.clear_pending_logins().await?;
-        Ok(count)
+        Ok((rows, count))
     }
 
     /// Keep a login's PKCE verifier (sealed, bound to its state) until `expires_at_ms`.

@@ -172,21 +172,44 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     anyhow::ensure!(*opened.keystore.backend() != Backend::Environment, "{}", crate::secrets::KeyError::EnvKeyInUse);
     let mut keys = opened.keys.clone();
-    let old = keys.current;
+    let old_v = keys.current;
     let new_version = keys.rotate();
     let keystore = opened.keystore;
     // 1. Both keys stored: old values still open, new ones will.
     let keys_for_save = keys.clone();
     let keystore = tokio::task::spawn_blocking(move || keystore.save(&keys_for_save).map(|()| keystore)).await??;
-    // 2. Every value re-sealed under the new key, all or nothing.
-    let count = opened.registry.reseal_all(&Cipher::with_keys(keys.clone())).await?;
+    // 2. Every sealed value (account tokens, the TOTP secret, kept payloads) re-sealed under the new key,
+    //    all in one transaction.
+    let store = opened.registry.store().clone();
+    let old = opened.registry.cipher().clone();
+    let new = Cipher::with_keys(keys.clone());
+    let (accounts, mut count) = opened.registry.resealed_accounts(&old, &new).await?;
+    let settings: Vec<(String, String)> =
+        crate::access::admin::resealed_totp(store.as_ref(), &old, &new).await?.into_iter().collect();
+    count += settings.len();
+    let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, &old, &new)?;
+    count += bodies;
+    store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
+    store.clear_pending_logins().await?;
+    // 3a. Nothing may still need the old key: check with the new key alone before retiring the old one.
+    let mut only_new = keys.clone();
+    only_new.retire_old();
+    let only_new = Cipher::with_keys(only_new);
+    let check = opened.registry.resealed_accounts(&only_new, &only_new).await;
+    let totp_ok = crate::access::admin::totp_opens(store.as_ref(), &only_new).await?;
+    let payloads_ok = crate::ledger::reseal_payloads(store.list_payloads().await?, &only_new, &only_new).is_ok();
+    anyhow::ensure!(
+        check.is_ok() && totp_ok && payloads_ok,
+        "a sealed value still needs key version {old_version}; the old key is kept (both keys are stored)",
+        old_version = old_v
+    );
     let detail = format!("key version {new_version}");
     super::audit_cli(opened.registry.store().as_ref(), "storage.rotate-key", "data key", &detail).await;
     // 3. The old key retired.
     keys.retire_old();
     tokio::task::spawn_blocking(move || keystore.save(&keys)).await??;
     println!(
-        "re-encrypted {count} secret(s) under key version {new_version} (was {old}) at {}",
+        "re-encrypted {count} secret(s) under key version {new_version} (was {old_v}) at {}",
         format_ms(crate::now_ms())
     );
     Ok(())

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-pub use payload::{PayloadMode, PayloadPolicy, RawPayload};
+pub use payload::{PayloadMode, PayloadPolicy, RawPayload, reseal_payloads};
 pub use usage::{SseTap, Usage, json_usage};
 
 use crate::store::{RequestRow, Store};

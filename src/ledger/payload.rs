@@ -112,6 +112,31 @@ impl PayloadPolicy {
     }
 }
 
+/// Every kept payload re-sealed from `old` to `new` (not written), and how many bodies that is. A body that
+/// does not open is an error: retiring its key would lose it silently.
+pub fn reseal_payloads(
+    payloads: Vec<crate::store::SealedPayload>,
+    old: &Cipher,
+    new: &Cipher,
+) -> Result<(Vec<crate::store::SealedPayload>, usize), crate::secrets::CryptoError> {
+    use secrecy::ExposeSecret;
+    let mut count = 0;
+    let mut out = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        let mut reseal = |what: &str, sealed: Option<String>| -> Result<Option<String>, crate::secrets::CryptoError> {
+            let Some(sealed) = sealed else { return Ok(None) };
+            count += 1;
+            let aad = format!("payload/{}/{what}", p.request_id);
+            let plain = old.open(&sealed, &aad)?;
+            Ok(Some(new.seal(plain.expose_secret(), &aad)?))
+        };
+        let request = reseal("request", p.request)?;
+        let response = reseal("response", p.response)?;
+        out.push(crate::store::SealedPayload { request_id: p.request_id, request, response });
+    }
+    Ok((out, count))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

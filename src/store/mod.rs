@@ -104,6 +104,23 @@ pub struct SealedRow {
     pub api_key: Option<String>,
 }
 
+/// A kept payload's sealed bodies, for re-encryption.
+#[derive(Debug, Clone)]
+pub struct SealedPayload {
+    pub request_id: String,
+    pub request: Option<String>,
+    pub response: Option<String>,
+}
+
+/// Every sealed value of the store, re-sealed under a new key, written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Resealed {
+    pub accounts: Vec<SealedRow>,
+    /// Sealed settings (the TOTP secret): key and new value.
+    pub settings: Vec<(String, String)>,
+    pub payloads: Vec<SealedPayload>,
+}
+
 /// A client API key: only the SHA-256 of the key is stored.
 #[derive(Debug, Clone)]
 pub struct ClientKeyRecord {
@@ -298,7 +315,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Write routing states in one transaction; states of accounts removed meanwhile are dropped.
     async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
     /// Replace the sealed token columns of many accounts in one transaction (key rotation): all or none.
-    async fn replace_sealed(&self, rows: &[SealedRow]) -> Result<(), StoreError>;
+    /// Write every re-sealed value (accounts, sealed settings, payloads) in one transaction: all or none.
+    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError>;
+    /// Every kept payload's sealed bodies (for re-encryption; an offline command, not the hot path).
+    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError>;
     /// Drop every pending login (their verifiers cannot outlive a key rotation).
     async fn clear_pending_logins(&self) -> Result<u64, StoreError>;
     /// Sealed values held: tokens and keys of accounts, plus pending login verifiers.

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 
 use super::{
     AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, GroupStats, PendingLogin,
-    RequestFilter, RequestRow, SealedRow, SealedTokens, SeriesPoint, StatsBy, Store, StoreError,
+    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StatsBy, Store, StoreError,
 };
 
 /// 1 for a request that failed (answered 400 or more, or broken off with an `error_type`), else 0: one
@@ -468,9 +468,42 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn replace_sealed(&self, rows: &[SealedRow]) -> Result<(), StoreError> {
+    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError> {
+        let rows = sqlx::query("SELECT request_id, request, response FROM payloads")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedPayload {
+                    request_id: r.try_get("request_id").map_err(db)?,
+                    request: r.try_get("request").map_err(db)?,
+                    response: r.try_get("response").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        for row in rows {
+        for (key, value) in &sealed.settings {
+            sqlx::query("UPDATE settings SET value = ? WHERE key = ?")
+                .bind(value)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for p in &sealed.payloads {
+            sqlx::query("UPDATE payloads SET request = ?, response = ? WHERE request_id = ?")
+                .bind(&p.request)
+                .bind(&p.response)
+                .bind(&p.request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for row in &sealed.accounts {
             sqlx::query("UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ?")
                 .bind(&row.access_token)
                 .bind(&row.refresh_token)
@@ -492,7 +525,9 @@ impl Store for SqliteStore {
     async fn count_secrets(&self) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(access_token) + COUNT(refresh_token) + COUNT(api_key) FROM accounts)
-                  + (SELECT COUNT(*) FROM pending_logins)",
+                  + (SELECT COUNT(*) FROM pending_logins)
+                  + (SELECT COUNT(request) + COUNT(response) FROM payloads)
+                  + (SELECT COUNT(*) FROM settings WHERE key = 'admin.totp')",
         )
         .fetch_one(&self.pool)
         .await
