@@ -268,6 +268,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         // A peer that stops answering pings is gone: its connection (and slot) is freed.
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -327,6 +328,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         let watcher = graceful.watcher();
         let acceptor = shared.acceptor.clone();
         let header_timeout = options.header_timeout;
+        let mut stopping = stop_rx.clone();
         tokio::spawn(async move {
             let _slot = (slot, source_slot);
             match acceptor {
@@ -338,8 +340,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
                 None => {
                     // A connection that sends nothing at all is closed like one that stops mid-headers
                     // (hyper's header timer starts only with the first byte).
+                    // Shutdown does not wait for a connection that has sent nothing yet (its watcher would
+                    // hold the drain open until the timeout).
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+                    let waited = tokio::select! {
+                        waited = tokio::time::timeout(header_timeout, tcp.peek(&mut first)) => waited,
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    };
+                    match waited {
                         Ok(Ok(n)) if n > 0 => serve_connection(&builder, watcher, tcp, service).await,
                         Ok(_) => {}
                         Err(_) => tracing::debug!(%peer, "connection sent nothing; closed"),
@@ -349,6 +357,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     if tokio::time::timeout(options.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {}s; stopping anyway", options.drain.as_secs());
     }
