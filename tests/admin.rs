@@ -11,6 +11,17 @@ struct Session {
     csrf: String,
 }
 
+impl Session {
+    /// A request as the dashboard sends it: the cookie and the session secret.
+    fn get(&self, gw: &Gateway, path: &str) -> reqwest::RequestBuilder {
+        gw.get(path).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+    }
+
+    fn post(&self, gw: &Gateway, path: &str) -> reqwest::RequestBuilder {
+        gw.post(path).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+    }
+}
+
 fn cookie_of(response: &reqwest::Response) -> String {
     let set = response.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/;"), "{set}");
@@ -172,50 +183,15 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let (kind, _) = error_type(login(&gw, serde_json::json!({"key": user_key})).await, 403).await;
     assert_eq!(kind, "permission_error");
     let viewer = session_from(&gw, login(&gw, serde_json::json!({"key": viewer_key})).await).await;
-    assert_eq!(
-        gw.get("/admin/api/accounts")
-            .header("cookie", &viewer.cookie)
-            .header("x-csrf-token", &viewer.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        gw.get("/admin/api/keys")
-            .header("cookie", &viewer.cookie)
-            .header("x-csrf-token", &viewer.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        gw.get("/admin/api/audit")
-            .header("cookie", &viewer.cookie)
-            .header("x-csrf-token", &viewer.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    let r = gw
-        .post("/admin/api/accounts/a/pause")
-        .header("cookie", &viewer.cookie)
-        .header("x-csrf-token", &viewer.csrf)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(viewer.get(&gw, "/admin/api/accounts").send().await.unwrap().status(), 200);
+    assert_eq!(viewer.get(&gw, "/admin/api/keys").send().await.unwrap().status(), 403);
+    assert_eq!(viewer.get(&gw, "/admin/api/audit").send().await.unwrap().status(), 403);
+    let r = viewer.post(&gw, "/admin/api/accounts/a/pause").send().await.unwrap();
     assert_eq!(r.status(), 403);
 
     let admin = session_from(&gw, login(&gw, serde_json::json!({"key": admin_key})).await).await;
-    let r = gw
-        .post("/admin/api/keys")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
+    let r = admin
+        .post(&gw, "/admin/api/keys")
         .json(&serde_json::json!({"name": "made-by-api", "role": "user", "rpm": 100}))
         .send()
         .await
@@ -227,35 +203,11 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     let proxied =
         gw.post("/v1/messages").header("x-api-key", &new_key).json(&message_body(false)).send().await.unwrap();
     assert_eq!(proxied.status(), 200);
-    let keys: serde_json::Value = gw
-        .get("/admin/api/keys")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: serde_json::Value = admin.get(&gw, "/admin/api/keys").send().await.unwrap().json().await.unwrap();
     assert!(!keys.to_string().contains(&new_key[3..]), "listing shows no secret");
-    let r = gw
-        .post("/admin/api/keys/made-by-api/revoke")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = admin.post(&gw, "/admin/api/keys/made-by-api/revoke").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let audit: serde_json::Value = gw
-        .get("/admin/api/audit")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: serde_json::Value = admin.get(&gw, "/admin/api/audit").send().await.unwrap().json().await.unwrap();
     let actions: Vec<String> = audit
         .as_array()
         .unwrap()
@@ -267,49 +219,15 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     }
     // The request log and stats over HTTP.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let requests: serde_json::Value = gw
-        .get("/admin/api/requests?since=1h")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let requests: serde_json::Value =
+        admin.get(&gw, "/admin/api/requests?since=1h").send().await.unwrap().json().await.unwrap();
     assert_eq!(requests[0]["client_key"], "made-by-api");
     assert_eq!(requests[0]["status"], 200);
-    let stats: serde_json::Value = gw
-        .get("/admin/api/stats?by=key")
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &admin.csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value =
+        admin.get(&gw, "/admin/api/stats?by=key").send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["made-by-api"]["requests"], 1);
-    assert_eq!(
-        gw.get("/admin/api/requests")
-            .header("cookie", &viewer.cookie)
-            .header("x-csrf-token", &viewer.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        gw.get("/admin/api/stats")
-            .header("cookie", &viewer.cookie)
-            .header("x-csrf-token", &viewer.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(viewer.get(&gw, "/admin/api/requests").send().await.unwrap().status(), 403);
+    assert_eq!(viewer.get(&gw, "/admin/api/stats").send().await.unwrap().status(), 200);
     let by_api = audit
         .as_array()
         .unwrap()
@@ -343,16 +261,7 @@ async fn password_with_totp_and_the_login_brake() {
     let code = switchyard::access::totp::code(&secret_bytes, now);
     let ok = login(&gw, serde_json::json!({"password": "correct horse battery", "totp": code})).await;
     let admin = session_from(&gw, ok).await;
-    assert_eq!(
-        gw.get("/admin/api/keys")
-            .header("cookie", &admin.cookie)
-            .header("x-csrf-token", &admin.csrf)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(admin.get(&gw, "/admin/api/keys").send().await.unwrap().status(), 200);
     // The same code again (a replay within its window) is refused, with the same answer as a wrong password:
     // no message tells a right password from a wrong one.
     let (_, replayed) =
@@ -396,7 +305,7 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     }
     let admin = session_from(&gw, login(&gw, serde_json::json!({"key": admin_key})).await).await;
     let viewer = session_from(&gw, login(&gw, serde_json::json!({"key": viewer_key})).await).await;
-    let get = |path: &str, s: &Session| gw.get(path).header("cookie", &s.cookie).header("x-csrf-token", &s.csrf).send();
+    let get = |path: &str, s: &Session| s.get(&gw, path).send();
     let json = |r: reqwest::Response| async move {
         assert_eq!(r.status(), 200, "{:?}", r.url().path());
         r.json::<serde_json::Value>().await.unwrap()
@@ -502,9 +411,7 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     assert_eq!(get("/admin/api/requests/sy_nope", &admin).await.unwrap().status(), 404);
 
     // Account changes: priority, removal (routing follows at once), CSRF and role checks.
-    let post = |path: &str, s: &Session, body: serde_json::Value| {
-        gw.post(path).header("cookie", &s.cookie).header("x-csrf-token", &s.csrf).json(&body).send()
-    };
+    let post = |path: &str, s: &Session, body: serde_json::Value| s.post(&gw, path).json(&body).send();
     let r = post("/admin/api/accounts/beta/set", &admin, serde_json::json!({"priority": 7})).await.unwrap();
     assert_eq!(r.status(), 200);
     let accounts = json(get("/admin/api/accounts", &admin).await.unwrap()).await;
@@ -596,7 +503,7 @@ async fn sessions_end_with_the_credential_that_started_them() {
     assert_eq!(no_redirect.get(&link).send().await.unwrap().status(), 401, "the link ended when an admin key appeared");
 
     let alive = |s: &Session| {
-        let request = gw.get("/admin/api/session").header("cookie", &s.cookie).header("x-csrf-token", &s.csrf);
+        let request = s.get(&gw, "/admin/api/session");
         async move { request.send().await.unwrap().status() == 200 }
     };
     // Keys made by the CLI reach the running server within a second. Polled on /metrics, which counts no
@@ -617,11 +524,7 @@ async fn sessions_end_with_the_credential_that_started_them() {
     let by_key = key_login(&root).await;
     env.ok(&["keys", "revoke", "root"]).await;
     ends(&by_key, "the revoked key's session to end").await;
-    let mint = gw
-        .post("/admin/api/keys")
-        .header("cookie", &by_key.cookie)
-        .header("x-csrf-token", &by_key.csrf)
-        .json(&serde_json::json!({"name": "heir", "role": "admin"}));
+    let mint = by_key.post(&gw, "/admin/api/keys").json(&serde_json::json!({"name": "heir", "role": "admin"}));
     assert_eq!(mint.send().await.unwrap().status(), 401);
 
     // Rotated key.
@@ -644,7 +547,7 @@ async fn sessions_end_with_the_credential_that_started_them() {
     ends(&first, "logout-all from the CLI").await;
     let second = session_from(&gw, login(&gw, serde_json::json!({"password": "the second long password"})).await).await;
     let third = session_from(&gw, login(&gw, serde_json::json!({"password": "the second long password"})).await).await;
-    let r = gw.post("/admin/api/logout-all").header("cookie", &second.cookie).header("x-csrf-token", &second.csrf);
+    let r = second.post(&gw, "/admin/api/logout-all");
     assert_eq!(r.send().await.unwrap().status(), 204);
     assert!(!alive(&second).await && !alive(&third).await, "the API ends every session at once");
 }

@@ -279,14 +279,6 @@ async fn upstream_tls_is_verified_and_pinned_fails_closed() {
     assert!(env.run(&["serve", "--port", "0"], "").await.stderr.contains("SWITCHYARD_UPSTREAM_PINS"));
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 =
-        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb / 1024
-}
-
 /// Without logging in, large admin bodies and bursts of password logins cannot grow the server's memory:
 /// bodies are refused before they are read (and capped at a few KiB even with a session), and password
 /// checks run a few at a time, the rest turned away with 503.
@@ -299,7 +291,7 @@ async fn unauthenticated_bodies_and_login_bursts_stay_bounded() {
     env.ok(&["admin", "set-password"]).await;
     let gw = env.serve().await;
     let pid = gw.child.id().unwrap();
-    let before = rss_mib(pid);
+    let before = support::rss_mib(pid);
     let big = bytes::Bytes::from(vec![b'x'; 30 * 1024 * 1024]);
     let sends = (0..30).map(|_| {
         let r = gw.post("/admin/api/keys").header("content-type", "application/json").body(big.clone()).send();
@@ -307,7 +299,7 @@ async fn unauthenticated_bodies_and_login_bursts_stay_bounded() {
     });
     let statuses = futures_util::future::join_all(sends).await;
     assert!(statuses.iter().all(|s| *s == 401 || *s == 0), "{statuses:?}");
-    let grown = rss_mib(pid).saturating_sub(before);
+    let grown = support::rss_mib(pid).saturating_sub(before);
     assert!(grown < 64, "30 unauthenticated 30 MiB bodies grew the server by {grown} MiB");
 
     let logins = (0..40).map(|_| {
@@ -316,7 +308,7 @@ async fn unauthenticated_bodies_and_login_bursts_stay_bounded() {
     });
     let statuses = futures_util::future::join_all(logins).await;
     assert!(statuses.contains(&503) || statuses.contains(&429), "a burst is turned away: {statuses:?}");
-    let grown = rss_mib(pid).saturating_sub(before);
+    let grown = support::rss_mib(pid).saturating_sub(before);
     assert!(grown < 128, "a burst of 40 password logins grew the server by {grown} MiB");
 }
 

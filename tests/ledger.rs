@@ -376,19 +376,7 @@ async fn client_strings_do_not_grow_metrics_or_memory() {
     let fake = Fake::start().await;
     let env = two_accounts(&fake).await;
     let gw = env.serve().await;
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id().unwrap())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        kb / 1024
-    };
+    let rss = || support::rss_mib(gw.child.id().unwrap());
     let before = rss();
     let session = "s".repeat(100_000);
     for i in 0..300 {
