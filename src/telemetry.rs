@@ -37,7 +37,18 @@ impl Rotating {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
+            // A symlink planted where the log goes would send our lines (request ids, account names) to
+            // a file of someone else's choosing: refused.
+            if std::fs::symlink_metadata(&self.spec.path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(std::io::Error::other("the log file is a symlink; refusing to follow it"));
+            }
             let file = options.open(&self.spec.path)?;
+            // An existing file keeps its old mode on open: tighten it (through the open handle).
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
             self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
             self.file = Some(file);
         }

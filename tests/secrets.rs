@@ -500,3 +500,34 @@ async fn key_rotation_covers_totp_and_payloads() {
         .unwrap();
     assert_eq!(login.status(), 200, "a TOTP login after rotation");
 }
+
+/// `SWITCHYARD_LOG_FILE`: an existing file is tightened to 0600, and a symlink there is not followed.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_file_is_private_and_never_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-logfile"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("switchyard.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.set("SWITCHYARD_LOG_FILE", log.to_str().unwrap());
+    let gw = env.serve().await;
+    support::eventually("a line in the log file", Duration::from_secs(5), async || {
+        (std::fs::metadata(&log).unwrap().len() > 0).then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    drop(gw);
+
+    let victim = dir.path().join("someone-elses-file");
+    std::fs::write(&victim, "").unwrap();
+    let link = dir.path().join("linked.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    env.set("SWITCHYARD_LOG_FILE", link.to_str().unwrap());
+    let gw = env.serve().await;
+    assert_eq!(gw.get("/health").send().await.unwrap().status(), 200, "the server runs without its log file");
+    assert_eq!(std::fs::read(&victim).unwrap().len(), 0, "log lines went through the symlink");
+}
