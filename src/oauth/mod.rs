@@ -160,21 +160,22 @@ impl OAuthError {
     }
 }
 
-/// Mask anything that looks like an Anthropic secret and cap the length: error texts from the server are
-/// shown to users and logged.
+/// Mask anything that looks like an Anthropic secret, anywhere in the text (inside JSON too), and the values
+/// of fields named like tokens, then cap the length: error texts from the server are shown to users and
+/// logged, and a token endpoint may echo the refresh token it was sent.
 fn sanitize(text: &str) -> String {
-    let mut out = String::new();
-    for word in text.split_inclusive(char::is_whitespace) {
-        if word.trim_start().starts_with("sk-ant-") {
-            out.push_str("[redacted]");
-            if word.ends_with(char::is_whitespace) {
-                out.push(' ');
-            }
-        } else {
-            out.push_str(word);
-        }
-    }
-    out.chars().take(300).collect()
+    static SECRET: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"sk-ant-[A-Za-z0-9_\-]+").ok());
+    static FIELD: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?i)("(?:access_token|refresh_token|id_token|token|code|code_verifier|client_secret|api_key)"\s*:\s*")[^"]*"#,
+        )
+        .ok()
+    });
+    let (Some(secret), Some(field)) = (SECRET.as_ref(), FIELD.as_ref()) else { return "[redacted]".to_owned() };
+    let masked = secret.replace_all(text, "[redacted]");
+    let masked = field.replace_all(&masked, "${1}[redacted]");
+    masked.chars().take(300).collect()
 }
 
 /// Talks to the token endpoint.
@@ -413,6 +414,20 @@ fn without_url(e: reqwest::Error) -> String {
     match std::error::Error::source(&e) {
         Some(source) => format!("{kind}: {source}"),
         None => kind.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod sanitize_tests {
+    use super::sanitize;
+
+    #[test]
+    fn echoed_tokens_are_masked_anywhere() {
+        let echoed = r#"{"error":"invalid_grant","refresh_token":"opaque-token-value","detail":"x sk-ant-ort01-abc_DEF-123, y"}"#;
+        let clean = sanitize(echoed);
+        assert!(!clean.contains("opaque-token-value") && !clean.contains("sk-ant-ort01"), "{clean}");
+        assert!(clean.contains("invalid_grant"), "{clean}");
+        assert_eq!(sanitize("plain words stay"), "plain words stay");
     }
 }
 
