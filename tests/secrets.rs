@@ -531,3 +531,16 @@ async fn the_log_file_is_private_and_never_a_symlink() {
     assert_eq!(gw.get("/health").send().await.unwrap().status(), 200, "the server runs without its log file");
     assert_eq!(std::fs::read(&victim).unwrap().len(), 0, "log lines went through the symlink");
 }
+
+/// The gateway never writes a core dump: it holds the data key and tokens in memory.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_writes_no_core_dumps() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    let gw = env.serve().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id().unwrap())).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}

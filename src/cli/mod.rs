@@ -24,6 +24,7 @@ use args::{AccountsCommand, AuthCommand, Command};
 
 /// Entry point of the binary: parse, run, print a one-line error on failure.
 pub fn main() -> ExitCode {
+    no_core_dumps();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -63,6 +64,17 @@ pub(crate) fn window_start(flag: &str, value: &str) -> anyhow::Result<i64> {
     crate::since_ms(value).map_err(|_| {
         anyhow::anyhow!("{flag} {value:?} is not a duration; use a number and a unit, like 30m, 24h or 7d")
     })
+}
+
+/// The process holds the data key and decrypted tokens: a core dump would write them to disk, so the core
+/// size limit is zero. (The process stays ptrace-able by its own user, so profilers keep working; that
+/// user can read the key file anyway.) Best effort: a failure here is not worth refusing to run.
+fn no_core_dumps() {
+    #[cfg(unix)]
+    {
+        let none = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
+    }
 }
 
 /// Run one parsed command.
