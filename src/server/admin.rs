@@ -208,7 +208,11 @@ async fn login(
             Ok(PasswordCheck::NeedsTotp | PasswordCheck::Wrong | PasswordCheck::NoPassword) => {
                 Err(ApiError::unauthorized("wrong password, or a missing, wrong or already used TOTP code"))
             }
-            Err(e) => Err(ApiError::internal(e.to_string())),
+            // The caller is not logged in yet: the cause goes to the log, not to them.
+            Err(e) => {
+                tracing::error!(error = %e, "password check failed");
+                Err(ApiError::internal("the login could not be checked; see the server's log"))
+            }
         }
     } else {
         Err(ApiError::invalid_request("give a key or a password"))
