@@ -124,43 +124,19 @@ async fn closed_without_a_session_and_the_one_time_link_works_once() {
     let r = gw.get("/admin/api/session").header("cookie", &planted).header("x-csrf-token", &csrf).send().await.unwrap();
     let (_, message) = error_type(r, 401).await;
     assert!(message.contains("several sy_session cookies"), "{message}");
-    let csrf = csrf.as_str();
-    let me: serde_json::Value = gw
-        .get("/admin/api/session")
-        .header("cookie", &cookie)
-        .header("x-csrf-token", csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_link = Session { cookie: cookie.clone(), csrf };
+    let me: serde_json::Value = by_link.get(&gw, "/admin/api/session").send().await.unwrap().json().await.unwrap();
     assert!(me.get("csrf_token").is_none(), "the session's description does not repeat the secret");
-    let r = gw
-        .post("/admin/api/accounts/a/pause")
-        .header("cookie", &cookie)
-        .header("x-csrf-token", csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = by_link.post(&gw, "/admin/api/accounts/a/pause").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let accounts: serde_json::Value = gw
-        .get("/admin/api/accounts")
-        .header("cookie", &cookie)
-        .header("x-csrf-token", csrf)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accounts: serde_json::Value =
+        by_link.get(&gw, "/admin/api/accounts").send().await.unwrap().json().await.unwrap();
     assert_eq!(accounts[0]["status"], "paused");
     assert!(!accounts.to_string().contains("sk-ant-api03-adm"), "no secrets in the admin API");
 
     // Logout ends the session.
-    let r = gw.post("/admin/api/logout").header("cookie", &cookie).header("x-csrf-token", csrf).send().await.unwrap();
-    assert_eq!(r.status(), 204);
-    assert_eq!(gw.get("/admin/api/session").header("cookie", &cookie).send().await.unwrap().status(), 401);
+    assert_eq!(by_link.post(&gw, "/admin/api/logout").send().await.unwrap().status(), 204);
+    assert_eq!(by_link.get(&gw, "/admin/api/session").send().await.unwrap().status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -275,7 +275,7 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        trace.row.model = peek.model.map(|m| bounded_model(&m));
+        trace.row.model = peek.model.map(|m| crate::ledger::prefix_at_most(&m, MODEL_MAX).to_owned());
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
             // Kept as a digest: the client's string may be any length, the map lives for hours.
@@ -562,14 +562,6 @@ fn affinity_key(identity: &str) -> String {
 
 /// Longest model name kept (in the log and for routing); Anthropic's are under 64 characters.
 const MODEL_MAX: usize = 128;
-
-fn bounded_model(model: &str) -> String {
-    let mut end = model.len().min(MODEL_MAX);
-    while !model.is_char_boundary(end) {
-        end -= 1;
-    }
-    model[..end].to_owned()
-}
 
 /// Headers the message's `Connection` header names (usually none: no allocation then).
 fn connection_named(headers: &HeaderMap) -> Vec<String> {

@@ -178,16 +178,21 @@ impl Pricing {
 /// Longest path kept in a request-log row: a client chooses the path, and a row lives for weeks.
 pub const PATH_MAX: usize = 256;
 
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+pub fn prefix_at_most(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `path` cut to [`PATH_MAX`] bytes (at a character boundary, marked with `…`).
 pub fn bounded_path(path: &str) -> String {
     if path.len() <= PATH_MAX {
         return path.to_owned();
     }
-    let mut end = PATH_MAX;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &path[..end])
+    format!("{}…", prefix_at_most(path, PATH_MAX))
 }
 
 /// A fresh request id: time first, so ids sort by time and the log's primary-key index grows at its end

@@ -99,12 +99,6 @@ fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(first)
 }
 
-/// The session a cookie names, for the dashboard's page shell only: the shell holds no data, and every
-/// call it makes needs the session secret too.
-fn cookie_session(admin: &Admin, headers: &HeaderMap) -> Option<Session> {
-    cookie_value(headers).ok().flatten().and_then(|id| admin.sessions.get(&id, &admin.keys))
-}
-
 fn session_cookie(admin: &Admin, id: &str) -> HeaderValue {
     let secure = if admin.tls { "; Secure" } else { "" };
     let value =
@@ -331,10 +325,15 @@ async fn to_dashboard() -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response()
 }
 
-/// The session a request's cookie names, if it has `permission`: for the dashboard's page shell, which
-/// holds no data and redirects to the login page rather than fail.
+/// The session a request's cookie names, if it has `permission`: for the dashboard's page shell only,
+/// which holds no data and redirects to the login page rather than fail (every call the shell makes needs
+/// the session secret too).
 pub fn session_for(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Option<Session> {
-    cookie_session(admin, headers).filter(|s| s.role.allows(permission))
+    cookie_value(headers)
+        .ok()
+        .flatten()
+        .and_then(|id| admin.sessions.get(&id, &admin.keys))
+        .filter(|s| s.role.allows(permission))
 }
 
 async fn accounts(State(admin): State<Shared>, headers: HeaderMap) -> Response {
