@@ -1,6 +1,6 @@
 //! Administrator credentials and sessions: the password (Argon2id, PHC string in the settings table), the
 //! optional TOTP second factor (its secret sealed like tokens), server-side sessions with expiry and a
-//! CSRF token each, and a per-IP brake on failed logins that backs off exponentially.
+//! CSRF token each, and a login brake per source and method that counts attempts before checking them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -274,41 +274,80 @@ impl Sessions {
     }
 }
 
-/// Failed logins per IP: after three, each further attempt waits 2^(n-3) seconds (at most 15 minutes).
+/// Which way in a login tried. Each has its own brake, so guessing passwords cannot lock anyone out of a
+/// key or login-link login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoginMethod {
+    Key,
+    Password,
+    Link,
+}
+
+/// Failed logins per source (loopback as one, IPv6 by its /64) and method, as a leaky bucket: up to
+/// `LOGIN_BURST` attempts at once, then one more per `LOGIN_DRAIN_MS`. An attempt is counted before it is
+/// checked ([`LoginBrake::take`]), so a concurrent burst is evaluated no more often than the bucket allows;
+/// a success gives its unit back.
 #[derive(Debug, Default)]
 pub struct LoginBrake {
-    failures: Mutex<HashMap<IpAddr, (u32, i64)>>,
+    buckets: Mutex<HashMap<(IpAddr, LoginMethod), Bucket>>,
+}
+
+/// Attempts a source may make at once before it has to wait.
+pub const LOGIN_BURST: i64 = 5;
+/// How fast a counted attempt drains away.
+pub const LOGIN_DRAIN_MS: i64 = 30_000;
+/// Buckets kept at most; beyond this, empty ones are dropped first and then the request is refused.
+const MAX_BUCKETS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Counted attempts in thousandths, as of `at_ms`.
+    level: i64,
+    at_ms: i64,
+}
+
+impl Bucket {
+    fn level_at(self, now: i64) -> i64 {
+        let drained = (now - self.at_ms).max(0).saturating_mul(1000) / LOGIN_DRAIN_MS;
+        (self.level - drained).max(0)
+    }
 }
 
 impl LoginBrake {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, i64)>> {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(IpAddr, LoginMethod), Bucket>> {
+        self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Seconds `ip` must still wait before trying again.
-    pub fn wait(&self, ip: IpAddr) -> Option<u64> {
-        let now = crate::now_ms();
-        self.lock()
-            .get(&ip)
-            .and_then(|(_, until)| (*until > now).then(|| u64::try_from((until - now) / 1000 + 1).unwrap_or(1)))
+    /// Count one attempt from `ip` by `method`, or say how many seconds it must wait.
+    pub fn take(&self, ip: IpAddr, method: LoginMethod) -> Result<(), u64> {
+        self.take_at(ip, method, crate::now_ms())
     }
 
-    pub fn failed(&self, ip: IpAddr) {
-        let now = crate::now_ms();
+    fn take_at(&self, ip: IpAddr, method: LoginMethod, now: i64) -> Result<(), u64> {
+        let key = (super::source(ip), method);
         let mut map = self.lock();
-        if map.len() > 10_000 {
-            map.retain(|_, (_, until)| *until > now);
+        if map.len() >= MAX_BUCKETS && !map.contains_key(&key) {
+            map.retain(|_, b| b.level_at(now) > 0);
+            if map.len() >= MAX_BUCKETS {
+                return Err(u64::try_from(LOGIN_DRAIN_MS / 1000).unwrap_or(30));
+            }
         }
-        let entry = map.entry(ip).or_insert((0, 0));
-        entry.0 += 1;
-        if entry.0 >= 3 {
-            let secs = 1i64 << (entry.0 - 3).min(10);
-            entry.1 = now + secs.min(900) * 1000;
+        let bucket = map.entry(key).or_insert(Bucket { level: 0, at_ms: now });
+        let level = bucket.level_at(now);
+        if level + 1000 > LOGIN_BURST * 1000 {
+            let over = level + 1000 - LOGIN_BURST * 1000;
+            return Err(u64::try_from(over * LOGIN_DRAIN_MS / 1000 / 1000 + 1).unwrap_or(1));
         }
+        *bucket = Bucket { level: level + 1000, at_ms: now };
+        Ok(())
     }
 
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
+    /// A counted attempt succeeded: it gives its unit back.
+    pub fn give_back(&self, ip: IpAddr, method: LoginMethod) {
+        let now = crate::now_ms();
+        if let Some(bucket) = self.lock().get_mut(&(super::source(ip), method)) {
+            *bucket = Bucket { level: (bucket.level_at(now) - 1000).max(0), at_ms: now };
+        }
     }
 }
 
@@ -346,6 +385,7 @@ pub async fn redeem_login_link(store: &dyn Store, given: &str) -> Result<bool, S
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -364,15 +404,28 @@ mod tests {
     }
 
     #[test]
-    fn brake_backs_off_after_three_failures() {
+    fn the_brake_counts_before_checking_drains_and_keeps_methods_apart() {
         let brake = LoginBrake::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([10, 0, 0, 1]));
-        brake.failed(ip);
-        brake.failed(ip);
-        assert!(brake.wait(ip).is_none());
-        brake.failed(ip);
-        assert!(brake.wait(ip).is_some());
-        brake.succeeded(ip);
-        assert!(brake.wait(ip).is_none());
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let t = 1_000_000;
+        for _ in 0..LOGIN_BURST {
+            assert!(brake.take_at(ip, LoginMethod::Password, t).is_ok());
+        }
+        let wait = brake.take_at(ip, LoginMethod::Password, t).expect_err("full");
+        assert_eq!(wait, u64::try_from(LOGIN_DRAIN_MS / 1000).unwrap() + 1);
+        assert!(brake.take_at(ip, LoginMethod::Key, t).is_ok(), "a key login has its own bucket");
+        // The whole of loopback is one source, and so is an IPv6 /64.
+        for n in 1..=LOGIN_BURST {
+            let other = IpAddr::from([127, 0, 0, u8::try_from(n).unwrap()]);
+            assert!(brake.take_at(other, LoginMethod::Link, t).is_ok());
+        }
+        assert!(brake.take_at(IpAddr::from([127, 9, 9, 9]), LoginMethod::Link, t).is_err());
+        assert!(brake.take_at("::1".parse().unwrap(), LoginMethod::Link, t).is_err());
+        assert!(brake.take_at("::ffff:127.0.0.7".parse().unwrap(), LoginMethod::Link, t).is_err());
+        // One attempt drains away per LOGIN_DRAIN_MS.
+        assert!(brake.take_at(ip, LoginMethod::Password, t + LOGIN_DRAIN_MS - 1).is_err());
+        assert!(brake.take_at(ip, LoginMethod::Password, t + LOGIN_DRAIN_MS).is_ok());
+        assert!(brake.take_at(ip, LoginMethod::Password, t + LOGIN_DRAIN_MS).is_err());
+        assert!(brake.take_at(ip, LoginMethod::Password, t + 10 * LOGIN_DRAIN_MS).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::access::admin::{
-    LoginBrake, PasswordCheck, Session, SessionOrigin, Sessions, check_password, redeem_login_link,
+    LoginBrake, LoginMethod, PasswordCheck, Session, SessionOrigin, Sessions, check_password, redeem_login_link,
 };
 use crate::access::{ClientKeys, KeyCheck, NewKey, Permission, Role, audit, parse_expiry};
 use crate::accounts::Pool;
@@ -173,14 +173,13 @@ async fn login(
     body: Result<axum::Json<LoginBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let ip = peer.ip();
-    if let Some(wait) = admin.brake.wait(ip) {
-        return ApiError::client_limited("too many failed logins from this address", wait).into_response();
-    }
     let Ok(axum::Json(body)) = body else {
         return ApiError::invalid_request("send JSON: {\"key\": …} or {\"password\": …, \"totp\": …}").into_response();
     };
     let store = admin.pool.store().clone();
     let outcome: Result<(String, Role, SessionOrigin), ApiError> = if let Some(key) = body.key.as_deref() {
+        // A key is checked first and a valid one always gets in: keys cannot be guessed, so the brake only
+        // bounds how much noise wrong ones make (past it they are not audited either).
         match admin.keys.check(Some(key), crate::now_ms()) {
             KeyCheck::Valid(k) if k.role.allows(Permission::DashboardView) => {
                 Ok((format!("key:{}", k.name), k.role, SessionOrigin::Key { id: k.id.clone(), hash: k.hash }))
@@ -188,15 +187,26 @@ async fn login(
             KeyCheck::Valid(k) => {
                 Err(ApiError::forbidden(format!("key {:?} (role {}) may not log in", k.name, k.role.as_str())))
             }
-            _ => Err(ApiError::unauthorized("invalid, revoked or expired key")),
+            _ => match admin.brake.take(ip, LoginMethod::Key) {
+                Ok(()) => Err(ApiError::unauthorized("invalid, revoked or expired key")),
+                Err(wait) => return too_many_logins(wait),
+            },
         }
     } else if let Some(password) = body.password.as_deref() {
+        // Counted before it is checked, so a concurrent burst gets no more checks than the brake allows.
+        if let Err(wait) = admin.brake.take(ip, LoginMethod::Password) {
+            return too_many_logins(wait);
+        }
         let Ok(_permit) = admin.password_checks.clone().try_acquire_owned() else {
+            admin.brake.give_back(ip, LoginMethod::Password);
             return ApiError::busy("too many password checks are running; try again in a second", 1).into_response();
         };
         let cipher = admin.pool.registry().cipher().clone();
         match check_password(store.as_ref(), &cipher, password, body.totp.as_deref()).await {
-            Ok(PasswordCheck::Ok) => Ok(("password:admin".to_owned(), Role::Admin, SessionOrigin::Password)),
+            Ok(PasswordCheck::Ok) => {
+                admin.brake.give_back(ip, LoginMethod::Password);
+                Ok(("password:admin".to_owned(), Role::Admin, SessionOrigin::Password))
+            }
             // One answer for every failure: a distinct one would confirm the password without the second
             // factor.
             Ok(PasswordCheck::NeedsTotp | PasswordCheck::Wrong | PasswordCheck::NoPassword) => {
@@ -204,6 +214,7 @@ async fn login(
             }
             // The caller is not logged in yet: the cause goes to the log, not to them.
             Err(e) => {
+                admin.brake.give_back(ip, LoginMethod::Password);
                 tracing::error!(error = %e, "password check failed");
                 Err(ApiError::internal("the login could not be checked; see the server's log"))
             }
@@ -213,16 +224,18 @@ async fn login(
     };
     match outcome {
         Ok((actor, role, origin)) => {
-            admin.brake.succeeded(ip);
             audit(store.as_ref(), &actor, Some(ip), "admin.login", "session", "ok", role.as_str()).await;
             logged_in(&admin, actor, role, origin).0
         }
         Err(error) => {
-            admin.brake.failed(ip);
             audit(store.as_ref(), "unknown", Some(ip), "admin.login", "session", "denied", &error.message).await;
             error.into_response()
         }
     }
+}
+
+fn too_many_logins(wait: u64) -> Response {
+    ApiError::client_limited("too many failed logins from this address; wait and try again", wait).into_response()
 }
 
 #[derive(Deserialize)]
@@ -236,20 +249,22 @@ async fn one_time_login(
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let ip = peer.ip();
-    if let Some(wait) = admin.brake.wait(ip) {
-        return ApiError::client_limited("too many failed logins from this address", wait).into_response();
-    }
     let store = admin.pool.store().clone();
     let redeemed = match &query {
         Ok(Query(q)) => match redeem_login_link(store.as_ref(), &q.token).await {
             Ok(redeemed) => redeemed,
-            Err(e) => return ApiError::internal(format!("cannot check the login link: {e}")).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the login link");
+                return ApiError::internal("the login link could not be checked; see the server's log").into_response();
+            }
         },
         Err(_) => false,
     };
+    if !redeemed && let Err(wait) = admin.brake.take(ip, LoginMethod::Link) {
+        return too_many_logins(wait);
+    }
     match query {
         Ok(_) if redeemed => {
-            admin.brake.succeeded(ip);
             audit(store.as_ref(), "dashboard-link", Some(ip), "admin.login", "session", "ok", "admin").await;
             let (mut response, secret) =
                 logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, SessionOrigin::Link);
@@ -264,7 +279,6 @@ async fn one_time_login(
             response
         }
         _ => {
-            admin.brake.failed(ip);
             audit(store.as_ref(), "unknown", Some(ip), "admin.login", "dashboard-link", "denied", "").await;
             // A person followed this link in a browser: a page that says what to do, not JSON.
             (StatusCode::UNAUTHORIZED, axum::response::Html(super::dashboard::LINK_USED)).into_response()

@@ -12,6 +12,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::access::{ClientKey, ClientKeys, KeyCheck, Permission};
 use crate::error::ApiError;
 
+/// Sources with recent failures remembered before the quiet ones are forgotten.
+const MAX_FAILING_SOURCES: usize = 10_000;
+
 /// Shared by every request.
 #[derive(Debug)]
 pub struct Guard {
@@ -53,7 +56,11 @@ impl Guard {
 
     /// A failed attempt from `ip`: 401 normally, 429 once the IP has failed too often.
     fn refuse(&self, req: &Asking<'_>, error: ApiError) -> ApiError {
-        if self.failures.check_key(&req.ip).is_err() {
+        // Pruned here rather than on a timer: only refusals add entries.
+        if self.failures.len() > MAX_FAILING_SOURCES {
+            self.failures.retain_recent();
+        }
+        if self.failures.check_key(&crate::access::source(req.ip)).is_err() {
             // Past the per-address limit refusals are answered but not logged: the log would otherwise be
             // an unauthenticated way to fill the disk.
             return ApiError::client_limited("too many failed attempts from this address; slow down", 60);

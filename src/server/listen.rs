@@ -209,24 +209,12 @@ struct SourceSlot {
 }
 
 impl SourceSlot {
-    /// The source a connection counts against: all of loopback is one machine, an IPv6 client owns its /64.
-    fn source(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            ip if ip.is_loopback() => IpAddr::from([127, 0, 0, 1]),
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-            v4 => v4,
-        }
-    }
-
     fn take(
         map: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
         ip: IpAddr,
         max: usize,
     ) -> Option<Self> {
-        let source = Self::source(ip);
+        let source = crate::access::source(ip);
         let mut counts = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = counts.entry(source).or_insert(0);
         if *n >= max.max(1) {
