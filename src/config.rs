@@ -136,8 +136,9 @@ pub struct Config {
     /// Host names (without port) accepted in `Host` besides loopback's; with a loopback bind only these
     /// and `localhost`, `127.0.0.1`, `[::1]` are served (DNS rebinding), elsewhere only these when set.
     pub allowed_hosts: Vec<String>,
-    /// SHA-256 pins of the upstream's SubjectPublicKeyInfo; empty: no pinning.
-    pub upstream_pins: Vec<[u8; 32]>,
+    /// SHA-256 pins of SubjectPublicKeyInfos by host (the API host, the token endpoint's host); applied
+    /// by every upstream client.
+    pub pins: crate::forward::tls::HostPins,
     /// Extra CA (PEM) trusted for upstream and token endpoint connections instead of the platform roots.
     pub upstream_ca: Option<PathBuf>,
     /// Record every request in the database (off the hot path).
@@ -231,6 +232,7 @@ struct RawOAuth {
     authorize_url: Option<String>,
     console_authorize_url: Option<String>,
     token_url: Option<String>,
+    pins: Option<String>,
     redirect_uri: Option<String>,
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
@@ -417,6 +419,9 @@ impl Config {
         let pins: Option<String> = pick(env, "SWITCHYARD_UPSTREAM_PINS", raw.upstream.pins)?;
         let upstream_pins = crate::forward::tls::parse_pins(pins.as_deref().unwrap_or(""))
             .map_err(|e| ConfigError::Invalid { name: "SWITCHYARD_UPSTREAM_PINS", message: e.to_string() })?;
+        let oauth_pins: Option<String> = pick(env, "SWITCHYARD_OAUTH_PINS", raw.oauth.pins)?;
+        let oauth_pins = crate::forward::tls::parse_pins(oauth_pins.as_deref().unwrap_or(""))
+            .map_err(|e| ConfigError::Invalid { name: "SWITCHYARD_OAUTH_PINS", message: e.to_string() })?;
         let upstream_ca = pick(env, "SWITCHYARD_UPSTREAM_CA", raw.upstream.ca_file)?;
         let connect = pick(env, "SWITCHYARD_CONNECT_TIMEOUT_SECS", raw.upstream.connect_timeout_secs)?;
         let first_byte = pick(env, "SWITCHYARD_FIRST_BYTE_TIMEOUT_SECS", raw.upstream.first_byte_timeout_secs)?;
@@ -516,6 +521,13 @@ impl Config {
             scopes: scopes.split_whitespace().map(str::to_owned).collect(),
             api_base: upstream_url.clone(),
         };
+        let mut pins = crate::forward::tls::HostPins::default();
+        if let Some(host) = upstream_url.host_str() {
+            pins.pin(host, &upstream_pins, "SWITCHYARD_UPSTREAM_PINS");
+        }
+        if let Some(host) = oauth.token_url.host_str() {
+            pins.pin(host, &oauth_pins, "SWITCHYARD_OAUTH_PINS");
+        }
         let body_limit = body_limit.unwrap_or(defaults::BODY_LIMIT);
         if body_limit == 0 {
             return Err(ConfigError::Invalid { name: "SWITCHYARD_BODY_LIMIT", message: "must be above 0".into() });
@@ -575,7 +587,7 @@ impl Config {
             allowed_ips,
             allowed_origins,
             allowed_hosts,
-            upstream_pins,
+            pins,
             upstream_ca,
             request_log: request_log.unwrap_or(true),
             log_queue: log_queue.unwrap_or(10_000).max(1),
@@ -637,6 +649,7 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_IDENTITY", "upstream.identity"),
     ("SWITCHYARD_UPSTREAM_URL", "upstream.url"),
     ("SWITCHYARD_UPSTREAM_PINS", "upstream.pins"),
+    ("SWITCHYARD_OAUTH_PINS", "oauth.pins"),
     ("SWITCHYARD_LOG_FORMAT", "log.format"),
     ("SWITCHYARD_PAYLOADS", "requests.payloads"),
     ("SWITCHYARD_REDACT", "requests.redact"),

@@ -219,13 +219,14 @@ async fn upstreams_must_be_https_unless_loopback() {
     assert!(out.stderr.contains("SWITCHYARD_OAUTH_TOKEN_URL"), "{}", out.stderr);
 }
 
-/// A CA and a `localhost` certificate it signed, as PEM: (ca, leaf cert, leaf key, leaf DER).
+/// A CA and a `localhost` (and `127.0.0.1`) certificate it signed, as PEM: (ca, leaf cert, leaf key, leaf DER).
 fn certificate_chain() -> (String, String, String, Vec<u8>) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let leaf = rcgen::CertificateParams::new(names).unwrap().signed_by(&leaf_key, &ca).unwrap();
     (ca.pem(), leaf.pem(), leaf_key.serialize_pem(), leaf.der().to_vec())
 }
 
@@ -277,6 +278,78 @@ async fn upstream_tls_is_verified_and_pinned_fails_closed() {
     drop(gw);
     env.set("SWITCHYARD_UPSTREAM_PINS", "not-base64!");
     assert!(env.run(&["serve", "--port", "0"], "").await.stderr.contains("SWITCHYARD_UPSTREAM_PINS"));
+}
+
+/// Pins hold for every call that carries a token, not only `/v1`: with the token endpoint's host pinned
+/// to a foreign key no refresh token leaves; with the API host pinned to one, neither requests nor the
+/// usage and profile polls (bearer tokens) nor a refresh on that host reach the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_cover_every_call_that_carries_a_token() {
+    let (ca_pem, leaf_pem, key_pem, leaf_der) = certificate_chain();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &leaf_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let tls = switchyard::server::tls_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+    let fake = Fake::start_tls(tls).await;
+    let port = fake.addr.port();
+    let mut env = Env::new(&fake);
+    env.set("SWITCHYARD_UPSTREAM_URL", &format!("https://localhost:{port}"));
+    env.set("SWITCHYARD_OAUTH_TOKEN_URL", &format!("https://127.0.0.1:{port}/v1/oauth/token"));
+    env.set("SWITCHYARD_UPSTREAM_CA", dir.path().join("ca.pem").to_str().unwrap());
+    env.set("SWITCHYARD_USAGE_POLL_SECS", "1");
+    env.set("SWITCHYARD_RETRY_ATTEMPTS", "0");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (stale_rt, stale_at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    env.import_oauth("stale", &stale_rt, &stale_at, &(now - 60_000).to_string()).await;
+    let (fresh_rt, fresh_at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    env.import_oauth("fresh", &fresh_rt, &fresh_at, &(now + 3_600_000).to_string()).await;
+    let right = format!("sha256/{}", switchyard::forward::tls::pin_of(&leaf_der).unwrap());
+    let foreign = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    // The token endpoint's host pinned to a foreign key: the refresh is refused before a byte is sent,
+    // while the API host, pinned right, is used and polled.
+    env.set("SWITCHYARD_UPSTREAM_PINS", &right);
+    env.set("SWITCHYARD_OAUTH_PINS", foreign);
+    let gw = env.serve().await;
+    support::eventually("the refresh refused by the pin", Duration::from_secs(15), async || {
+        gw.logs().contains("does not match SWITCHYARD_OAUTH_PINS").then_some(())
+    })
+    .await;
+    support::eventually("a usage poll through the right pin", Duration::from_secs(15), async || {
+        (fake.lock().usage_calls > 0).then_some(())
+    })
+    .await;
+    assert_eq!(fake.refresh_calls(), 0, "no refresh token reached a server with a foreign key");
+    drop(gw);
+
+    // The API host pinned to a foreign key, and the token endpoint on that host too: no request, no poll
+    // and no refresh reaches it.
+    env.set("SWITCHYARD_OAUTH_PINS", "");
+    env.set("SWITCHYARD_OAUTH_TOKEN_URL", &format!("https://localhost:{port}/v1/oauth/token"));
+    env.set("SWITCHYARD_UPSTREAM_PINS", foreign);
+    let polls = |fake: &Fake| {
+        let inner = fake.lock();
+        (inner.usage_calls, inner.profile_calls)
+    };
+    let (requests, before) = (fake.requests().len(), polls(&fake));
+    let gw = env.serve().await;
+    let r = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+    let (_, message) = support::error_type(r, 502).await;
+    assert!(message.contains("does not match SWITCHYARD_UPSTREAM_PINS"), "{message}");
+    support::eventually("the usage poll and the refresh refused by the pin", Duration::from_secs(15), async || {
+        let logs = gw.logs();
+        let refused = logs.lines().filter(|l| l.contains("does not match SWITCHYARD_UPSTREAM_PINS"));
+        (refused.clone().any(|l| l.contains("usage poll failed")) && refused.clone().any(|l| l.contains("refresh")))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(fake.requests().len(), requests);
+    assert_eq!(polls(&fake), before);
+    assert_eq!(fake.refresh_calls(), 0);
+    drop(gw);
+    env.set("SWITCHYARD_OAUTH_PINS", "sha256/nope");
+    assert!(env.run(&["accounts", "list"], "").await.stderr.contains("SWITCHYARD_OAUTH_PINS"));
 }
 
 /// Without logging in, large admin bodies and bursts of password logins cannot grow the server's memory:

@@ -250,10 +250,11 @@ pub(crate) async fn audit_cli(store: &dyn crate::store::Store, action: &str, tar
     crate::access::audit(store, &format!("cli:{user}"), None, action, target, "ok", detail).await;
 }
 
-/// The HTTP client for the token endpoint: short timeouts, no redirects.
+/// The HTTP client for the token endpoint and the OAuth calls on the API host (usage, profile, API-key
+/// creation): short timeouts, no redirects, and every host pin.
 pub(crate) fn oauth_http(config: &Config) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder();
-    if let Some(tls) = crate::forward::tls::client_tls(&[], config.upstream_ca.as_deref())? {
+    if let Some(tls) = crate::forward::tls::client_tls(&config.pins, config.upstream_ca.as_deref())? {
         builder = builder.tls_backend_preconfigured(tls);
     }
     Ok(builder

@@ -46,6 +46,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = Router::new(config.strategy, session_ms);
     let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
     let http = crate::forward::UpstreamClients::new(&config).map_err(|e| anyhow::anyhow!(e.message))?;
+    if !config.pins.is_empty() {
+        tracing::info!(hosts = %config.pins.hosts().collect::<Vec<_>>().join(", "), "upstream TLS keys pinned");
+    }
     crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new());
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
 

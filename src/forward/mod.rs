@@ -155,8 +155,8 @@ impl UpstreamClients {
 }
 
 fn upstream_client(config: &Config) -> Result<UpstreamClient, ApiError> {
-    let mut tls = tls::tls_config(&config.upstream_pins, config.upstream_ca.as_deref())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut tls =
+        tls::tls_config(&config.pins, config.upstream_ca.as_deref()).map_err(|e| ApiError::internal(e.to_string()))?;
     // The connector offers exactly the versions enabled below.
     tls.alpn_protocols.clear();
     let mut http = HttpConnector::new();

@@ -1,6 +1,9 @@
 //! Upstream TLS: always verified (the platform's roots, or a CA file given for private deployments and
-//! tests), optionally pinned to the upstream's public keys (`SWITCHYARD_UPSTREAM_PINS`: base64 SHA-256 of
-//! the certificate's SubjectPublicKeyInfo). A pin mismatch fails the connection, closed.
+//! tests), optionally pinned per host to public keys (base64 SHA-256 of the certificate's
+//! SubjectPublicKeyInfo): the API host by `SWITCHYARD_UPSTREAM_PINS`, the token endpoint's host by
+//! `SWITCHYARD_OAUTH_PINS`. Every client that carries a token applies every pin, so no call to a pinned
+//! host (proxying, usage and profile polls, API-key creation, token exchange and refresh) goes unchecked.
+//! A pin mismatch fails the connection, closed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -79,10 +82,57 @@ pub fn pin_of(cert: &[u8]) -> Option<String> {
     spki_of(cert).map(|spki| STANDARD.encode(Sha256::digest(spki)))
 }
 
+/// Pins by host name: a host listed here must present one of its keys; other hosts get plain validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPins {
+    hosts: Vec<PinnedHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PinnedHost {
+    host: String,
+    pins: Vec<[u8; 32]>,
+    /// The setting that pinned it, named in the mismatch error.
+    setting: &'static str,
+}
+
+impl HostPins {
+    /// Pin `host` (case-insensitive) to `pins`; no pins leaves it unpinned. A host pinned twice accepts
+    /// either setting's keys.
+    pub fn pin(&mut self, host: &str, pins: &[[u8; 32]], setting: &'static str) {
+        if pins.is_empty() {
+            return;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        match self.hosts.iter_mut().find(|h| h.host == host) {
+            Some(known) => known.pins.extend_from_slice(pins),
+            None => self.hosts.push(PinnedHost { host, pins: pins.to_vec(), setting }),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The pinned hosts, for the start-up report.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.iter().map(|h| h.host.as_str())
+    }
+
+    fn of(&self, name: &ServerName<'_>) -> Option<&PinnedHost> {
+        let host = match name {
+            ServerName::DnsName(d) => d.as_ref().to_ascii_lowercase(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => return None,
+        };
+        self.hosts.iter().find(|h| h.host == host)
+    }
+}
+
 #[derive(Debug)]
 struct Pinned {
     inner: Arc<dyn ServerCertVerifier>,
-    pins: Vec<[u8; 32]>,
+    pins: HostPins,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -95,16 +145,18 @@ impl ServerCertVerifier for Pinned {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let Some(host) = self.pins.of(server_name) else { return Ok(verified) };
         let digest: [u8; 32] = match spki_of(end_entity) {
             Some(spki) => Sha256::digest(spki).into(),
-            None => return Err(rustls::Error::General("upstream certificate is unreadable".into())),
+            None => return Err(rustls::Error::General(format!("the certificate of {} is unreadable", host.host))),
         };
-        if self.pins.contains(&digest) {
+        if host.pins.contains(&digest) {
             Ok(verified)
         } else {
-            Err(rustls::Error::General(
-                "upstream certificate's public key does not match SWITCHYARD_UPSTREAM_PINS".into(),
-            ))
+            Err(rustls::Error::General(format!(
+                "the certificate's public key of {} does not match {}",
+                host.host, host.setting
+            )))
         }
     }
 
@@ -133,7 +185,7 @@ impl ServerCertVerifier for Pinned {
 
 /// A rustls client configuration when pins or a CA file ask for one; `None` keeps reqwest's default
 /// (platform roots, full validation).
-pub fn client_tls(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<Option<rustls::ClientConfig>, TlsSetupError> {
+pub fn client_tls(pins: &HostPins, ca_file: Option<&Path>) -> Result<Option<rustls::ClientConfig>, TlsSetupError> {
     if pins.is_empty() && ca_file.is_none() {
         return Ok(None);
     }
@@ -142,7 +194,7 @@ pub fn client_tls(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<Option<ru
 
 /// The rustls client configuration for upstream connections: the platform's verifier, or the CA file's
 /// roots, wrapped in the pin check when pins are set; h2 and HTTP/1.1 offered by ALPN.
-pub fn tls_config(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
+pub fn tls_config(pins: &HostPins, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let base: Arc<dyn ServerCertVerifier> = match ca_file {
         Some(path) => {
@@ -166,7 +218,7 @@ pub fn tls_config(pins: &[[u8; 32]], ca_file: Option<&Path>) -> Result<rustls::C
         ),
     };
     let verifier: Arc<dyn ServerCertVerifier> =
-        if pins.is_empty() { base } else { Arc::new(Pinned { inner: base, pins: pins.to_vec() }) };
+        if pins.is_empty() { base } else { Arc::new(Pinned { inner: base, pins: pins.clone() }) };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
@@ -192,5 +244,19 @@ mod tests {
         let pin = pin_of(der).unwrap();
         assert_eq!(parse_pins(&format!("sha256/{pin}, {pin}")).unwrap().len(), 2);
         assert!(parse_pins("abc").is_err());
+    }
+
+    #[test]
+    fn pins_are_kept_by_host() {
+        let mut pins = HostPins::default();
+        pins.pin("API.example", &[[1; 32]], "SWITCHYARD_UPSTREAM_PINS");
+        pins.pin("api.example", &[[2; 32]], "SWITCHYARD_OAUTH_PINS");
+        pins.pin("[::1]", &[[3; 32]], "SWITCHYARD_OAUTH_PINS");
+        pins.pin("unpinned.example", &[], "SWITCHYARD_OAUTH_PINS");
+        assert_eq!(pins.hosts().collect::<Vec<_>>(), ["api.example", "::1"]);
+        let api = pins.of(&ServerName::try_from("api.example").unwrap()).unwrap();
+        assert_eq!(api.pins, [[1; 32], [2; 32]]);
+        assert!(pins.of(&ServerName::try_from("::1").unwrap()).is_some());
+        assert!(pins.of(&ServerName::try_from("other.example").unwrap()).is_none());
     }
 }

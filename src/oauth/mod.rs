@@ -411,10 +411,13 @@ fn without_url(e: reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    match std::error::Error::source(&e) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
+    // The innermost cause says what really happened (a certificate or pin failure, a refused connection);
+    // reqwest's own text would add the URL.
+    let Some(mut cause) = std::error::Error::source(&e) else { return kind.to_owned() };
+    while let Some(next) = cause.source() {
+        cause = next;
     }
+    format!("{kind}: {cause}")
 }
 
 #[cfg(test)]
