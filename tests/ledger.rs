@@ -249,8 +249,25 @@ async fn payloads_are_kept_by_policy_redacted_and_encrypted() {
         serde_json::from_str(&env.ok(&["requests", "--id", list[0]["id"].as_str().unwrap()]).await.stdout).unwrap();
     assert!(streamed["payload"]["response"].as_str().unwrap().contains("message_stop"), "{streamed}");
     assert!(!file_contains(&env, "message_stop"), "stored sealed");
+    // A key split over several stream deltas, and token fields in a request's nested JSON string: the
+    // client gets the stream as it was, the kept payload has neither.
+    fake.push(Script::Text(vec!["the key is sk-an".into(), "t-api03-SPLITSECRET".into(), "TAIL and more".into()]));
+    let mut body = message_body(true);
+    body["messages"][0]["content"] = r#"{"accessToken": "NESTEDSECRET", "auth": "Basic dXNlcjpodW50ZXIy"}"#.into();
+    let answer = gw.post("/v1/messages").json(&body).send().await.unwrap().text().await.unwrap();
+    assert!(answer.contains("SPLITSECRET"), "the client's stream is untouched");
+    let list = rows(&env, 4).await;
+    let kept: serde_json::Value =
+        serde_json::from_str(&env.ok(&["requests", "--id", list[0]["id"].as_str().unwrap()]).await.stdout).unwrap();
+    let (request, response) =
+        (kept["payload"]["request"].as_str().unwrap(), kept["payload"]["response"].as_str().unwrap());
+    assert!(response.contains("the key is [REDACTED]") && response.contains(" and more"), "{response}");
+    for gone in ["SPLITSECRET", "TAIL", "t-api03"] {
+        assert!(!response.contains(gone), "{gone} kept: {response}");
+    }
+    assert!(!request.contains("NESTEDSECRET") && !request.contains("dXNlcjpodW50ZXIy"), "{request}");
     let out = env.ok(&["cleanup", "--older-than", "0s", "--type", "payloads"]).await.stdout;
-    assert!(out.contains("removed 0 request(s) and 2 payload(s)"), "{out}");
+    assert!(out.contains("removed 0 request(s) and 3 payload(s)"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

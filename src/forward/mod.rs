@@ -646,7 +646,7 @@ const JSON_USAGE_CAP: usize = 4 * 1024 * 1024;
 impl Recorder {
     fn capture(&mut self, bytes: &[u8]) {
         if let Some((policy, _, response)) = &mut self.payload {
-            let room = policy.max_bytes.saturating_sub(response.len());
+            let room = policy.capture_bytes().saturating_sub(response.len());
             response.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use regex::Regex;
 
 use crate::secrets::Cipher;
+use crate::secrets::redact::Redactor;
 
 /// `SWITCHYARD_PAYLOADS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,29 +42,28 @@ pub struct RawPayload {
 pub struct PayloadPolicy {
     pub mode: PayloadMode,
     pub max_bytes: usize,
-    redact: Vec<Regex>,
+    redactor: Redactor,
     cipher: Arc<Cipher>,
 }
 
-const MARK: &str = "[REDACTED]";
+/// Bytes captured past the cap, so that a secret the cap cuts is still seen whole when it is redacted
+/// (redaction runs before the cap).
+const CAPTURE_MARGIN: usize = 4096;
 
 impl PayloadPolicy {
     /// `extra` are additional regexes whose matches are replaced too.
     pub fn new(mode: PayloadMode, max_bytes: usize, extra: &[String], cipher: Arc<Cipher>) -> Result<Self, String> {
-        let mut redact = Vec::new();
-        for pattern in [
-            r"sk-ant-[A-Za-z0-9_\-]+",
-            r"sy-[A-Za-z0-9_\-]{20,}",
-            r"(?i)bearer\s+[A-Za-z0-9._~+/=\-]+",
-            r#"(?i)"(x-api-key|api[_-]?key|authorization|access_token|refresh_token|password|secret)"\s*:\s*"[^"]*""#,
-        ]
-        .iter()
-        .map(|p| (*p).to_owned())
-        .chain(extra.iter().cloned())
-        {
-            redact.push(Regex::new(&pattern).map_err(|e| format!("bad redaction pattern {pattern:?}: {e}"))?);
-        }
-        Ok(Self { mode, max_bytes, redact, cipher })
+        Ok(Self { mode, max_bytes, redactor: Redactor::new(extra)?, cipher })
+    }
+
+    /// Redact `text` with this policy's patterns.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    /// How much of a response the request path keeps for this policy (the cap and a margin).
+    pub fn capture_bytes(&self) -> usize {
+        self.max_bytes.saturating_add(CAPTURE_MARGIN)
     }
 
     /// Whether a request that ended with `status` / `error` keeps its bodies.
@@ -76,30 +75,27 @@ impl PayloadPolicy {
         }
     }
 
-    /// Redact text: matches become `[REDACTED]` (a JSON key keeps its name).
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for (i, re) in self.redact.iter().enumerate() {
-            out = if i == 3 {
-                re.replace_all(&out, |c: &regex::Captures<'_>| format!("\"{}\": \"{MARK}\"", &c[1])).into_owned()
-            } else {
-                re.replace_all(&out, MARK).into_owned()
-            };
+    /// At most `max_bytes` of `text`, cut on a character boundary.
+    fn capped(&self, text: String) -> String {
+        if text.len() <= self.max_bytes {
+            return text;
         }
-        out
+        let mut end = self.max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
     }
 
-    fn capped<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
-        &bytes[..bytes.len().min(self.max_bytes)]
-    }
-
-    /// Redact and seal both bodies of request `id`.
+    /// Redact, then cap, and seal both bodies of request `id` (redacting first: a cut secret would no
+    /// longer match its pattern).
     pub fn seal(&self, id: &str, raw: &RawPayload) -> (Option<String>, Option<String>) {
         let seal = |what: &str, bytes: &[u8]| -> Option<String> {
             if bytes.is_empty() {
                 return None;
             }
-            let text = self.redact(&String::from_utf8_lossy(self.capped(bytes)));
+            let seen = &bytes[..bytes.len().min(self.capture_bytes())];
+            let text = self.capped(self.redact(&String::from_utf8_lossy(seen)));
             self.cipher.seal(&text, &format!("payload/{id}/{what}")).ok()
         };
         (seal("request", &raw.request), seal("response", &raw.response))
@@ -162,6 +158,28 @@ mod tests {
         assert!(policy.keeps(200, false));
         let errors = PayloadPolicy::new(PayloadMode::Errors, 10, &[], cipher).unwrap();
         assert!(!errors.keeps(200, false) && errors.keeps(429, false) && errors.keeps(200, true));
-        assert_eq!(errors.capped(&[0u8; 50]).len(), 10);
+        assert_eq!(errors.capped("é".repeat(50)).len(), 10);
+        assert_eq!(errors.capped("éa".repeat(50)).len(), 9, "cut on a character boundary");
+    }
+
+    fn policy(max_bytes: usize) -> PayloadPolicy {
+        let cipher = Arc::new(Cipher::new(&zeroize::Zeroizing::new([3u8; 32])));
+        PayloadPolicy::new(PayloadMode::Full, max_bytes, &[], cipher).unwrap()
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_cap_is_redacted_before_the_cut() {
+        let p = policy(40);
+        let cipher = Arc::new(Cipher::new(&zeroize::Zeroizing::new([3u8; 32])));
+        let body = format!("{}{{\"refresh_token\": \"{}\"}}", "x".repeat(10), "Q".repeat(100));
+        let raw = RawPayload { request: Bytes::from(body.clone()), response: body.clone().into_bytes() };
+        let (req, _) = p.seal("id", &raw);
+        let opened = PayloadPolicy::open(&cipher, "id", "request", &req.unwrap()).unwrap();
+        assert!(!opened.contains('Q') && opened.len() <= 40, "{opened}");
+        // Cut inside a key: what is left of it still matches, nothing of the secret remains.
+        let red = p.capped(p.redact(&format!("{}sk-ant-api03-{}", "y".repeat(30), "K".repeat(50))));
+        assert!(!red.contains('K'), "{red}");
+        // A value the capture itself cut (no closing quote) is masked to the end.
+        assert_eq!(p.redact(r#"{"token": "abc"#), r#"{"token": "[REDACTED]"#);
     }
 }

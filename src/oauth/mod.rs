@@ -160,22 +160,16 @@ impl OAuthError {
     }
 }
 
-/// Mask anything that looks like an Anthropic secret, anywhere in the text (inside JSON too), and the values
-/// of fields named like tokens, then cap the length: error texts from the server are shown to users and
-/// logged, and a token endpoint may echo the refresh token it was sent.
+/// Mask secrets with the same patterns as kept payloads (keys anywhere in the text, the values of fields
+/// named like tokens), then cap the length: error texts from the server are shown to users and logged,
+/// and a token endpoint may echo the refresh token it was sent.
 fn sanitize(text: &str) -> String {
-    static SECRET: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"sk-ant-[A-Za-z0-9_\-]+").ok());
-    static FIELD: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(
-            r#"(?i)("(?:access_token|refresh_token|id_token|token|code|code_verifier|client_secret|api_key)"\s*:\s*")[^"]*"#,
-        )
-        .ok()
-    });
-    let (Some(secret), Some(field)) = (SECRET.as_ref(), FIELD.as_ref()) else { return "[redacted]".to_owned() };
-    let masked = secret.replace_all(text, "[redacted]");
-    let masked = field.replace_all(&masked, "${1}[redacted]");
-    masked.chars().take(300).collect()
+    use crate::secrets::redact::Redactor;
+    // Plus the authorization code, which only these endpoints see (in a payload, `code` is a user's).
+    static REDACTOR: std::sync::LazyLock<Option<Redactor>> =
+        std::sync::LazyLock::new(|| Redactor::new(&[r#""code"\s*:\s*"[^"]*""#.to_owned()]).ok());
+    let Some(redactor) = REDACTOR.as_ref() else { return "[REDACTED]".to_owned() };
+    redactor.redact(text).chars().take(300).collect()
 }
 
 /// Talks to the token endpoint.
@@ -431,6 +425,8 @@ mod sanitize_tests {
         assert!(!clean.contains("opaque-token-value") && !clean.contains("sk-ant-ort01"), "{clean}");
         assert!(clean.contains("invalid_grant"), "{clean}");
         assert_eq!(sanitize("plain words stay"), "plain words stay");
+        assert!(!sanitize(r#"{"code": "auth-code-1", "code_verifier": "v3r"}"#).contains("auth-code-1"));
+        assert!(!sanitize(r#"{"code_verifier": "v3r"}"#).contains("v3r"));
     }
 }
 
@@ -491,6 +487,6 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_in_server_messages() {
-        assert_eq!(sanitize("bad token sk-ant-ort01-xyz here"), "bad token [redacted] here");
+        assert_eq!(sanitize("bad token sk-ant-ort01-xyz here"), "bad token [REDACTED] here");
     }
 }

@@ -7,6 +7,7 @@ mod envelope;
 mod fs;
 mod keyset;
 mod keystore;
+pub mod redact;
 
 pub use envelope::{Cipher, CryptoError};
 pub use fs::{

@@ -78,6 +78,8 @@ pub enum Script {
     BreakStream,
     /// Stream two events, then an SSE `error` event (overloaded), then end.
     SseError,
+    /// Stream this text as one text delta per piece.
+    Text(Vec<String>),
 }
 
 impl Script {
@@ -464,6 +466,7 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
     };
     let mut break_stream = false;
     let mut sse_error = false;
+    let mut events: Vec<Bytes> = SSE_EVENTS.iter().map(|e| Bytes::from_static(e.as_bytes())).collect();
     match script {
         Some(Script::Status { status, body, headers }) => {
             let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
@@ -477,6 +480,14 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         Some(Script::Delay(d)) => tokio::time::sleep(d).await,
         Some(Script::BreakStream) => break_stream = true,
         Some(Script::SseError) => sse_error = true,
+        Some(Script::Text(pieces)) => {
+            let deltas = pieces.iter().map(|text| {
+                let delta = serde_json::json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}});
+                Bytes::from(format!("event: content_block_delta\ndata: {delta}\n\n"))
+            });
+            events.splice(3..4, deltas.collect::<Vec<_>>());
+        }
         None => {}
     }
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -484,18 +495,19 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         let guard = StreamGuard { inner: inner.clone(), finished: false };
         let stream = futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
             let gate = gate.clone();
+            let events = events.clone();
             async move {
-                if i >= SSE_EVENTS.len() {
+                if i >= events.len() {
                     guard.finish();
                     return None;
                 }
                 if break_stream && i == 2 {
                     guard.finished = true;
-                    return Some((Err(std::io::Error::other("upstream broke")), (SSE_EVENTS.len(), guard)));
+                    return Some((Err(std::io::Error::other("upstream broke")), (usize::MAX, guard)));
                 }
                 if sse_error && i == 2 {
                     guard.finished = true;
-                    return Some((Ok(Bytes::from_static(SSE_ERROR.as_bytes())), (SSE_EVENTS.len(), guard)));
+                    return Some((Ok(Bytes::from_static(SSE_ERROR.as_bytes())), (usize::MAX, guard)));
                 }
                 if i > 0 {
                     match &gate {
@@ -503,7 +515,7 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
                         None => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
                 }
-                Some((Ok::<_, std::io::Error>(Bytes::from_static(SSE_EVENTS[i].as_bytes())), (i + 1, guard)))
+                Some((Ok::<_, std::io::Error>(events[i].clone()), (i + 1, guard)))
             }
         });
         let mut response = Response::new(Body::from_stream(stream));
