@@ -544,3 +544,72 @@ async fn the_gateway_writes_no_core_dumps() {
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
 }
+
+/// Change one account's sealed API key in the database, as a bad disk or a stray write would.
+async fn corrupt_api_key(env: &Env, name: &str) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(env.home().join("switchyard.db"));
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
+    let (sealed,): (String,) =
+        sqlx::query_as("SELECT api_key FROM accounts WHERE name = ?").bind(name).fetch_one(&mut db).await.unwrap();
+    let flipped = if sealed.ends_with('A') { 'B' } else { 'A' };
+    let corrupted = format!("{}{flipped}", &sealed[..sealed.len() - 1]);
+    sqlx::query("UPDATE accounts SET api_key = ?, updated_at_ms = updated_at_ms + 1 WHERE name = ?")
+        .bind(corrupted)
+        .bind(name)
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
+
+/// One corrupted ciphertext makes only its own account unusable, named: `accounts list` shows it as
+/// unreadable, `serve` starts and serves with the others, and the live reload keeps picking up changes.
+/// Only when no account opens (a wrong key) is that an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_corrupted_row_names_its_account_and_spares_the_others() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    for name in ["good", "bad", "late"] {
+        let key = format!("sk-ant-api03-row-{name}");
+        fake.add_api_key(&key);
+        if name != "late" {
+            env.ok(&["accounts", "add", name, "--api-key", &key]).await;
+        }
+    }
+    corrupt_api_key(&env, "bad").await;
+
+    let list = env.ok(&["accounts", "list"]).await.stdout;
+    let bad_line = list.lines().find(|l| l.contains("bad")).unwrap_or_else(|| panic!("{list}"));
+    assert!(bad_line.contains("unreadable"), "{list}");
+    assert!(list.lines().any(|l| l.contains("good") && l.contains("active")), "{list}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
+    let bad = listed.as_array().unwrap().iter().find(|a| a["name"] == "bad").unwrap();
+    assert!(bad["problem"].as_str().unwrap().contains("\"bad\""), "{bad}");
+
+    let gw = env.serve().await;
+    for _ in 0..4 {
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-row-good"), 4);
+    assert!(gw.logs().contains("account left out") && gw.logs().contains("bad"), "{}", gw.logs());
+    // The live reload still works: a new account is picked up and the good one paused.
+    env.ok(&["accounts", "add", "late", "--api-key", "sk-ant-api03-row-late"]).await;
+    env.ok(&["accounts", "pause", "good"]).await;
+    support::eventually("the new account serves", Duration::from_secs(10), async || {
+        let status = gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status();
+        (status == 200 && fake.served_by("sk-ant-api03-row-late") > 0).then_some(())
+    })
+    .await;
+    assert_eq!(gw.logs().matches("account left out").count(), 1, "logged once, not every second");
+    drop(gw);
+
+    // No account opens at all: that is a wrong key, and the server refuses to start, naming an account.
+    corrupt_api_key(&env, "good").await;
+    corrupt_api_key(&env, "late").await;
+    let out = env.run(&["serve", "--port", "0"], "").await;
+    assert_ne!(out.code, Some(0));
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: account ") && last.contains("cannot be opened"), "{}", out.stderr);
+    let out = env.run(&["accounts", "list"], "").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+}

@@ -43,6 +43,10 @@ pub enum AccountError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// One record's sealed value does not open (corrupted, or written under another key): that account
+    /// is unusable, the others are not.
+    #[error("account {name:?}: its {field} cannot be opened: {source}")]
+    Unreadable { name: String, field: &'static str, source: CryptoError },
 }
 
 impl AccountError {

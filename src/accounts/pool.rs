@@ -250,19 +250,21 @@ pub struct Pool {
     margin_ms: i64,
     accounts: RwLock<Vec<Arc<Account>>>,
     router: Router,
+    /// Rows that did not open, by id, with the version that failed: each is logged once per version.
+    unreadable: Mutex<HashMap<String, i64>>,
 }
 
 fn open_record(registry: &Registry, r: &AccountRecord) -> Result<State, AccountError> {
     let creds = match r.kind {
         AccountKind::ApiKey => {
             let sealed = r.api_key.as_deref().ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
-            Creds::ApiKey(Arc::new(registry.open(&r.id, "api_key", sealed)?))
+            Creds::ApiKey(Arc::new(registry.open_field(r, "api_key", sealed)?))
         }
         AccountKind::OAuth => {
             let sealed = r.refresh_token.as_deref().ok_or_else(|| AccountError::NeedsLogin(r.name.clone()))?;
-            let refresh = Arc::new(registry.open(&r.id, "refresh_token", sealed)?);
+            let refresh = Arc::new(registry.open_field(r, "refresh_token", sealed)?);
             let (access, expires_at_ms) = match r.access_token.as_deref() {
-                Some(at) => (registry.open(&r.id, "access_token", at)?, r.expires_at_ms.unwrap_or(0)),
+                Some(at) => (registry.open_field(r, "access_token", at)?, r.expires_at_ms.unwrap_or(0)),
                 None => (SecretString::from(String::new()), 0),
             };
             Creds::OAuth { access: Arc::new(access), refresh, expires_at_ms }
@@ -294,15 +296,30 @@ impl Pool {
             margin_ms: i64::try_from(margin.as_millis()).unwrap_or(i64::MAX),
             accounts: RwLock::new(Vec::new()),
             router,
+            unreadable: Mutex::new(HashMap::new()),
         };
-        pool.reload().await?;
+        let failed = pool.load_records().await?;
+        // Not one account opens: the key is wrong, which must stop the server rather than serve nothing.
+        if let Some(first) = failed.into_iter().next()
+            && pool.snapshot().is_empty()
+        {
+            return Err(first);
+        }
         Ok(pool)
     }
 
     /// Pick up accounts added, replaced or removed by the CLI since the last load. What this process holds
     /// wins over an older row, so a refresh in flight is never undone.
     pub async fn reload(&self) -> Result<(), AccountError> {
+        self.load_records().await.map(drop)
+    }
+
+    /// One round of [`Pool::reload`]; returns the records that did not open. Such a record is left out
+    /// (or, if this process already holds the account, its held state is kept) and logged with its name,
+    /// so one corrupted row stops neither the start nor the reload of the others.
+    async fn load_records(&self) -> Result<Vec<AccountError>, AccountError> {
         let records = self.registry.list().await?;
+        let mut failed = Vec::new();
         let mut saved_limits: Option<HashMap<String, String>> = None;
         let current: HashMap<String, Arc<Account>> = self.snapshot().into_iter().map(|a| (a.id.clone(), a)).collect();
         let mut next = Vec::with_capacity(records.len());
@@ -311,12 +328,21 @@ impl Pool {
                 Some(existing) => {
                     let held = existing.state();
                     if r.updated_at_ms > held.updated_at_ms && !held.unsaved {
-                        let fresh = open_record(&self.registry, r)?;
-                        existing.update(|s| *s = fresh);
+                        match open_record(&self.registry, r) {
+                            Ok(fresh) => existing.update(|s| *s = fresh),
+                            Err(e) => failed.push(self.unusable(r, e)),
+                        }
                     }
                     next.push(existing.clone());
                 }
                 None => {
+                    let state = match open_record(&self.registry, r) {
+                        Ok(state) => state,
+                        Err(e) => {
+                            failed.push(self.unusable(r, e));
+                            continue;
+                        }
+                    };
                     if saved_limits.is_none() {
                         saved_limits = Some(self.registry.store().load_states().await?.into_iter().collect());
                     }
@@ -329,7 +355,7 @@ impl Pool {
                         id: r.id.clone(),
                         name: r.name.clone(),
                         kind: r.kind,
-                        state: RwLock::new(open_record(&self.registry, r)?),
+                        state: RwLock::new(state),
                         refresh_lock: tokio::sync::Mutex::new(()),
                         limits: Mutex::new(limits),
                         dirty: AtomicBool::new(false),
@@ -342,7 +368,18 @@ impl Pool {
             Ok(mut a) => *a = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
-        Ok(())
+        let mut unreadable = self.unreadable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        unreadable.retain(|id, _| records.iter().any(|r| &r.id == id));
+        Ok(failed)
+    }
+
+    /// Log a record that did not open, once per version of its row.
+    fn unusable(&self, r: &AccountRecord, error: AccountError) -> AccountError {
+        let mut unreadable = self.unreadable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unreadable.insert(r.id.clone(), r.updated_at_ms) != Some(r.updated_at_ms) {
+            tracing::error!(account = %r.name, error = %error, "account left out: its stored credentials do not open");
+        }
+        error
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Account>> {

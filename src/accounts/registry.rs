@@ -85,8 +85,12 @@ pub struct AccountView {
     pub email: Option<String>,
     pub organization: Option<String>,
     pub expires_at_ms: Option<i64>,
-    /// Last characters of the credential the account uses, e.g. `…x9Qa`.
+    /// Last characters of the credential the account uses, e.g. `…x9Qa`; `unreadable` when it does not
+    /// open.
     pub credential: String,
+    /// Why the account cannot be used, when its stored credential does not open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +128,20 @@ impl Registry {
 
     pub fn open(&self, id: &str, field: &str, sealed: &str) -> Result<SecretString, AccountError> {
         Ok(self.cipher.open(sealed, &aad(id, field))?)
+    }
+
+    /// Open one sealed field of `record`; a failure names the account.
+    pub fn open_field(
+        &self,
+        record: &AccountRecord,
+        field: &'static str,
+        sealed: &str,
+    ) -> Result<SecretString, AccountError> {
+        self.cipher.open(sealed, &aad(&record.id, field)).map_err(|source| AccountError::Unreadable {
+            name: record.name.clone(),
+            field,
+            source,
+        })
     }
 
     pub async fn list(&self) -> Result<Vec<AccountRecord>, AccountError> {
@@ -218,23 +236,34 @@ impl Registry {
         if self.store.remove_account(name).await? { Ok(()) } else { Err(AccountError::NotFound(name.to_owned())) }
     }
 
-    /// Every account as listed to users.
+    /// Every account as listed to users. An account whose credential does not open is listed as
+    /// `unreadable`, with the reason; only when none opens at all (a wrong key) is that an error.
     pub async fn views(&self) -> Result<Vec<AccountView>, AccountError> {
         let states: HashMap<String, String> = self.store.load_states().await?.into_iter().collect();
         let now = crate::now_ms();
-        self.list()
-            .await?
-            .iter()
-            .map(|r| {
-                let limits: Limits =
-                    states.get(&r.id).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
-                self.view(r, &limits, now)
-            })
-            .collect()
+        let mut views = Vec::new();
+        let (mut opened, mut first_error) = (0, None);
+        for r in self.list().await? {
+            let limits: Limits = states.get(&r.id).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            let (view, error) = self.view(&r, &limits, now);
+            match error {
+                Some(e) => {
+                    first_error.get_or_insert(e);
+                }
+                None if view.credential != "none" => opened += 1,
+                None => {}
+            }
+            views.push(view);
+        }
+        match first_error {
+            Some(e) if opened == 0 => Err(e),
+            _ => Ok(views),
+        }
     }
 
-    /// The listing view of a record; opening its credential also proves the key is right.
-    pub fn view(&self, r: &AccountRecord, limits: &Limits, now_ms: i64) -> Result<AccountView, AccountError> {
+    /// The listing view of a record; opening its credential also proves the key is right (the error, if
+    /// it does not open, comes back beside the view).
+    pub fn view(&self, r: &AccountRecord, limits: &Limits, now_ms: i64) -> (AccountView, Option<AccountError>) {
         let (field, sealed) = match r.kind {
             AccountKind::ApiKey => ("api_key", r.api_key.as_deref()),
             AccountKind::OAuth => match r.access_token.as_deref() {
@@ -242,16 +271,19 @@ impl Registry {
                 None => ("refresh_token", r.refresh_token.as_deref()),
             },
         };
-        let credential = match sealed {
-            Some(s) => crate::secrets::masked(&self.open(&r.id, field, s)?),
-            None => "none".to_owned(),
+        let (credential, error) = match sealed.map(|s| self.open_field(r, field, s)) {
+            Some(Ok(secret)) => (crate::secrets::masked(&secret), None),
+            Some(Err(e)) => ("unreadable".to_owned(), Some(e)),
+            None => ("none".to_owned(), None),
         };
         let limited_until_ms = limits.blocked_until(None, now_ms);
         let status = match (r.status, limited_until_ms) {
+            _ if error.is_some() => "unreadable",
             (AccountStatus::Active, Some(_)) => "rate-limited",
             (status, _) => status.as_str(),
         };
-        Ok(AccountView {
+        let problem = error.as_ref().map(ToString::to_string);
+        let view = AccountView {
             name: r.name.clone(),
             kind: r.kind.as_str(),
             plan: r.plan.clone(),
@@ -276,19 +308,22 @@ impl Registry {
             organization: r.org_name.clone(),
             expires_at_ms: if r.kind == AccountKind::OAuth { r.expires_at_ms } else { None },
             credential,
-        })
+            problem,
+        };
+        (view, error)
     }
 
     /// Every account with its secrets opened, for a backup.
     pub async fn export(&self) -> Result<Vec<PlainAccount>, AccountError> {
         let mut out = Vec::new();
         for r in self.list().await? {
-            let open = |field: &str, sealed: &Option<String>| -> Result<Option<Zeroizing<String>>, AccountError> {
-                sealed
-                    .as_deref()
-                    .map(|s| self.open(&r.id, field, s).map(|v| Zeroizing::new(v.expose_secret().to_owned())))
-                    .transpose()
-            };
+            let open =
+                |field: &'static str, sealed: &Option<String>| -> Result<Option<Zeroizing<String>>, AccountError> {
+                    sealed
+                        .as_deref()
+                        .map(|s| self.open_field(&r, field, s).map(|v| Zeroizing::new(v.expose_secret().to_owned())))
+                        .transpose()
+                };
             out.push(PlainAccount {
                 name: r.name.clone(),
                 kind: r.kind.as_str().to_owned(),
@@ -361,11 +396,15 @@ impl Registry {
         let mut rows = Vec::new();
         let mut count = 0;
         for r in self.list().await? {
-            let mut reseal = |field: &str, sealed: &Option<String>| -> Result<Option<String>, AccountError> {
+            let mut reseal = |field: &'static str, sealed: &Option<String>| -> Result<Option<String>, AccountError> {
                 match sealed {
                     Some(s) => {
                         count += 1;
-                        let plain = old.open(s, &aad(&r.id, field))?;
+                        let plain = old.open(s, &aad(&r.id, field)).map_err(|source| AccountError::Unreadable {
+                            name: r.name.clone(),
+                            field,
+                            source,
+                        })?;
                         Ok(Some(new.seal(plain.expose_secret(), &aad(&r.id, field))?))
                     }
                     None => Ok(None),
