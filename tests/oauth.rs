@@ -145,8 +145,27 @@ async fn bad_codes_print_one_line_and_save_nothing() {
 async fn browser_flow_finishes_on_the_loopback_callback() {
     let fake = Fake::start().await;
     let env = Env::new(&fake);
-    let login =
-        env.start_interactive(&["auth", "login", "--account", "bob"], &[("DISPLAY", ":99"), ("BROWSER", "true")]).await;
+    // The "browser" records what it was given: the URL, and an environment without our settings.
+    let dir = tempfile::tempdir().unwrap();
+    let browser = dir.path().join("browser");
+    std::fs::write(&browser, "#!/bin/sh\nenv > \"$0.env\"\necho \"$1\" > \"$0.url\"\n").unwrap();
+    std::fs::set_permissions(&browser, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let extra = [
+        ("DISPLAY", ":99"),
+        ("BROWSER", browser.to_str().unwrap()),
+        ("SWITCHYARD_ADMIN_PASSWORD", "an admin password here"),
+    ];
+    let login = env.start_interactive(&["auth", "login", "--account", "bob"], &extra).await;
+    let seen = support::eventually("the browser ran", Duration::from_secs(10), async || {
+        std::fs::read_to_string(dir.path().join("browser.url")).ok().filter(|u| u.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(seen.trim(), login.url.as_str());
+    let environment = std::fs::read_to_string(dir.path().join("browser.env")).unwrap();
+    assert!(environment.contains("DISPLAY=:99"), "{environment}");
+    for secret in ["SWITCHYARD_", "an admin password here"] {
+        assert!(!environment.contains(secret), "{secret} reached the browser: {environment}");
+    }
     let redirect = login.param("redirect_uri");
     assert!(redirect.starts_with("http://localhost:") && redirect.ends_with("/callback"), "{redirect}");
     let code = fake.authorize(&login.param("code_challenge"), &redirect);

@@ -16,6 +16,39 @@ use crate::accounts::login::{self, PENDING_TTL};
 use crate::config::Config;
 use crate::oauth::{OAuthClient, Pkce, authorize_url, new_state, split_pasted};
 
+/// Open `url` in the user's browser: `$BROWSER` when set (as in `sensible-browser`: `%s` stands for
+/// the URL, else it is the last argument), else the platform's opener. The child gets none of our
+/// settings (the data key and passphrase stay with us) and is reaped in the background.
+fn open_browser(url: &str) -> std::io::Result<()> {
+    let (program, args): (String, Vec<String>) = match std::env::var("BROWSER").ok().filter(|b| !b.trim().is_empty()) {
+        Some(browser) => {
+            let first = browser.split(':').next().unwrap_or_default();
+            let mut words = first.split_whitespace().map(str::to_owned);
+            let program = words.next().unwrap_or_default();
+            let mut args: Vec<String> = words.collect();
+            if args.iter().any(|a| a.contains("%s")) {
+                args.iter_mut().for_each(|a| *a = a.replace("%s", url));
+            } else {
+                args.push(url.to_owned());
+            }
+            (program, args)
+        }
+        None if cfg!(target_os = "macos") => ("open".to_owned(), vec![url.to_owned()]),
+        None if cfg!(windows) => {
+            ("rundll32".to_owned(), vec!["url.dll,FileProtocolHandler".to_owned(), url.to_owned()])
+        }
+        None => ("xdg-open".to_owned(), vec![url.to_owned()]),
+    };
+    let mut child = crate::secrets::child_command(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
 /// How long the browser flow waits for the callback.
 const BROWSER_WAIT: Duration = Duration::from_secs(600);
 
@@ -66,8 +99,8 @@ pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {
 
     let code = match callback {
         Some(listener) => {
-            if webbrowser::open(url.as_str()).is_err() {
-                eprintln!("could not open a browser; open the URL above yourself");
+            if let Err(e) = open_browser(url.as_str()) {
+                eprintln!("could not open a browser ({e}); open the URL above yourself");
             }
             eprintln!("waiting for the browser to finish the login…");
             wait_for_callback(listener, state.clone()).await?

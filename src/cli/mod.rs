@@ -67,14 +67,19 @@ pub(crate) fn window_start(flag: &str, value: &str) -> anyhow::Result<i64> {
 }
 
 /// The process holds the data key and decrypted tokens: a core dump would write them to disk, so the core
-/// size limit is zero. (The process stays ptrace-able by its own user, so profilers keep working; that
-/// user can read the key file anyway.) Best effort: a failure here is not worth refusing to run.
+/// size limit is zero, and on Linux the process is not dumpable. (Profiling it then needs root, as
+/// `bench/run` has.) Best effort: a failure here is not worth refusing to run.
 fn no_core_dumps() {
     #[cfg(unix)]
     {
         let none = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
         let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
     }
+    // Not dumpable (as ssh-agent does): other processes of the same user can neither attach a debugger
+    // nor read /proc/PID/environ and /proc/PID/mem, where the data key given in SWITCHYARD_ENCRYPTION_KEY
+    // would otherwise stay readable for the life of the process.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
 /// Run one parsed command.

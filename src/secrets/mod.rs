@@ -17,6 +17,19 @@ pub use keyset::{KeySet, KeySetError, open_with_passphrase, seal_with_passphrase
 pub use keystore::{Backend, KeyError, KeyStore, SecretSettings, StoreChoice};
 pub use secrecy::{ExposeSecret, SecretString};
 
+/// A command for a child process (a browser opener, say) that inherits none of Switchyard's settings:
+/// every `SWITCHYARD_*` variable, the data key, passphrase and admin password among them, is left out of
+/// its environment. Every child this program starts goes through here.
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHYARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The last four characters of a secret, for `status` output: enough to tell two apart, useless to a thief.
 /// A short secret would give away half of itself that way: it shows a fingerprint instead
 /// (`sha256:1a2b`, the first four hex digits of its SHA-256), which still tells two apart.
