@@ -141,11 +141,16 @@ async fn backup_and_restore_round_trip() {
     env.ok(&["accounts", "import", "o", "--refresh-token", &rt]).await;
     env.ok(&["accounts", "set", "k", "--priority", "3", "--weight", "7"]).await;
     env.ok(&["accounts", "pause", "o"]).await;
-    env.set("SWITCHYARD_BACKUP_PASSPHRASE", "backup passphrase 1");
     let backup = env.home().join("out.backup");
+    env.set("SWITCHYARD_BACKUP_PASSPHRASE", "8 chars!");
+    let short = env.run(&["auth", "storage", "backup", "--output", backup.to_str().unwrap()], "").await;
+    assert!(short.stderr.contains("at least 12 characters") && !backup.exists(), "{}", short.stderr);
+    env.set("SWITCHYARD_BACKUP_PASSPHRASE", "backup passphrase 1");
     let out = env.ok(&["auth", "storage", "backup", "--output", backup.to_str().unwrap()]).await;
     assert!(out.stdout.contains("wrote 2 account(s)"), "{}", out.stdout);
     let bytes = std::fs::read(&backup).unwrap();
+    let wrapped: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!((wrapped["kdf"]["m_cost"].as_u64(), wrapped["kdf"]["t_cost"].as_u64()), (Some(65_536), Some(3)));
     for secret in ["sk-ant-api03-backup-key", rt.as_str()] {
         assert!(!contains(&bytes, secret), "backup holds {secret} in the clear");
     }
@@ -164,6 +169,14 @@ async fn backup_and_restore_round_trip() {
     let bad = other.run(&["auth", "storage", "restore", backup.to_str().unwrap()], "").await;
     assert_eq!(bad.code, Some(1));
     assert!(bad.stderr.contains("wrong passphrase"), "{}", bad.stderr);
+    // A crafted backup asking Argon2 for 4 GiB is refused before any is allocated.
+    let mut crafted = wrapped.clone();
+    crafted["kdf"]["m_cost"] = 4_194_304.into();
+    let crafted_path = other.home().join("crafted.backup");
+    std::fs::write(&crafted_path, crafted.to_string()).unwrap();
+    let refused = other.run(&["auth", "storage", "restore", crafted_path.to_str().unwrap()], "").await;
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("out of bounds"), "{}", refused.stderr);
     other.set("SWITCHYARD_BACKUP_PASSPHRASE", "backup passphrase 1");
     let out = other.ok(&["auth", "storage", "restore", backup.to_str().unwrap()]).await;
     assert!(out.stdout.contains("restored 2 account(s)"), "{}", out.stdout);

@@ -11,8 +11,8 @@ use super::{format_ms, open_data};
 use crate::accounts::PlainAccount;
 use crate::config::Config;
 use crate::secrets::{
-    Backend, Cipher, ExposeSecret, SecretString, StoreChoice, loose_permissions, open_with_passphrase, private_dir,
-    seal_with_passphrase, write_private_atomic,
+    Backend, Cipher, ExposeSecret, KdfCost, SecretString, StoreChoice, loose_permissions, open_with_passphrase,
+    private_dir, seal_with_passphrase, write_private_atomic,
 };
 
 const BACKUP_FORMAT: &str = "switchyard-backup-v1";
@@ -113,21 +113,33 @@ async fn migrate(config: &Config, to: &str) -> anyhow::Result<()> {
 /// The passphrase for backups: `SWITCHYARD_BACKUP_PASSPHRASE`, else `SWITCHYARD_PASSPHRASE`, else typed (a
 /// hidden prompt, asked twice for a new backup) or one line from a pipe.
 fn backup_passphrase(config: &Config, new: bool) -> anyhow::Result<SecretString> {
-    if let Some(p) = std::env::var("SWITCHYARD_BACKUP_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
-        return Ok(SecretString::from(p));
+    let given = match std::env::var("SWITCHYARD_BACKUP_PASSPHRASE").ok().filter(|p| !p.is_empty()) {
+        Some(p) => Some(("SWITCHYARD_BACKUP_PASSPHRASE", SecretString::from(p))),
+        None => config.passphrase.clone().map(|p| ("SWITCHYARD_PASSPHRASE", p)),
+    };
+    match given {
+        // A backup travels: a short passphrase would make it the weakest copy of every token.
+        Some((name, p)) if new && p.expose_secret().chars().count() < MIN_BACKUP_PASSPHRASE => {
+            anyhow::bail!("{name} is too short for a backup: use at least {MIN_BACKUP_PASSPHRASE} characters")
+        }
+        Some((_, p)) => Ok(p),
+        None if new => super::prompt::new_secret("backup passphrase", MIN_BACKUP_PASSPHRASE),
+        None => super::prompt::passphrase("backup passphrase"),
     }
-    if let Some(p) = &config.passphrase {
-        return Ok(p.clone());
-    }
-    if new { super::prompt::new_secret("backup passphrase", 8) } else { super::prompt::passphrase("backup passphrase") }
 }
+
+/// Characters a new backup's passphrase has at least.
+const MIN_BACKUP_PASSPHRASE: usize = 12;
+
+/// The largest backup `restore` reads.
+const MAX_BACKUP_BYTES: u64 = 256 * 1024 * 1024;
 
 async fn backup(config: &Config, output: Option<PathBuf>) -> anyhow::Result<()> {
     let opened = open_data(config).await?;
     let passphrase = backup_passphrase(config, true)?;
     let accounts = opened.registry.export().await?;
     let plain = Zeroizing::new(serde_json::to_vec(&serde_json::json!({ "accounts": accounts }))?);
-    let sealed = seal_with_passphrase(&plain, &passphrase, BACKUP_FORMAT)?;
+    let sealed = seal_with_passphrase(&plain, &passphrase, BACKUP_FORMAT, KdfCost::Backup)?;
     let path = match output {
         Some(p) => p,
         None => {
@@ -147,6 +159,8 @@ async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
     struct Archive {
         accounts: Vec<PlainAccount>,
     }
+    let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
+    anyhow::ensure!(size <= MAX_BACKUP_BYTES, "{} is too large to be a backup ({size} bytes)", file.display());
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let opened = open_data(config).await?;
     let passphrase = backup_passphrase(config, false)?;

@@ -82,14 +82,46 @@ pub enum KeySetError {
     WrongPassphrase,
     #[error("key derivation failed")]
     Kdf,
+    #[error("the key derivation parameters are out of bounds (memory {m_cost} KiB, {t_cost} passes, {p_cost} lanes)")]
+    KdfBounds { m_cost: u32, t_cost: u32, p_cost: u32 },
 }
 
-/// Seal `plaintext` under a passphrase: Argon2id (19 MiB, 2 passes) then AES-256-GCM. Used for wrapped
-/// key files and for backups.
-pub fn seal_with_passphrase(plaintext: &[u8], passphrase: &SecretString, format: &str) -> Result<String, KeySetError> {
+/// How hard a passphrase is stretched. The key file is opened at every start, so it costs the minimum
+/// OWASP recommends; a backup is a file that travels and may be attacked offline, so it costs more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfCost {
+    KeyFile,
+    Backup,
+}
+
+impl KdfCost {
+    /// (memory KiB, passes, lanes)
+    fn params(self) -> (u32, u32, u32) {
+        match self {
+            Self::KeyFile => (19_456, 2, 1),
+            Self::Backup => (65_536, 3, 1),
+        }
+    }
+}
+
+/// The most a stored file may ask of the KDF: a crafted file must not make opening it exhaust memory or
+/// time (256 MiB, 10 passes, 4 lanes — well above what this program writes).
+const MAX_M_COST: u32 = 262_144;
+const MAX_T_COST: u32 = 10;
+const MAX_P_COST: u32 = 4;
+
+/// Seal `plaintext` under a passphrase: Argon2id at `cost` then AES-256-GCM. Used for wrapped key files
+/// and for backups.
+pub fn seal_with_passphrase(
+    plaintext: &[u8],
+    passphrase: &SecretString,
+    format: &str,
+    cost: KdfCost,
+) -> Result<String, KeySetError> {
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
-    let kdf = Kdf { alg: "argon2id".into(), salt: STANDARD.encode(salt), m_cost: 19_456, t_cost: 2, p_cost: 1 };
+    let (m_cost, t_cost, p_cost) = cost.params();
+    let kdf = Kdf { alg: "argon2id".into(), salt: STANDARD.encode(salt), m_cost, t_cost, p_cost };
     let key = derive(passphrase, &kdf)?;
     let mut nonce = [0u8; 12];
     rand::rng().fill_bytes(&mut nonce);
@@ -128,6 +160,9 @@ pub fn open_with_passphrase(
 }
 
 fn derive(passphrase: &SecretString, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, KeySetError> {
+    if kdf.m_cost > MAX_M_COST || kdf.t_cost > MAX_T_COST || kdf.p_cost > MAX_P_COST {
+        return Err(KeySetError::KdfBounds { m_cost: kdf.m_cost, t_cost: kdf.t_cost, p_cost: kdf.p_cost });
+    }
     let salt = STANDARD.decode(&kdf.salt).map_err(|_| KeySetError::Malformed)?;
     let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32)).map_err(|_| KeySetError::Kdf)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -185,7 +220,7 @@ impl KeySet {
         };
         let json = Zeroizing::new(serde_json::to_string(&plain).map_err(|_| KeySetError::Malformed)?);
         match passphrase {
-            Some(p) => seal_with_passphrase(json.as_bytes(), p, WRAPPED_FORMAT).map(Zeroizing::new),
+            Some(p) => seal_with_passphrase(json.as_bytes(), p, WRAPPED_FORMAT, KdfCost::KeyFile).map(Zeroizing::new),
             None => Ok(json),
         }
     }
