@@ -114,6 +114,21 @@ async fn oauth_account_gets_bearer_beta_and_identity() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["data"][0]["id"], "claude-fake");
 }
 
+/// A `system` nested deeper than the JSON parser reads is not replaced by the identity line: it goes
+/// upstream as the client wrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_system_too_deep_to_read_reaches_the_upstream_unchanged() {
+    let fake = Fake::start().await;
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    let raw = format!(
+        r#"{{"model":"claude-fake","max_tokens":8,"system":[{{"type":"text","text":"my own rules","x":{deep}}}],"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let r = gw.post("/v1/messages").header("content-type", "application/json").body(raw.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::str::from_utf8(&fake.last_request().body).unwrap(), raw);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_requests_keep_their_system_exactly() {
     let fake = Fake::start().await;

@@ -88,8 +88,15 @@ impl<'a> MessageBody<'a> {
     /// The body with `identity` first in `system`, or `None` when it needs no change: the request already
     /// opens with a Claude identity (or `identity` itself).
     pub fn with_identity(&self, identity: &str) -> Option<Vec<u8>> {
-        let system: Option<serde_json::Value> =
-            self.fields.get("system").and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let system: Option<serde_json::Value> = match self.fields.get("system") {
+            None => None,
+            Some(raw) => match serde_json::from_str(raw.get()) {
+                Ok(value) => Some(value),
+                // Deeper than the parser reads (the one-level parse skips over it): the client's system
+                // goes as it was written, never replaced by the identity alone.
+                Err(_) => return None,
+            },
+        };
         if system.as_ref().is_some_and(|s| carries_identity(s, identity)) {
             return None;
         }
@@ -176,6 +183,17 @@ mod tests {
         assert!(MessageBody::parse(cc).unwrap().with_identity(ID).is_none());
         let s = br#"{"system":"You are Claude Code, Anthropic's official CLI for Claude. More."}"#;
         assert!(MessageBody::parse(s).unwrap().with_identity(ID).is_none());
+    }
+
+    #[test]
+    fn a_system_too_deep_to_read_is_left_as_it_is() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let text = format!(r#"{{"model":"m","system":[{{"type":"text","text":"mine","x":{deep}}}],"messages":[]}}"#);
+        match MessageBody::parse(text.as_bytes()) {
+            // Refused whole, or parsed and then never rewritten: the client's system is not replaced.
+            Err(_) => {}
+            Ok(body) => assert!(body.with_identity(ID).is_none()),
+        }
     }
 
     #[test]
