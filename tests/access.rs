@@ -126,6 +126,25 @@ async fn roles_and_account_restrictions() {
     assert_eq!(pinned.status(), 200);
 }
 
+/// Account names (often e-mail addresses) stay out of errors a `user` key sees: it hears what happened
+/// and whether waiting helps; a key that may read the logs, and the log itself, get the names.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_keys_get_errors_without_account_names() {
+    let fake = Fake::start().await;
+    let env = env_with_accounts(&fake, &["alice-at-work", "bob-at-home"]).await;
+    let user = create_key(&env, &["app"]).await;
+    let admin = create_key(&env, &["root", "--role", "admin"]).await;
+    env.ok(&["accounts", "pause", "alice-at-work"]).await;
+    env.ok(&["accounts", "pause", "bob-at-home"]).await;
+    let gw = env.serve().await;
+    let (kind, message) = error_type(send(&gw, Some(&user)).send().await.unwrap(), 503).await;
+    assert!(!message.contains("alice") && !message.contains("bob"), "{message}");
+    assert!(message.contains("no account can serve"), "{kind}: {message}");
+    let (_, detailed) = error_type(send(&gw, Some(&admin)).send().await.unwrap(), 503).await;
+    assert!(detailed.contains("alice-at-work is paused") && detailed.contains("bob-at-home"), "{detailed}");
+    assert!(gw.logs().contains("alice-at-work is paused"), "the operator's log has the story");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn per_key_limits_answer_429_with_retry_after() {
     let fake = Fake::start().await;

@@ -92,6 +92,20 @@ impl Unavailable {
     }
 }
 
+impl Unavailable {
+    /// The message for a caller who may not see the accounts (a `user` key): what happened and whether
+    /// waiting helps, without account names (often e-mail addresses).
+    pub fn generic_message(&self) -> String {
+        match self {
+            Self::AllLimited { until_ms, .. } => {
+                format!("all accounts are rate-limited; the first is back at {}", format_ms(*until_ms))
+            }
+            Self::NoneUsable { .. } => "no account can serve this request now; the gateway's log says why".to_owned(),
+            Self::NoAccounts | Self::Forbidden { .. } | Self::UnknownAccount { .. } => self.message(),
+        }
+    }
+}
+
 pub(crate) fn format_ms(ms: i64) -> String {
     let ms = u64::try_from(ms).unwrap_or(0);
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()

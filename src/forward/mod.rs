@@ -106,15 +106,35 @@ impl Failure {
     }
 }
 
-/// The client's answer when no account can take the request: 429 when waiting helps, else 503.
-fn unavailable_error(unavailable: &Unavailable, reasons: &[String]) -> ApiError {
-    let mut message = unavailable.message();
+/// Whether the caller may read account names in errors: open mode (the operator's own machine) and keys
+/// that may read the logs anyway. A `user` key gets messages without them.
+fn sees_accounts(caller: Option<&crate::access::ClientKey>) -> bool {
+    caller.is_none_or(|key| key.role.allows(crate::access::Permission::LogsView))
+}
+
+/// The client's answer when no account can take the request: 429 when waiting helps, else 503. The full
+/// story, with account names, goes to the log; a caller who may not see accounts gets it without them.
+fn unavailable_error(
+    unavailable: &Unavailable,
+    reasons: &[String],
+    caller: Option<&crate::access::ClientKey>,
+) -> ApiError {
+    let mut detailed = unavailable.message();
     if !reasons.is_empty() {
-        message = format!("{message}; {}", reasons.join("; "));
+        detailed = format!("{detailed}; {}", reasons.join("; "));
     }
+    let message = if sees_accounts(caller) {
+        detailed.clone()
+    } else {
+        tracing::warn!(reason = %detailed, "no account could serve the request");
+        match reasons.len() {
+            0 => unavailable.generic_message(),
+            n => format!("{}; {n} attempt(s) on other accounts failed", unavailable.generic_message()),
+        }
+    };
     match unavailable {
         Unavailable::AllLimited { until_ms, .. } => {
-            crate::alerts::raise("all_accounts_limited", "*", &message);
+            crate::alerts::raise("all_accounts_limited", "*", &detailed);
             let secs = (until_ms - crate::now_ms()).max(0) / 1000 + 1;
             ApiError::all_limited(message, u64::try_from(secs).unwrap_or(1))
         }
@@ -314,7 +334,7 @@ impl Forwarder {
                     }
                     return match last {
                         Some(failure) => failure.into_answer(self, trace),
-                        None => Err(unavailable_error(&unavailable, &reasons)),
+                        None => Err(unavailable_error(&unavailable, &reasons, req.caller.as_deref())),
                     };
                 }
             };
