@@ -58,6 +58,23 @@ async fn tls_round_trip_with_a_generated_certificate() {
     assert!(plain.is_err() || plain.unwrap().status() != 200);
     assert!(reqwest::get(format!("{base}/health")).await.is_err(), "certificate validation is on");
 
+    // Outside the allow-list, over TLS, an HTTP/2 client gets its 403 too (not a broken connection), and so
+    // does an HTTP/1.1 one.
+    drop(gw);
+    env.set("SWITCHYARD_ALLOWED_IPS", "10.0.0.0/8");
+    let gw = env.serve().await;
+    let base = format!("https://localhost:{}", gw.url.rsplit(':').next().unwrap());
+    for h2 in [true, false] {
+        let builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap());
+        let client = if h2 { builder.http2_prior_knowledge() } else { builder.http1_only() }.build().unwrap();
+        let r = client.post(format!("{base}/v1/messages")).json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.version(), if h2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 });
+        let (kind, _) = support::error_type(r, 403).await;
+        assert_eq!(kind, "permission_error");
+    }
+    env.set("SWITCHYARD_ALLOWED_IPS", "");
+
     // A missing certificate file is a clear start-up error.
     drop(gw);
     env.set("SWITCHYARD_TLS_CERT", "/nonexistent/cert.pem");

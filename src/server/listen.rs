@@ -94,19 +94,24 @@ async fn turn_away<I>(io: I, error: ApiError)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let error = error.clone();
         async move {
             let mut response = axum::response::IntoResponse::into_response(error);
-            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            // HTTP/2 has no Connection header (the connection ends with the timeout below instead).
+            if req.version() < hyper::Version::HTTP_2 {
+                let close = hyper::header::HeaderValue::from_static("close");
+                response.headers_mut().insert(hyper::header::CONNECTION, close);
+            }
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(5))
-        .serve_connection(TokioIo::new(io), service);
+    // Either protocol: over TLS a client that negotiated h2 must hear its answer in h2, not a broken
+    // connection.
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(5));
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(4);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
 
