@@ -217,7 +217,7 @@ async fn key_rotation_reencrypts_everything() {
     // The database holds no value under the old key; the old key file opens nothing any more.
     let db = std::fs::read(env.home().join("switchyard.db")).unwrap();
     let wal = std::fs::read(env.home().join("switchyard.db-wal")).unwrap_or_default();
-    assert!(contains(&db, "v2.2.") || contains(&wal, "v2.2."));
+    assert!(contains(&db, "v3.2.") || contains(&wal, "v3.2."));
     let gw = env.serve().await;
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
     drop(gw);

@@ -1,5 +1,8 @@
-//! AES-256-GCM envelope: `v2.<key version>.<base64url(nonce ‖ ciphertext)>`, a random 96-bit nonce per value
-//! and the owner's id as associated data, so a value copied to another row or column fails to open.
+//! AES-256-GCM envelope: `v3.<key version>.<base64url(salt ‖ nonce ‖ ciphertext)>`. Each value is sealed
+//! under its own key, derived from the data key with HKDF-SHA256 and a random 128-bit salt, so no key ever
+//! approaches AES-GCM's budget of about 2^32 random nonces however many payloads are kept; the owner's id
+//! is the associated data, so a value copied to another row or column fails to open. `v2` values (one
+//! key, random nonce) still open.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -12,6 +15,16 @@ use zeroize::Zeroizing;
 use super::KeySet;
 
 const NONCE_LEN: usize = 12;
+const SALT_LEN: usize = 16;
+
+/// The key one value is sealed under: HKDF-SHA256 of the data key with the value's salt.
+fn value_key(data_key: &Zeroizing<[u8; 32]>, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), data_key.as_ref())
+        .expand(b"switchyard value key v3", key.as_mut())
+        .map_err(|_| CryptoError::Seal)?;
+    Ok(key)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -61,36 +74,49 @@ impl Cipher {
     pub fn seal(&self, plaintext: &str, aad: &str) -> Result<String, CryptoError> {
         let version = self.keys.current;
         let key = self.keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
+        let mut salt = [0u8; SALT_LEN];
+        rand::rng().fill_bytes(&mut salt);
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let ct = aead(key)
+        let ct = aead(&value_key(key, &salt)?)
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
             .map_err(|_| CryptoError::Seal)?;
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(SALT_LEN + NONCE_LEN + ct.len());
+        out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        Ok(format!("v2.{version}.{}", URL_SAFE_NO_PAD.encode(out)))
+        Ok(format!("v3.{version}.{}", URL_SAFE_NO_PAD.encode(out)))
     }
 
     /// Decrypt a value sealed with one of our keys and the same `aad`.
     pub fn open(&self, sealed: &str, aad: &str) -> Result<SecretString, CryptoError> {
-        let (version, body) = match sealed.split_once('.') {
-            Some(("v1", body)) => (1, body),
-            Some(("v2", rest)) => {
+        let (format, version, body) = match sealed.split_once('.') {
+            Some(("v1", body)) => (2, 1, body),
+            Some((format @ ("v2" | "v3"), rest)) => {
                 let (version, body) = rest.split_once('.').ok_or(CryptoError::Malformed("no key version"))?;
-                (version.parse().map_err(|_| CryptoError::Malformed("bad key version"))?, body)
+                let version = version.parse().map_err(|_| CryptoError::Malformed("bad key version"))?;
+                (if format == "v3" { 3 } else { 2 }, version, body)
             }
             Some(_) => return Err(CryptoError::Malformed("unknown version")),
             None => return Err(CryptoError::Malformed("no version")),
         };
         let key = self.keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
         let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed("not base64"))?;
+        let (key, raw) = if format == 3 {
+            if raw.len() < SALT_LEN {
+                return Err(CryptoError::Malformed("too short"));
+            }
+            let (salt, rest) = raw.split_at(SALT_LEN);
+            (value_key(key, salt)?, rest)
+        } else {
+            (key.clone(), raw.as_slice())
+        };
         if raw.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Malformed("too short"));
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
         let plain = Zeroizing::new(
-            aead(key)
+            aead(&key)
                 .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
                 .map_err(|_| CryptoError::WrongKey)?,
         );
@@ -102,7 +128,7 @@ impl Cipher {
     pub fn version_of(sealed: &str) -> Option<u32> {
         match sealed.split('.').collect::<Vec<_>>().as_slice() {
             ["v1", _] => Some(1),
-            ["v2", version, _] => version.parse().ok(),
+            ["v2" | "v3", version, _] => version.parse().ok(),
             _ => None,
         }
     }
@@ -127,6 +153,23 @@ mod tests {
         assert!(!a.contains("secret"));
         assert_eq!(c.open(&a, "account/1/refresh").unwrap().expose_secret(), "sk-ant-ort01-secret");
         assert_eq!(Cipher::version_of(&a), Some(1));
+        assert!(a.starts_with("v3.1."), "{a}");
+    }
+
+    #[test]
+    fn values_sealed_under_the_shared_key_still_open() {
+        // Written by the v2 envelope (one key for every value, random nonce) with key [1; 32].
+        let v2 = "v2.1.yag9qdbbhn2DBxkd_-rjXMGU9M_2taK0d9XFLHA2qjeqO10508zWmg";
+        assert_eq!(cipher(1).open(v2, "account/1/refresh_token").unwrap().expose_secret(), "legacy token");
+        assert!(matches!(cipher(1).open(v2, "account/2/refresh_token"), Err(CryptoError::WrongKey)));
+        assert_eq!(Cipher::version_of(v2), Some(1));
+        // A v3 value cut short, or with its salt changed, does not open.
+        let v3 = cipher(1).seal("x", "a").unwrap();
+        assert!(matches!(cipher(1).open(&v3[..10], "a"), Err(CryptoError::Malformed(_))));
+        let mut raw = URL_SAFE_NO_PAD.decode(v3.rsplit('.').next().unwrap()).unwrap();
+        raw[0] ^= 1;
+        let tampered = format!("v3.1.{}", URL_SAFE_NO_PAD.encode(raw));
+        assert!(matches!(cipher(1).open(&tampered, "a"), Err(CryptoError::WrongKey)));
     }
 
     #[test]
