@@ -129,6 +129,8 @@ pub struct Config {
     pub workers: usize,
     /// Time a client has to send a request's headers (slow clients, idle keep-alive).
     pub header_timeout: Duration,
+    /// A connection older than this is asked to close once its running requests end (HTTP/2 GOAWAY).
+    pub max_connection_age: Duration,
     /// Only these client addresses (CIDRs); others get 403.
     pub allowed_ips: Option<Vec<ipnet::IpNet>>,
     /// Browser origins allowed by CORS; none by default.
@@ -199,6 +201,7 @@ struct RawServer {
     max_connections_per_ip: Option<usize>,
     workers: Option<usize>,
     header_timeout_secs: Option<u64>,
+    max_connection_age_secs: Option<u64>,
     allowed_ips: Option<String>,
     allowed_origins: Option<String>,
     allowed_hosts: Option<String>,
@@ -395,6 +398,7 @@ impl Config {
         let per_ip = pick(env, "SWITCHYARD_MAX_CONNECTIONS_PER_IP", raw.server.max_connections_per_ip)?;
         let workers: Option<usize> = pick(env, "SWITCHYARD_WORKERS", raw.server.workers)?;
         let header_timeout = pick(env, "SWITCHYARD_HEADER_TIMEOUT_SECS", raw.server.header_timeout_secs)?;
+        let max_age = pick(env, "SWITCHYARD_MAX_CONNECTION_AGE_SECS", raw.server.max_connection_age_secs)?;
         let allowed_ips: Option<String> = pick(env, "SWITCHYARD_ALLOWED_IPS", raw.server.allowed_ips)?;
         let allowed_ips = allowed_ips
             .filter(|s| !s.trim().is_empty())
@@ -584,6 +588,7 @@ impl Config {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
                 .clamp(1, 256),
             header_timeout: secs(header_timeout, 30),
+            max_connection_age: secs(max_age, 3600),
             allowed_ips,
             allowed_origins,
             allowed_hosts,

@@ -103,6 +103,35 @@ async fn addresses_outside_the_allow_list_get_403_first() {
     assert!(out.stderr.contains("SWITCHYARD_ALLOWED_IPS"), "{}", out.stderr);
 }
 
+/// A connection past `SWITCHYARD_MAX_CONNECTION_AGE_SECS` is asked to close: a keep-alive HTTP/1.1
+/// connection is closed once idle, and an HTTP/2 one gets a GOAWAY (the client's next request goes on a
+/// new connection and succeeds).
+#[tokio::test(flavor = "multi_thread")]
+async fn old_connections_are_asked_to_close() {
+    let fake = Fake::start().await;
+    let mut env = gateway_env(&fake).await;
+    env.set("SWITCHYARD_MAX_CONNECTION_AGE_SECS", "1");
+    let gw = env.serve().await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    // Read the answer, then wait (with a deadline) for the server to close the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen)).await;
+    assert!(closed.is_ok(), "the old connection was never closed");
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before it was old");
+
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    assert_eq!(h2.get(format!("{}/health", gw.url)).send().await.unwrap().status(), 200);
+    support::eventually("requests after the GOAWAY still succeed", Duration::from_secs(10), async || {
+        let r = h2.get(format!("{}/health", gw.url)).send().await.ok()?;
+        (r.status() == 200 && started.elapsed() > Duration::from_secs(2)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
     let fake = Fake::start().await;

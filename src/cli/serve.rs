@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_connections_per_ip: config.max_connections_per_ip,
         workers: config.workers,
         header_timeout: config.header_timeout,
+        max_connection_age: config.max_connection_age,
         allowed_ips: config.allowed_ips.clone(),
         drain: crate::server::DRAIN,
     };

@@ -29,6 +29,9 @@ pub struct ListenOptions {
     pub workers: usize,
     /// A client must finish sending request headers within this time (also ends idle keep-alive).
     pub header_timeout: Duration,
+    /// A connection this old is asked to close once its running requests end (GOAWAY on HTTP/2), so a
+    /// client cannot hold one slot forever and reconnects land on fresh connections.
+    pub max_connection_age: Duration,
     pub allowed_ips: Option<Vec<IpNet>>,
     /// Running requests get this long to finish after shutdown is asked for.
     pub drain: Duration,
@@ -42,6 +45,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("workers", &self.workers)
             .field("header_timeout", &self.header_timeout)
+            .field("max_connection_age", &self.max_connection_age)
             .field("allowed_ips", &self.allowed_ips)
             .finish()
     }
@@ -321,12 +325,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         let watcher = graceful.watcher();
         let acceptor = shared.acceptor.clone();
         let header_timeout = options.header_timeout;
+        let max_age = options.max_connection_age;
         let mut stopping = stop_rx.clone();
         tokio::spawn(async move {
             let _slot = (slot, source_slot);
             match acceptor {
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => serve_connection(&builder, watcher, tls, service).await,
+                    Ok(Ok(tls)) => serve_connection(&builder, watcher, stopping, max_age, tls, service).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -341,7 +346,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
                         _ = stopping.wait_for(|stop| *stop) => return,
                     };
                     match waited {
-                        Ok(Ok(n)) if n > 0 => serve_connection(&builder, watcher, tcp, service).await,
+                        Ok(Ok(n)) if n > 0 => {
+                            serve_connection(&builder, watcher, stopping, max_age, tcp, service).await;
+                        }
                         Ok(_) => {}
                         Err(_) => tracing::debug!(%peer, "connection sent nothing; closed"),
                     }
@@ -356,9 +363,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
     }
 }
 
+/// Serve one connection until it ends. Shutdown and old age both ask it to finish gracefully (running
+/// requests complete; HTTP/2 gets a GOAWAY); the watcher keeps the drain waiting until it is gone.
 async fn serve_connection<I, S>(
     builder: &Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    max_age: Duration,
     io: I,
     service: S,
 ) where
@@ -371,9 +382,29 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let _counted = watcher;
     let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    let old = tokio::time::sleep(max_age);
+    tokio::pin!(old);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut old, if !asked => {
+                asked = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = stopping.wait_for(|stop| *stop), if !asked => {
+                asked = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
