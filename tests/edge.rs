@@ -526,6 +526,16 @@ async fn idle_and_trickling_connections_and_one_source_are_bounded() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     assert!(fake.requests().is_empty());
+    // The admin API too: a login body that trickles in is cut at the same deadline.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /admin/api/login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle.read_to_end(&mut out))
+        .await
+        .expect("a trickling login body was kept");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 
     // Four connections from this machine are its share; the fifth is turned away. (Headers get the default
     // 30 s here, so the held connections stay open however slow the machine is.)

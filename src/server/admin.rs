@@ -41,6 +41,8 @@ pub struct Admin {
     /// Permits for password checks ([`PASSWORD_CHECKS`]).
     pub password_checks: Arc<tokio::sync::Semaphore>,
     pub tls: bool,
+    /// How long an admin request's body may take to arrive (at most [`ADMIN_BODY_TIMEOUT`]).
+    pub body_timeout: std::time::Duration,
 }
 
 type Shared = Arc<Admin>;
@@ -50,7 +52,8 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin", get(to_dashboard))
         .route("/admin/", get(to_dashboard))
         .route("/admin/login", get(one_time_login))
-        .route("/admin/api/login", post(login));
+        .route("/admin/api/login", post(login))
+        .route_layer(axum::middleware::from_fn_with_state(admin.clone(), body_in_time));
     Router::new()
         .route("/admin/api/logout", post(logout))
         .route("/admin/api/logout-all", post(logout_all))
@@ -69,13 +72,41 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/api/audit", get(audit_log))
         .route("/admin/api/requests", get(requests))
         .route("/admin/api/stats", get(stats))
-        // No session, no body read: checked before any extractor runs.
+        .route_layer(axum::middleware::from_fn_with_state(admin.clone(), body_in_time))
+        // No session, no body read: checked before any extractor runs (and before the body is awaited).
         .route_layer(axum::middleware::from_fn_with_state(admin.clone(), session_first))
         .merge(open)
         // Admin bodies are small JSON: a few KiB, never the proxy's limit, so an unauthenticated caller
         // cannot make the server hold large bodies (the extractors read at most this much).
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(admin)
+}
+
+/// How long an admin request's body may take to arrive at most (`SWITCHYARD_BODY_TIMEOUT_SECS` when
+/// shorter): 16 KiB in 10 s is slower than any real client, and a body trickling in one byte at a time
+/// would otherwise hold its connection indefinitely.
+pub const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Read the (small, capped) body within the admin body timeout before any handler sees the request.
+async fn body_in_time(
+    State(admin): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, ADMIN_BODY_LIMIT);
+    let bytes = match tokio::time::timeout(admin.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            let message = format!("admin request bodies are at most {ADMIN_BODY_LIMIT} bytes");
+            return ApiError::too_large(message).into_response();
+        }
+        Err(_) => {
+            let message = format!("the request body did not arrive within {}s", admin.body_timeout.as_secs());
+            return ApiError::request_timeout(message).into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 /// The session cookie's value; an error when there are several (another program on this host can set a

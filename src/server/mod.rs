@@ -323,6 +323,7 @@ impl Gateway {
             password_checks: Arc::new(tokio::sync::Semaphore::new(admin::PASSWORD_CHECKS)),
             brake: crate::access::admin::LoginBrake::default(),
             tls: config.tls_cert.is_some(),
+            body_timeout: config.body_timeout.min(admin::ADMIN_BODY_TIMEOUT),
         });
         Ok(Self {
             pool,
