@@ -37,11 +37,6 @@ fn send(gw: &Gateway, key: Option<&str>) -> reqwest::RequestBuilder {
     }
 }
 
-/// Wait for the running server to pick up a CLI change (it reloads keys each second).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_gate_the_proxy_once_one_exists() {
     let fake = Fake::start().await;
@@ -51,7 +46,7 @@ async fn keys_gate_the_proxy_once_one_exists() {
     assert_eq!(send(&gw, None).send().await.unwrap().status(), 200);
 
     let key = create_key(&env, &["alice"]).await;
-    settle().await;
+    gw.settle().await;
     let (kind, message) = error_type(send(&gw, None).send().await.unwrap(), 401).await;
     assert_eq!(kind, "authentication_error");
     assert!(message.contains("x-api-key or Authorization: Bearer"), "{message}");
@@ -88,19 +83,26 @@ async fn keys_gate_the_proxy_once_one_exists() {
 
     // Rotate: old key dies, new one works. Revoke: refused.
     let rotated = env.ok(&["keys", "rotate", "alice"]).await.stdout.trim().to_owned();
-    settle().await;
+    gw.settle().await;
     assert_eq!(send(&gw, Some(&key)).send().await.unwrap().status(), 401);
     assert_eq!(send(&gw, Some(&rotated)).send().await.unwrap().status(), 200);
     env.ok(&["keys", "revoke", "alice"]).await;
-    settle().await;
+    gw.settle().await;
     let (_, message) = error_type(send(&gw, Some(&rotated)).send().await.unwrap(), 401).await;
     assert!(message.contains("revoked"), "{message}");
     assert_eq!(env.run(&["keys", "revoke", "alice"], "").await.code, Some(1));
 
     // Expiry.
     let short = create_key(&env, &["brief", "--expires", "1s"]).await;
-    settle().await;
-    let (_, message) = error_type(send(&gw, Some(&short)).send().await.unwrap(), 401).await;
+    let created = std::time::Instant::now();
+    gw.settle().await;
+    let response = support::eventually("the key to expire", Duration::from_secs(5), async || {
+        let r = send(&gw, Some(&short)).send().await.ok()?;
+        (r.status() == 401).then_some(r)
+    })
+    .await;
+    assert!(created.elapsed() >= Duration::from_millis(900), "expired early");
+    let (_, message) = error_type(response, 401).await;
     assert!(message.contains("expired"), "{message}");
 }
 
@@ -176,8 +178,11 @@ async fn per_key_limits_answer_429_with_retry_after() {
     while stream.chunk().await.unwrap().is_some() {}
     drop(stream);
     fake.lock().sse_gate = None;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(send(&gw, Some(&narrow)).send().await.unwrap().status(), 200);
+    // The slot is given back when the stream ends, just after its last byte.
+    support::eventually("the concurrency slot to come back", Duration::from_secs(5), async || {
+        (send(&gw, Some(&narrow)).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
 
     // Input tokens per minute, estimated from the body.
     let mut big = message_body(false);

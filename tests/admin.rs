@@ -175,7 +175,7 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     assert_eq!(r.status(), 201);
     let created: serde_json::Value = r.json().await.unwrap();
     let new_key = created["key"].as_str().unwrap().to_owned();
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    gw.settle().await;
     let proxied =
         gw.post("/v1/messages").header("x-api-key", &new_key).json(&message_body(false)).send().await.unwrap();
     assert_eq!(proxied.status(), 200);
@@ -193,10 +193,13 @@ async fn key_logins_follow_roles_and_admins_manage_keys() {
     for wanted in ["admin.login:denied", "admin.login:ok", "keys.create:ok", "keys.revoke:ok"] {
         assert!(actions.iter().any(|a| a == wanted), "{wanted} missing from {actions:?}");
     }
-    // The request log and stats over HTTP.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let requests: serde_json::Value =
-        admin.get(&gw, "/admin/api/requests?since=1h").send().await.unwrap().json().await.unwrap();
+    // The request log and stats over HTTP (rows are written in the background).
+    let requests = support::eventually("the proxied request's row", std::time::Duration::from_secs(10), async || {
+        let rows: serde_json::Value =
+            admin.get(&gw, "/admin/api/requests?since=1h").send().await.ok()?.json().await.ok()?;
+        (rows[0]["client_key"] == "made-by-api").then_some(rows)
+    })
+    .await;
     assert_eq!(requests[0]["client_key"], "made-by-api");
     assert_eq!(requests[0]["status"], 200);
     let stats: serde_json::Value =
@@ -374,25 +377,16 @@ async fn dashboard_api_reads_pages_and_changes_accounts() {
     gate.add_permits(100);
     while open.chunk().await.unwrap().is_some() {}
     fake.lock().sse_gate = None;
-    let mut streams = serde_json::Value::Null;
-    for _ in 0..50 {
-        streams = json(get("/admin/api/overview", &viewer).await.unwrap()).await["open_streams"].clone();
-        if streams == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(streams, 0);
+    support::eventually("the stream to close", std::time::Duration::from_secs(5), async || {
+        (json(get("/admin/api/overview", &viewer).await.unwrap()).await["open_streams"] == 0).then_some(())
+    })
+    .await;
     // The request log is written in the background: wait for all six rows.
-    let mut rows = serde_json::Value::Null;
-    for _ in 0..50 {
-        rows = json(get("/admin/api/requests?since=1h", &admin).await.unwrap()).await;
-        if rows.as_array().unwrap().len() == 6 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows.as_array().unwrap().len(), 6);
+    let rows = support::eventually("all six rows", std::time::Duration::from_secs(10), async || {
+        let rows = json(get("/admin/api/requests?since=1h", &admin).await.unwrap()).await;
+        (rows.as_array().unwrap().len() == 6).then_some(rows)
+    })
+    .await;
 
     let overview = json(get("/admin/api/overview", &viewer).await.unwrap()).await;
     assert_eq!(overview["accounts"]["total"], 2);

@@ -81,13 +81,10 @@ async fn serve_picks_up_accounts_added_while_running() {
     let body = support::message_body(false);
     assert_eq!(gw.post("/v1/messages").json(&body).send().await.unwrap().status(), 503);
     env.ok(&["accounts", "add", "late", "--api-key", "sk-ant-api03-late"]).await;
-    for _ in 0..40 {
-        if gw.post("/v1/messages").json(&body).send().await.unwrap().status() == 200 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    panic!("the running gateway never saw the new account");
+    support::eventually("the running gateway to see the new account", std::time::Duration::from_secs(10), async || {
+        (gw.post("/v1/messages").json(&body).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -109,7 +109,6 @@ async fn a_stuck_writer_never_blocks_requests_and_drops_are_counted() {
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
     // One request gets the writer stuck on the lock; the rest find its queue full.
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let requests = (0..40).map(|_| gw.post("/v1/messages").json(&message_body(false)).send());
     for r in futures_util::future::join_all(requests).await {
@@ -141,9 +140,12 @@ async fn prometheus_metrics_are_exposed_and_protected() {
         let r = gw.post("/v1/messages").json(&message_body(stream)).send().await.unwrap();
         let _ = r.text().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"switchyard_requests_total{account="a",model="claude-fake",status="200"} 2"#), "{text}");
+    // A stream's metrics are counted when it ends, just after its last byte reached the client.
+    let text = support::eventually("both requests counted", Duration::from_secs(10), async || {
+        let text = gw.get("/metrics").send().await.ok()?.text().await.ok()?;
+        text.contains(r#"switchyard_requests_total{account="a",model="claude-fake",status="200"} 2"#).then_some(text)
+    })
+    .await;
     assert!(text.contains(r#"switchyard_tokens_total{account="a",model="claude-fake",kind="output"} 10"#), "{text}");
     assert!(text.contains("switchyard_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("switchyard_upstream_ttfb_seconds"), "{text}");
@@ -202,7 +204,7 @@ async fn budgets_are_enforced_visible_and_survive_a_restart() {
     let again = gw.post("/v1/messages").header("x-api-key", &tokens).json(&message_body(false)).send().await.unwrap();
     assert_eq!(again.status(), 429);
     env.ok(&["keys", "set", "small", "--budget-tokens-day", "1000"]).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    gw.settle().await;
     let raised = gw.post("/v1/messages").header("x-api-key", &tokens).json(&message_body(false)).send().await.unwrap();
     assert_eq!(raised.status(), 200);
 }
@@ -302,24 +304,18 @@ async fn alerts_reach_the_webhook_without_blocking_requests() {
     fake.push_for("sk-ant-api03-alerts", Script::limited(support::fake::now_secs() + 600));
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
-    let mut kinds = Vec::new();
-    for _ in 0..50 {
-        kinds = received.lock().unwrap().iter().map(|v| v["kind"].as_str().unwrap().to_owned()).collect();
-        if ["account_needs_login", "utilization", "all_accounts_limited"].iter().all(|k| kinds.iter().any(|x| x == k)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for kind in ["account_needs_login", "utilization", "all_accounts_limited"] {
-        assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
-    }
+    let kinds = support::eventually("the three kinds of alert", Duration::from_secs(10), async || {
+        let kinds: Vec<String> =
+            received.lock().unwrap().iter().map(|v| v["kind"].as_str().unwrap().to_owned()).collect();
+        let wanted = ["account_needs_login", "utilization", "all_accounts_limited"];
+        wanted.iter().all(|k| kinds.iter().any(|x| x == k)).then_some(kinds)
+    })
+    .await;
     // Each window alerts on its own: 25% of the 5-hour limit and 30% of the 7-day one are both over 20%.
-    for _ in 0..50 {
-        if received.lock().unwrap().iter().filter(|v| v["kind"] == "utilization").count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually("an alert per window", Duration::from_secs(10), async || {
+        (received.lock().unwrap().iter().filter(|v| v["kind"] == "utilization").count() >= 2).then_some(())
+    })
+    .await;
     let mut windows: Vec<String> = received
         .lock()
         .unwrap()

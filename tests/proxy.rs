@@ -204,13 +204,10 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     assert!(std::str::from_utf8(&first).unwrap().starts_with("event: message_start"));
     drop(response);
     gate.add_permits(1);
-    for _ in 0..100 {
-        if fake.lock().streams_cancelled == 1 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the upstream stream kept running after the client left");
+    support::eventually("the upstream stream to be cancelled", Duration::from_secs(5), async || {
+        (fake.lock().streams_cancelled == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,15 +237,12 @@ async fn a_silent_upstream_is_cut_after_the_idle_limit() {
     assert!(text.starts_with(support::fake::SSE_EVENTS[0]), "{text}");
     assert!(text.contains("event: error\ndata: {\"type\":\"error\""), "{text}");
     // The log says what happened.
-    let mut rows = serde_json::Value::Null;
-    for _ in 0..50 {
+    let rows = support::eventually("the broken stream's row", Duration::from_secs(10), async || {
         let out = env.ok(&["requests", "--since", "1h", "--json"]).await;
-        rows = serde_json::from_str(&out.stdout).unwrap();
-        if rows.as_array().is_some_and(|r| !r.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        rows.as_array().is_some_and(|r| !r.is_empty()).then_some(rows)
+    })
+    .await;
     assert_eq!(rows[0]["error_type"], "stream_broken", "{rows}");
 }
 

@@ -65,7 +65,7 @@ async fn limited_account_is_skipped_until_reset_then_used_again() {
     // a is preferred; it comes back after its reset.
     env.ok(&["accounts", "set", "b", "--priority", "1"]).await;
     env.ok(&["accounts", "set", "c", "--priority", "1"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.settle().await;
     let reset = now_secs() + 2;
     fake.push_for("key-a", Script::limited(reset));
     for _ in 0..6 {
@@ -80,9 +80,13 @@ async fn limited_account_is_skipped_until_reset_then_used_again() {
     assert!(list.contains("rate-limited until"), "{list}");
 
     // After the reset (plus jitter) a serves again.
-    tokio::time::sleep(Duration::from_millis(until - now_secs() * 1000 + 1_100)).await;
-    ok(&gw, &message_body(false)).await;
-    assert_eq!(fake.served_by("key-a"), 2, "a is used again after its reset");
+    let back = Duration::from_millis(until - now_secs() * 1000 + 5_000);
+    support::eventually("a to serve again after its reset", back, async || {
+        ok(&gw, &message_body(false)).await;
+        (fake.served_by("key-a") == 2).then_some(())
+    })
+    .await;
+    assert!(now_secs() * 1000 >= until - 1000, "a served before its reset");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -154,7 +158,7 @@ async fn model_scoped_limit_keeps_other_models_on_the_account() {
     let fake = Fake::start().await;
     let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
     env.ok(&["accounts", "set", "b", "--priority", "1"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.settle().await;
     fake.push_for(
         "key-a",
         Script::Status {
@@ -221,7 +225,7 @@ async fn strategies_distribute_as_documented() {
     let (env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "weighted")]).await;
     env.ok(&["accounts", "set", "b", "--weight", "2"]).await;
     env.ok(&["accounts", "set", "c", "--weight", "3"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.settle().await;
     for _ in 0..12 {
         ok(&gw, &message_body(false)).await;
     }
@@ -337,17 +341,17 @@ async fn pause_resume_and_priority_apply_while_running() {
     ok(&gw, &message_body(false)).await;
     assert_eq!(sequence(&fake, 0), ["a"]);
     env.ok(&["accounts", "pause", "a"]).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    gw.settle().await;
     ok(&gw, &message_body(false)).await;
     assert_eq!(sequence(&fake, 1), ["b"]);
     assert_eq!(accounts(&env).await[0]["status"], "paused");
     env.ok(&["accounts", "resume", "a"]).await;
     env.ok(&["accounts", "set", "a", "--priority", "5"]).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    gw.settle().await;
     ok(&gw, &message_body(false)).await;
     assert_eq!(sequence(&fake, 2), ["b"], "a is resumed but now less preferred");
     env.ok(&["accounts", "set", "b", "--priority", "9"]).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    gw.settle().await;
     ok(&gw, &message_body(false)).await;
     assert_eq!(sequence(&fake, 3), ["a"], "the better priority wins again");
     let bad = env.run(&["accounts", "set", "a"], "").await;

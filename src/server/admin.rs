@@ -43,6 +43,9 @@ pub struct Admin {
     pub tls: bool,
     /// How long an admin request's body may take to arrive (at most [`ADMIN_BODY_TIMEOUT`]).
     pub body_timeout: std::time::Duration,
+    /// When the upkeep last read accounts, keys and session epochs from the store (epoch ms, the start
+    /// of that round); shown by `/health`.
+    pub synced_at_ms: std::sync::atomic::AtomicI64,
 }
 
 type Shared = Arc<Admin>;

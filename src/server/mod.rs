@@ -63,8 +63,8 @@ pub fn front(
     });
     let own = Router::new()
         .merge(dashboard::routes(admin.clone()))
-        .merge(admin::routes(admin))
-        .route("/health", get(health))
+        .merge(admin::routes(admin.clone()))
+        .route("/health", get(move || health(admin.clone())))
         .merge(metrics_route)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -216,8 +216,16 @@ pub struct Front {
     pub router: Router,
 }
 
-async fn health() -> Response {
-    axum::Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+/// Liveness, and when the server last picked up the store's changes (accounts, keys, sessions): a value
+/// that stops moving means the upkeep is stuck; tests wait on it instead of sleeping.
+async fn health(admin: Arc<Admin>) -> Response {
+    let synced = admin.synced_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "synced_at_ms": (synced > 0).then_some(synced),
+    }))
+    .into_response()
 }
 
 /// The handler for requests no route takes (404, 405): answers `error` and records the request in the log
@@ -324,6 +332,7 @@ impl Gateway {
             brake: crate::access::admin::LoginBrake::default(),
             tls: config.tls_cert.is_some(),
             body_timeout: config.body_timeout.min(admin::ADMIN_BODY_TIMEOUT),
+            synced_at_ms: std::sync::atomic::AtomicI64::new(0),
         });
         Ok(Self {
             pool,
@@ -404,15 +413,24 @@ async fn upkeep(
     let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
+        let round = crate::now_ms();
+        let mut synced = true;
         if let Err(e) = pool.reload().await {
+            synced = false;
             tracing::error!(error = %e, "reloading accounts failed");
         }
         if let Err(e) = keys.reload(pool.store().as_ref()).await {
+            synced = false;
             tracing::error!(error = %e, "reloading client keys failed");
         }
         // Sessions ended by the CLI or another instance (log out everyone, a password change).
         if let Err(e) = admin.sessions.sync(pool.store().as_ref()).await {
+            synced = false;
             tracing::error!(error = %e, "reading the admin session epochs failed");
+        }
+        if synced {
+            // The time the round started: everything written before it is now in effect.
+            admin.synced_at_ms.store(round, std::sync::atomic::Ordering::Relaxed);
         }
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");

@@ -235,6 +235,17 @@ impl Gateway {
         self.client.delete(format!("{}{path}", self.url))
     }
 
+    /// Wait until the server has picked up everything written to its store until now (a CLI change to
+    /// accounts or keys): `/health` says when its last reload round started.
+    pub async fn settle(&self) {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        eventually("the server to pick up the store's changes", Duration::from_secs(10), async || {
+            let health: serde_json::Value = self.get("/health").send().await.ok()?.json().await.ok()?;
+            (health["synced_at_ms"].as_i64()? > since).then_some(())
+        })
+        .await;
+    }
+
     /// The next line the server prints on stdout.
     pub async fn next_line(&mut self) -> String {
         tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
