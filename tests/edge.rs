@@ -139,6 +139,8 @@ async fn connection_cap_sheds_load_with_503_and_slow_clients_are_cut() {
     env.set("SWITCHYARD_MAX_CONNECTIONS", "2");
     env.set("SWITCHYARD_MAX_CONNECTIONS_PER_IP", "2");
     env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "1");
+    // One worker accepts in arrival order, so the held connections are counted before the probe.
+    env.set("SWITCHYARD_WORKERS", "1");
     let gw = env.serve().await;
     let addr = host_port(&gw.url);
     // Two idle connections take both slots.
@@ -543,8 +545,11 @@ async fn idle_and_trickling_connections_and_one_source_are_bounded() {
 
     // Four connections from this machine are its share; the fifth is turned away. (Headers get the default
     // 30 s here, so the held connections stay open however slow the machine is.)
+    // One worker accepts in arrival order: with several, a later connection may be counted before an
+    // earlier one on a loaded machine.
     drop(gw);
     env.set("SWITCHYARD_HEADER_TIMEOUT_SECS", "30");
+    env.set("SWITCHYARD_WORKERS", "1");
     let gw = env.serve().await;
     let addr = host_port(&gw.url);
     let mut held = Vec::new();

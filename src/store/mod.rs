@@ -281,23 +281,102 @@ pub enum StoreError {
     /// A row of that name exists: `what` is "an account" or "a client key".
     #[error("{what} named {name:?} already exists")]
     Duplicate { what: &'static str, name: String },
-    #[error("database error: {0}")]
-    Database(String),
+    /// The database refused or failed; `retryable` says whether trying again may help (busy, locked, a
+    /// serialization failure, a lost connection) or not (a constraint, bad SQL, a full disk).
+    #[error("database error: {source}")]
+    Database {
+        #[source]
+        source: sqlx::Error,
+        retryable: bool,
+    },
+    /// The schema in the database is newer than this binary knows: another instance was upgraded.
+    #[error(
+        "the database schema is version {found}, newer than this switchyard understands (it knows up to {known}); \
+         upgrade this instance"
+    )]
+    TooNew { found: i64, known: i64 },
     #[error("database content is invalid: {0}")]
     Corrupt(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Durable storage. Every write returns only once it is committed: a crash after `Ok` loses nothing.
+impl StoreError {
+    /// Whether trying the same operation again later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Database { retryable: true, .. })
+    }
+
+    /// A database error, classified: connection trouble and the codes that mean "busy" or "try again"
+    /// (SQLite `SQLITE_BUSY`/`SQLITE_LOCKED`, PostgreSQL class 40 and 08, `55P03`, `57P01`) may pass.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        let retryable = match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                return Self::Duplicate { what: "a row", name: String::new() };
+            }
+            sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+                let code = code.as_ref();
+                // SQLite: 5 busy, 6 locked, and their extended codes (5 + 256·n, 6 + 256·n).
+                let sqlite = code.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+                let postgres = code.starts_with("40") || code.starts_with("08") || matches!(code, "55P03" | "57P01");
+                sqlite || postgres
+            }),
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            _ => false,
+        };
+        Self::Database { source: e, retryable }
+    }
+}
+
+/// Durable storage, split by concern; every backend implements every part, checked by one contract suite
+/// (`tests/store_contract.rs`). Every write returns only once it is committed: a crash after `Ok` loses
+/// nothing. Errors say whether a retry may help ([`StoreError::retryable`]).
+pub trait Store:
+    AccountStore
+    + RoutingStore
+    + ClientKeyStore
+    + SettingStore
+    + AuditStore
+    + RequestStore
+    + LoginStore
+    + SealedStore
+    + Send
+    + Sync
+    + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore
+        + RoutingStore
+        + ClientKeyStore
+        + SettingStore
+        + AuditStore
+        + RequestStore
+        + LoginStore
+        + SealedStore
+        + Send
+        + Sync
+        + std::fmt::Debug
+{
+}
+
+/// Accounts and their sealed tokens.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait AccountStore: Send + Sync {
+    /// Every account, oldest first (then by name).
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
+    /// The account named `name`, if any.
     async fn find_account(&self, name: &str) -> Result<Option<AccountRecord>, StoreError>;
     /// Insert, or replace the row with the same id. A different account with the same name is `Duplicate`.
     async fn save_account(&self, record: &AccountRecord) -> Result<(), StoreError>;
     /// Replace an account's OAuth pair (and mark it active). Returns false when the account is gone.
     async fn update_tokens(&self, id: &str, tokens: &SealedTokens, now_ms: i64) -> Result<bool, StoreError>;
+    /// Set an account's status. Returns false when the account is gone.
     async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError>;
     /// Returns false when no account had that name.
     async fn remove_account(&self, name: &str) -> Result<bool, StoreError>;
@@ -309,20 +388,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         weight: Option<i64>,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
+    /// Record the plan learned from the profile endpoint (not a change the reload must act on).
     async fn set_plan(&self, id: &str, plan: &str) -> Result<(), StoreError>;
+}
+
+/// Routing state per account (rate limits, usage, counters), written by the pool off the hot path.
+#[async_trait]
+pub trait RoutingStore: Send + Sync {
     /// Every account's routing state (rate limits, usage, counters) as the JSON the pool wrote.
     async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Write routing states in one transaction; states of accounts removed meanwhile are dropped.
     async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
-    /// Replace the sealed token columns of many accounts in one transaction (key rotation): all or none.
-    /// Write every re-sealed value (accounts, sealed settings, payloads) in one transaction: all or none.
-    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError>;
-    /// Every kept payload's sealed bodies (for re-encryption; an offline command, not the hot path).
-    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError>;
-    /// Drop every pending login (their verifiers cannot outlive a key rotation).
-    async fn clear_pending_logins(&self) -> Result<u64, StoreError>;
-    /// Sealed values held: tokens and keys of accounts, plus pending login verifiers.
-    async fn count_secrets(&self) -> Result<u64, StoreError>;
+}
+
+/// Client API keys (hashes only), their budgets and what they spent.
+#[async_trait]
+pub trait ClientKeyStore: Send + Sync {
+    /// Every client key, revoked and expired ones included.
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError>;
     /// A key of the same name is `Duplicate`.
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError>;
@@ -334,15 +416,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn set_client_key_budgets(&self, name: &str, budgets: &Budgets, now_ms: i64) -> Result<bool, StoreError>;
     /// Spend per client key since `since_ms`: (key name, USD, tokens).
     async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError>;
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
-    /// Audit entries since `since_ms`, newest first (like every other listing).
-    async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Small named values: the admin password and TOTP secret, session epochs, the one-time login link.
+#[async_trait]
+pub trait SettingStore: Send + Sync {
+    /// A setting's value, if set.
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.
     async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
     /// Delete a setting only if it still holds `value`, atomically; true when this call deleted it (so of
     /// two callers racing for a single-use value, exactly one wins).
     async fn take_setting(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+}
+
+/// The audit log of administrative actions.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Append one audit entry; committed before it returns.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries since `since_ms`, newest first (like every other listing).
+    async fn list_audit(&self, since_ms: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// The request log and the payloads kept with it.
+#[async_trait]
+pub trait RequestStore: Send + Sync {
     /// Append request-log rows in one transaction.
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError>;
     /// The newest requests matching `filter`, newest first (ties broken by id, so pages never overlap).
@@ -360,9 +459,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError>;
     /// Delete (or with `dry_run` count) payloads older than `before_ms`.
     async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError>;
-    /// Give freed pages back to the file system.
-    async fn vacuum(&self) -> Result<(), StoreError>;
+    /// Every kept payload's sealed bodies (for re-encryption; an offline command, not the hot path).
+    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError>;
+}
+
+/// OAuth logins waiting for their code.
+#[async_trait]
+pub trait LoginStore: Send + Sync {
+    /// Keep a pending login (its verifier sealed) until it is taken or expires; a second one with the
+    /// same state replaces the first.
     async fn put_pending_login(&self, pending: &PendingLogin) -> Result<(), StoreError>;
     /// Remove and return the pending login for `state` if it has not expired; expired ones are purged.
     async fn take_pending_login(&self, state: &str, now_ms: i64) -> Result<Option<PendingLogin>, StoreError>;
+    /// Drop every pending login (their verifiers cannot outlive a key rotation).
+    async fn clear_pending_logins(&self) -> Result<u64, StoreError>;
+}
+
+/// Every sealed value at once, for key rotation and status; and upkeep of the storage itself.
+#[async_trait]
+pub trait SealedStore: Send + Sync {
+    /// Replace the sealed token columns of many accounts in one transaction (key rotation): all or none.
+    /// Write every re-sealed value (accounts, sealed settings, payloads) in one transaction: all or none.
+    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError>;
+    /// Sealed values held: tokens and keys of accounts, plus pending login verifiers.
+    async fn count_secrets(&self) -> Result<u64, StoreError>;
+    /// Give freed pages back to the file system.
+    async fn vacuum(&self) -> Result<(), StoreError>;
 }

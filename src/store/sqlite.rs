@@ -13,7 +13,10 @@ use sqlx::sqlite::{
 
 use super::{
     AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, GroupStats, PendingLogin,
-    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StatsBy, Store, StoreError,
+    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StatsBy, StoreError,
+};
+use super::{
+    AccountStore, AuditStore, ClientKeyStore, LoginStore, RequestStore, RoutingStore, SealedStore, SettingStore,
 };
 
 /// 1 for a request that failed (answered 400 or more, or broken off with an `error_type`), else 0: one
@@ -24,155 +27,17 @@ macro_rules! failed {
     };
 }
 
-/// Schema steps; step N brings `user_version` from N to N+1. Never edit a released step, add one.
+/// Schema steps, one file each under `migrations/sqlite/`; step N brings `user_version` from N to N+1.
+/// Never edit a released step: add one.
 const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE accounts (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',
-    access_token TEXT,
-    refresh_token TEXT,
-    api_key TEXT,
-    expires_at_ms INTEGER,
-    email TEXT,
-    account_uuid TEXT,
-    org_uuid TEXT,
-    org_name TEXT,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE TABLE pending_logins (
-    state TEXT PRIMARY KEY,
-    verifier TEXT NOT NULL,
-    redirect_uri TEXT NOT NULL,
-    console INTEGER NOT NULL,
-    account TEXT,
-    expires_at_ms INTEGER NOT NULL
-);
-"#,
-    r#"
-ALTER TABLE accounts ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE accounts ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE accounts ADD COLUMN plan TEXT;
-CREATE TABLE account_state (
-    account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
-    state TEXT NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-"#,
-    r#"
-CREATE TABLE client_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    hash TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    rpm INTEGER,
-    tpm INTEGER,
-    concurrency INTEGER,
-    accounts TEXT,
-    created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER,
-    revoked_at_ms INTEGER,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE TABLE audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    source TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX audit_log_at ON audit_log(at_ms);
-"#,
-    r#"
-CREATE TABLE settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-"#,
-    r#"
-CREATE TABLE requests (
-    id TEXT PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    client_key TEXT,
-    account TEXT,
-    accounts_tried TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    model TEXT,
-    stream INTEGER NOT NULL DEFAULT 0,
-    status INTEGER NOT NULL,
-    error_type TEXT,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
-    ttfb_ms INTEGER,
-    duration_ms INTEGER NOT NULL,
-    ratelimit_status TEXT,
-    cost_usd REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX requests_at ON requests(at_ms);
-"#,
-    r#"
-ALTER TABLE client_keys ADD COLUMN budget_usd_day REAL;
-ALTER TABLE client_keys ADD COLUMN budget_usd_month REAL;
-ALTER TABLE client_keys ADD COLUMN budget_tokens_day INTEGER;
-CREATE INDEX requests_key_at ON requests(client_key, at_ms);
-"#,
-    r#"
-CREATE TABLE payloads (
-    request_id TEXT PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    request TEXT,
-    response TEXT
-);
-CREATE INDEX payloads_at ON payloads(at_ms);
-"#,
-    // The request log keyed by time: rows live in the time-ordered key itself (no rowid table and no
-    // separate time index), and only requests with a client key enter the key index, so each logged
-    // request touches one or two B-trees instead of four.
-    r#"
-CREATE TABLE requests_by_time (
-    id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    client_key TEXT,
-    account TEXT,
-    accounts_tried TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    model TEXT,
-    stream INTEGER NOT NULL DEFAULT 0,
-    status INTEGER NOT NULL,
-    error_type TEXT,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
-    ttfb_ms INTEGER,
-    duration_ms INTEGER NOT NULL,
-    ratelimit_status TEXT,
-    cost_usd REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (at_ms, id)
-) WITHOUT ROWID;
-INSERT INTO requests_by_time (id, at_ms, client_key, account, accounts_tried, attempts, method, path, model, stream,
-    status, error_type, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ttfb_ms,
-    duration_ms, ratelimit_status, cost_usd)
-  SELECT id, at_ms, client_key, account, accounts_tried, attempts, method, path, model, stream, status,
-    error_type, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ttfb_ms, duration_ms,
-    ratelimit_status, cost_usd FROM requests;
-DROP TABLE requests;
-ALTER TABLE requests_by_time RENAME TO requests;
-CREATE INDEX requests_key_at ON requests(client_key, at_ms) WHERE client_key IS NOT NULL;
-"#,
+    include_str!("../../migrations/sqlite/0001_accounts.sql"),
+    include_str!("../../migrations/sqlite/0002_account_routing.sql"),
+    include_str!("../../migrations/sqlite/0003_client_keys.sql"),
+    include_str!("../../migrations/sqlite/0004_settings_and_audit.sql"),
+    include_str!("../../migrations/sqlite/0005_requests.sql"),
+    include_str!("../../migrations/sqlite/0006_key_budgets.sql"),
+    include_str!("../../migrations/sqlite/0007_payloads.sql"),
+    include_str!("../../migrations/sqlite/0008_requests_by_time.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
@@ -190,12 +55,7 @@ static INSERT_REQUESTS: std::sync::LazyLock<[String; 3]> = std::sync::LazyLock::
 });
 
 fn db(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            StoreError::Duplicate { what: "a row", name: String::new() }
-        }
-        _ => StoreError::Database(e.to_string()),
-    }
+    StoreError::from_sqlx(e)
 }
 
 #[derive(Debug, Clone)]
@@ -255,9 +115,8 @@ impl SqliteStore {
             let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *conn).await.map_err(db)?.get(0);
             let version = usize::try_from(version).unwrap_or(0);
             if version > MIGRATIONS.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "database schema version {version} is newer than this switchyard understands"
-                )));
+                let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+                return Err(StoreError::TooNew { found: i64::try_from(version).unwrap_or(i64::MAX), known });
             }
             for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut *conn).await.map_err(db)?;
@@ -325,7 +184,7 @@ fn request_from_row(r: &SqliteRow) -> Result<RequestRow, StoreError> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM accounts ORDER BY created_at_ms, name")
             .fetch_all(&self.pool)
@@ -440,7 +299,10 @@ impl Store for SqliteStore {
             .map_err(db)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl RoutingStore for SqliteStore {
     async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows =
             sqlx::query("SELECT account_id, state FROM account_state").fetch_all(&self.pool).await.map_err(db)?;
@@ -467,75 +329,10 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db)?;
         Ok(())
     }
+}
 
-    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError> {
-        let rows = sqlx::query("SELECT request_id, request, response FROM payloads")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SealedPayload {
-                    request_id: r.try_get("request_id").map_err(db)?,
-                    request: r.try_get("request").map_err(db)?,
-                    response: r.try_get("response").map_err(db)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        for (key, value) in &sealed.settings {
-            sqlx::query("UPDATE settings SET value = ? WHERE key = ?")
-                .bind(value)
-                .bind(key)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        for p in &sealed.payloads {
-            sqlx::query("UPDATE payloads SET request = ?, response = ? WHERE request_id = ?")
-                .bind(&p.request)
-                .bind(&p.response)
-                .bind(&p.request_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        for row in &sealed.accounts {
-            sqlx::query("UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ?")
-                .bind(&row.access_token)
-                .bind(&row.refresh_token)
-                .bind(&row.api_key)
-                .bind(&row.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(())
-    }
-
-    async fn clear_pending_logins(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM pending_logins").execute(&self.pool).await.map_err(db)?;
-        Ok(done.rows_affected())
-    }
-
-    async fn count_secrets(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(access_token) + COUNT(refresh_token) + COUNT(api_key) FROM accounts)
-                  + (SELECT COUNT(*) FROM pending_logins)
-                  + (SELECT COUNT(request) + COUNT(response) FROM payloads)
-                  + (SELECT COUNT(*) FROM settings WHERE key = 'admin.totp')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
-        let n: i64 = row.try_get(0).map_err(db)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
+#[async_trait]
+impl ClientKeyStore for SqliteStore {
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM client_keys ORDER BY created_at_ms, name")
             .fetch_all(&self.pool)
@@ -561,37 +358,6 @@ impl Store for SqliteStore {
                     budget_tokens_day: r.try_get("budget_tokens_day").map_err(db)?,
                 })
             })
-            .collect()
-    }
-
-    async fn set_client_key_budgets(&self, name: &str, budgets: &Budgets, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE client_keys SET budget_usd_day = COALESCE(?, budget_usd_day),
-                 budget_usd_month = COALESCE(?, budget_usd_month),
-                 budget_tokens_day = COALESCE(?, budget_tokens_day), updated_at_ms = ? WHERE name = ?",
-        )
-        .bind(budgets.usd_day)
-        .bind(budgets.usd_month)
-        .bind(budgets.tokens_day)
-        .bind(now_ms)
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT client_key, SUM(cost_usd), SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens)
-             FROM requests WHERE at_ms >= ? AND client_key IS NOT NULL GROUP BY client_key",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, r.try_get(2).map_err(db)?)))
             .collect()
     }
 
@@ -650,6 +416,81 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn set_client_key_budgets(&self, name: &str, budgets: &Budgets, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE client_keys SET budget_usd_day = COALESCE(?, budget_usd_day),
+                 budget_usd_month = COALESCE(?, budget_usd_month),
+                 budget_tokens_day = COALESCE(?, budget_tokens_day), updated_at_ms = ? WHERE name = ?",
+        )
+        .bind(budgets.usd_day)
+        .bind(budgets.usd_month)
+        .bind(budgets.tokens_day)
+        .bind(now_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, f64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_key, SUM(cost_usd), SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens)
+             FROM requests WHERE at_ms >= ? AND client_key IS NOT NULL GROUP BY client_key",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, r.try_get(2).map_err(db)?)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SettingStore for SqliteStore {
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get("value").map_err(db)).transpose()
+    }
+
+    async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+        match value {
+            Some(value) => sqlx::query(
+                "INSERT INTO settings (key, value, updated_at_ms) VALUES (?, ?, ?)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?,
+            None => {
+                sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.pool).await.map_err(db)?
+            }
+        };
+        Ok(())
+    }
+
+    async fn take_setting(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM settings WHERE key = ? AND value = ?")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
     async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_log (at_ms, actor, source, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -687,45 +528,10 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+}
 
-    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.map(|r| r.try_get("value").map_err(db)).transpose()
-    }
-
-    async fn take_setting(&self, key: &str, value: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM settings WHERE key = ? AND value = ?")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn put_setting(&self, key: &str, value: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
-        match value {
-            Some(value) => sqlx::query(
-                "INSERT INTO settings (key, value, updated_at_ms) VALUES (?, ?, ?)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(key)
-            .bind(value)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?,
-            None => {
-                sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&self.pool).await.map_err(db)?
-            }
-        };
-        Ok(())
-    }
-
+#[async_trait]
+impl RequestStore for SqliteStore {
     async fn insert_requests(&self, rows: &[RequestRow]) -> Result<(), StoreError> {
         let mut tx = self.log_pool.begin().await.map_err(db)?;
         // Many rows per statement: the writer keeps up with the proxy at a fraction of the CPU of one
@@ -775,25 +581,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(())
-    }
-
-    async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
-        let row = sqlx::query("SELECT request, response FROM payloads WHERE request_id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.map(|r| Ok((r.try_get("request").map_err(db)?, r.try_get("response").map_err(db)?))).transpose()
-    }
-
-    async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
-        self.prune(
-            "SELECT COUNT(*) FROM payloads WHERE at_ms < ?",
-            "DELETE FROM payloads WHERE at_ms < ?",
-            before_ms,
-            dry_run,
-        )
-        .await
     }
 
     async fn find_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRow>, StoreError> {
@@ -896,6 +683,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
+        self.prune(
+            "SELECT COUNT(*) FROM requests WHERE at_ms < ?",
+            "DELETE FROM requests WHERE at_ms < ?",
+            before_ms,
+            dry_run,
+        )
+        .await
+    }
+
     async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
         // An id opens with its request's start time: look around it in the time-ordered key rather than
         // scan the log. The minute either side is far more than the gap between the two clock reads.
@@ -910,21 +707,44 @@ impl Store for SqliteStore {
         row.as_ref().map(request_from_row).transpose()
     }
 
-    async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
+    async fn get_payload(&self, id: &str) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT request, response FROM payloads WHERE request_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| Ok((r.try_get("request").map_err(db)?, r.try_get("response").map_err(db)?))).transpose()
+    }
+
+    async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
         self.prune(
-            "SELECT COUNT(*) FROM requests WHERE at_ms < ?",
-            "DELETE FROM requests WHERE at_ms < ?",
+            "SELECT COUNT(*) FROM payloads WHERE at_ms < ?",
+            "DELETE FROM payloads WHERE at_ms < ?",
             before_ms,
             dry_run,
         )
         .await
     }
 
-    async fn vacuum(&self) -> Result<(), StoreError> {
-        sqlx::query("VACUUM").execute(&self.pool).await.map_err(db)?;
-        Ok(())
+    async fn list_payloads(&self) -> Result<Vec<SealedPayload>, StoreError> {
+        let rows = sqlx::query("SELECT request_id, request, response FROM payloads")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedPayload {
+                    request_id: r.try_get("request_id").map_err(db)?,
+                    request: r.try_get("request").map_err(db)?,
+                    response: r.try_get("response").map_err(db)?,
+                })
+            })
+            .collect()
     }
+}
 
+#[async_trait]
+impl LoginStore for SqliteStore {
     async fn put_pending_login(&self, p: &PendingLogin) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT OR REPLACE INTO pending_logins (state, verifier, redirect_uri, console, account, expires_at_ms)
@@ -966,6 +786,66 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+
+    async fn clear_pending_logins(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_logins").execute(&self.pool).await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl SealedStore for SqliteStore {
+    async fn replace_sealed(&self, sealed: &Resealed) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for (key, value) in &sealed.settings {
+            sqlx::query("UPDATE settings SET value = ? WHERE key = ?")
+                .bind(value)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for p in &sealed.payloads {
+            sqlx::query("UPDATE payloads SET request = ?, response = ? WHERE request_id = ?")
+                .bind(&p.request)
+                .bind(&p.response)
+                .bind(&p.request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for row in &sealed.accounts {
+            sqlx::query("UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ?")
+                .bind(&row.access_token)
+                .bind(&row.refresh_token)
+                .bind(&row.api_key)
+                .bind(&row.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn count_secrets(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(access_token) + COUNT(refresh_token) + COUNT(api_key) FROM accounts)
+                  + (SELECT COUNT(*) FROM pending_logins)
+                  + (SELECT COUNT(request) + COUNT(response) FROM payloads)
+                  + (SELECT COUNT(*) FROM settings WHERE key = 'admin.totp')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let n: i64 = row.try_get(0).map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn vacuum(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM").execute(&self.pool).await.map_err(db)?;
+        Ok(())
     }
 }
 
@@ -1028,6 +908,19 @@ mod tests {
         );
         assert_eq!(store.delete_requests_before(11, false).await.unwrap(), 1);
         assert!(store.get_request("sy_00000000000a000000000001").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_this_binary_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).await.unwrap();
+        sqlx::query("PRAGMA user_version = 99").execute(&s.pool).await.unwrap();
+        drop(s);
+        let error = SqliteStore::open(&path).await.unwrap_err();
+        assert!(matches!(error, StoreError::TooNew { found: 99, .. }), "{error}");
+        assert!(error.to_string().contains("upgrade this instance"), "{error}");
+        assert!(!error.retryable());
     }
 
     #[tokio::test]

@@ -1,0 +1,8 @@
+ALTER TABLE accounts ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE accounts ADD COLUMN plan TEXT;
+CREATE TABLE account_state (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
