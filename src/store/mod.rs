@@ -1,10 +1,12 @@
-//! Durable state behind the [`Store`] trait: accounts (tokens already sealed by `secrets`) and pending
-//! logins. SQLite today; the trait is what a PostgreSQL backend will implement for shared state.
+//! Durable state behind the [`Store`] traits, one per concern: SQLite in the data directory (one machine),
+//! or PostgreSQL shared by several instances. Tokens arrive here already sealed by `secrets`.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use postgres::{PgSettings, PgStore, redacted_url};
 pub use sqlite::SqliteStore;
 
 /// What kind of credential an account holds.
@@ -299,12 +301,18 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    /// The database named in the configuration cannot be reached: where (never the password) and why.
+    #[error("cannot reach the database at {place}: {cause}")]
+    Unreachable { place: String, cause: String },
+    /// The database settings are unusable.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StoreError {
     /// Whether trying the same operation again later may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Database { retryable: true, .. })
+        matches!(self, Self::Database { retryable: true, .. } | Self::Unreachable { .. })
     }
 
     /// A database error, classified: connection trouble and the codes that mean "busy" or "try again"
