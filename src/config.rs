@@ -67,6 +67,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Data directory: database, key file. `SWITCHYARD_HOME`, default the platform data dir.
     pub home: PathBuf,
+    /// PostgreSQL shared by several instances; `None`: SQLite in the data directory.
+    pub database: Option<crate::store::PgSettings>,
     pub host: String,
     pub port: u16,
     /// Largest request body accepted, in bytes; larger gets 413.
@@ -90,6 +92,8 @@ pub struct Config {
     pub oauth: OAuthConfig,
     /// Refresh an OAuth access token this long before it expires.
     pub refresh_margin: Duration,
+    /// How long a call to the token endpoint may take; a refresh lease lasts this plus a margin.
+    pub token_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Also write logs to this file, rotated by size.
@@ -176,6 +180,7 @@ pub struct Overrides {
     pub home: Option<PathBuf>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +191,7 @@ struct RawFile {
     requests: RawRequests,
     secrets: RawSecrets,
     server: RawServer,
+    store: RawStore,
     routing: RawRouting,
     upstream: RawUpstream,
     oauth: RawOAuth,
@@ -239,6 +245,7 @@ struct RawOAuth {
     redirect_uri: Option<String>,
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
+    token_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +272,13 @@ struct RawRequests {
 struct RawSecrets {
     store: Option<String>,
     strict_permissions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStore {
+    database_url: Option<String>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -441,6 +455,7 @@ impl Config {
         let redirect = pick(env, "SWITCHYARD_OAUTH_REDIRECT_URI", raw.oauth.redirect_uri)?;
         let scopes: Option<String> = pick(env, "SWITCHYARD_OAUTH_SCOPES", raw.oauth.scopes)?;
         let margin = pick(env, "SWITCHYARD_REFRESH_MARGIN_SECS", raw.oauth.refresh_margin_secs)?;
+        let token_timeout = pick(env, "SWITCHYARD_TOKEN_TIMEOUT_SECS", raw.oauth.token_timeout_secs)?;
         let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
         let session_ms = pick(env, "SWITCHYARD_SESSION_DURATION_MS", raw.routing.session_duration_ms)?;
         let retry_attempts = pick(env, "SWITCHYARD_RETRY_ATTEMPTS", raw.routing.retry_attempts)?;
@@ -449,6 +464,25 @@ impl Config {
         let usage_poll = pick(env, "SWITCHYARD_USAGE_POLL_SECS", raw.routing.usage_poll_secs)?;
         let secret_store: Option<String> = pick(env, "SWITCHYARD_SECRET_STORE", raw.secrets.store)?;
         let strict = pick(env, "SWITCHYARD_STRICT_PERMISSIONS", raw.secrets.strict_permissions)?;
+        let database_url: Option<String> =
+            flags.database_url.clone().or(pick(env, "SWITCHYARD_DATABASE_URL", raw.store.database_url)?);
+        let db_connections = pick(env, "SWITCHYARD_DATABASE_MAX_CONNECTIONS", raw.store.max_connections)?;
+        let database = match database_url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(crate::store::PgSettings { url, max_connections: db_connections.unwrap_or(16).clamp(1, 1000) })
+            }
+            Some(url) => {
+                return Err(ConfigError::Invalid {
+                    name: "SWITCHYARD_DATABASE_URL",
+                    message: format!(
+                        "{}: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (without it, SQLite in the data \
+                         directory)",
+                        crate::store::redacted_url(&url)
+                    ),
+                });
+            }
+        };
         let request_log = pick(env, "SWITCHYARD_REQUEST_LOG", raw.requests.log)?;
         let log_queue = pick(env, "SWITCHYARD_LOG_QUEUE", raw.requests.queue)?;
         let retention_days = pick(env, "SWITCHYARD_RETENTION_DAYS", raw.requests.retention_days)?;
@@ -570,6 +604,7 @@ impl Config {
             anthropic_version: version.unwrap_or_else(|| defaults::ANTHROPIC_VERSION.to_owned()),
             oauth,
             refresh_margin: secs(margin, defaults::REFRESH_MARGIN_SECS),
+            token_timeout: secs(token_timeout, 30).max(Duration::from_secs(1)),
             log_level: log_level.unwrap_or_else(|| "info".to_owned()),
             log_format,
             log_file,
@@ -608,6 +643,7 @@ impl Config {
             secret_store,
             passphrase: env("SWITCHYARD_PASSPHRASE").filter(|v| !v.is_empty()).map(SecretString::from),
             strict_permissions: flags.strict_permissions || strict.unwrap_or(false),
+            database,
             encryption_key: env("SWITCHYARD_ENCRYPTION_KEY").filter(|v| !v.is_empty()).map(SecretString::from),
         })
     }
@@ -625,6 +661,14 @@ impl Config {
     /// Path of the SQLite database.
     pub fn database_path(&self) -> PathBuf {
         self.home.join("switchyard.db")
+    }
+
+    /// Where the state lives, for messages: the SQLite file, or the PostgreSQL URL without its password.
+    pub fn database_description(&self) -> String {
+        match &self.database {
+            Some(pg) => crate::store::redacted_url(&pg.url),
+            None => self.database_path().display().to_string(),
+        }
     }
 }
 
@@ -654,6 +698,7 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_IDENTITY", "upstream.identity"),
     ("SWITCHYARD_UPSTREAM_URL", "upstream.url"),
     ("SWITCHYARD_UPSTREAM_PINS", "upstream.pins"),
+    ("SWITCHYARD_DATABASE_URL", "store.database_url"),
     ("SWITCHYARD_OAUTH_PINS", "oauth.pins"),
     ("SWITCHYARD_LOG_FORMAT", "log.format"),
     ("SWITCHYARD_PAYLOADS", "requests.payloads"),

@@ -76,6 +76,7 @@ contract!(
     settings_are_taken_once,
     audit_lists_newest_first,
     pending_logins_are_taken_once_and_expire,
+    token_writes_compare_versions_and_leases_exclude,
     request_queries_page_filter_bucket_and_rank,
     payloads_and_retention,
     sealed_values_are_replaced_together,
@@ -100,6 +101,7 @@ fn record(id: &str, name: &str, created: i64) -> AccountRecord {
         priority: 0,
         weight: 1,
         plan: None,
+        token_version: 0,
     }
 }
 
@@ -115,8 +117,8 @@ async fn accounts_are_unique_by_name_and_change_in_place(s: Arc<dyn Store>) {
 
     let t = SealedTokens { access_token: "v3.1.a2".into(), refresh_token: "v3.1.r2".into(), expires_at_ms: 9 };
     assert!(s.set_status("1", AccountStatus::NeedsLogin, 5).await.unwrap());
-    assert!(s.update_tokens("1", &t, 6).await.unwrap());
-    assert!(!s.update_tokens("nope", &t, 6).await.unwrap());
+    assert_eq!(s.update_tokens("1", &t, Some(0), 6).await.unwrap(), Some(1));
+    assert_eq!(s.update_tokens("nope", &t, None, 6).await.unwrap(), None);
     assert!(s.set_routing("1", Some(3), None, 7).await.unwrap());
     assert!(s.set_routing("1", None, Some(9), 8).await.unwrap());
     s.set_plan("1", "max").await.unwrap();
@@ -427,4 +429,49 @@ async fn sealed_values_are_replaced_together(s: Arc<dyn Store>) {
     assert_eq!((a.access_token.as_deref(), a.refresh_token.as_deref()), (Some("v3.2.a"), Some("v3.2.r")));
     assert_eq!(s.get_setting("admin.totp").await.unwrap().as_deref(), Some("v3.2.totp"));
     assert_eq!(s.get_payload("sy_q").await.unwrap(), Some((Some("v3.2.q".to_owned()), None)));
+}
+
+async fn token_writes_compare_versions_and_leases_exclude(s: Arc<dyn Store>) {
+    s.save_account(&record("1", "a", 1)).await.unwrap();
+    let pair = |n: u8| SealedTokens {
+        access_token: format!("v3.1.a{n}"),
+        refresh_token: format!("v3.1.r{n}"),
+        expires_at_ms: i64::from(n),
+    };
+    // Instance A leases, sees version 0, refreshes; B cannot lease meanwhile.
+    let seen = s.take_refresh_lease("1", "A", 1_000, 10).await.unwrap().expect("A leases");
+    assert_eq!(seen.token_version, 0);
+    assert!(s.take_refresh_lease("1", "B", 1_000, 11).await.unwrap().is_none(), "B waits for A");
+    assert!(s.take_refresh_lease("1", "A", 1_000, 12).await.unwrap().is_some(), "A may renew its own");
+    assert_eq!(s.update_tokens("1", &pair(1), Some(0), 20).await.unwrap(), Some(1));
+    // The write ended A's lease: B leases and sees the new pair.
+    let after = s.take_refresh_lease("1", "B", 1_000, 21).await.unwrap().expect("B leases after A's write");
+    assert_eq!((after.token_version, after.refresh_token.as_deref()), (1, Some("v3.1.r1")));
+    // A stale writer (it still holds version 0) never overwrites the newer pair.
+    assert_eq!(s.update_tokens("1", &pair(9), Some(0), 22).await.unwrap(), None);
+    assert_eq!(s.find_account("a").await.unwrap().unwrap().refresh_token.as_deref(), Some("v3.1.r1"));
+    // Released by another holder: nothing happens; by its own: free at once.
+    s.release_refresh_lease("1", "A").await.unwrap();
+    assert!(s.take_refresh_lease("1", "C", 1_000, 23).await.unwrap().is_none());
+    s.release_refresh_lease("1", "B").await.unwrap();
+    assert!(s.take_refresh_lease("1", "C", 1_000, 24).await.unwrap().is_some());
+    // A holder that died frees the lease when it expires.
+    assert!(s.take_refresh_lease("1", "D", 5_000, 999).await.unwrap().is_none());
+    assert!(s.take_refresh_lease("1", "D", 5_000, 1_001).await.unwrap().is_some());
+    // A new login replaces the pair and moves the version on, so a writer from before it loses too.
+    let mut relogin = record("1", "a", 1);
+    relogin.refresh_token = Some("v3.1.login".into());
+    s.save_account(&relogin).await.unwrap();
+    let now = s.find_account("a").await.unwrap().unwrap();
+    assert_eq!(now.token_version, 2);
+    assert_eq!(s.update_tokens("1", &pair(3), Some(1), 30).await.unwrap(), None);
+    assert!(s.take_refresh_lease("1", "E", 1_000, 31).await.unwrap().is_some(), "the login ended D's lease");
+    // Racing writers over one version: exactly one wins.
+    let writers = (0..8u8).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move { s.update_tokens("1", &pair(n), Some(2), 40).await.unwrap() })
+    });
+    let won =
+        futures_util::future::join_all(writers).await.into_iter().filter(|w| w.as_ref().unwrap().is_some()).count();
+    assert_eq!(won, 1);
 }

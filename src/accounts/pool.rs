@@ -44,6 +44,8 @@ struct State {
     unsaved: bool,
     /// The token endpoint asked us to wait (429) until then.
     refresh_blocked_until_ms: i64,
+    /// The store's `token_version` of the pair we hold: a token write must name it.
+    token_version: i64,
 }
 
 /// One account of the pool.
@@ -250,6 +252,10 @@ pub struct Pool {
     margin_ms: i64,
     accounts: RwLock<Vec<Arc<Account>>>,
     router: Router,
+    /// This process's name as a refresh lease holder (random, per start).
+    instance: String,
+    /// How long a refresh lease lasts: the token call's timeout plus a margin.
+    lease_ms: i64,
     /// Rows that did not open, by id, with the version that failed: each is logged once per version.
     unreadable: Mutex<HashMap<String, i64>>,
 }
@@ -279,8 +285,23 @@ fn open_record(registry: &Registry, r: &AccountRecord) -> Result<State, AccountE
         updated_at_ms: r.updated_at_ms,
         unsaved: false,
         refresh_blocked_until_ms: 0,
+        token_version: r.token_version,
     })
 }
+
+/// Take a stored account's credentials and operator settings into the held state, keeping what only this
+/// process knows (a token-endpoint cooldown).
+fn adopt(held: &mut State, fresh: State) {
+    let blocked = held.refresh_blocked_until_ms;
+    *held = fresh;
+    held.refresh_blocked_until_ms = blocked;
+}
+
+/// How long a refresh lease outlives the token call's own timeout: a holder that died frees it then.
+const LEASE_MARGIN_MS: i64 = 5_000;
+
+/// How often an instance waiting for another's refresh looks at the store.
+const LEASE_POLL: Duration = Duration::from_millis(100);
 
 impl Pool {
     /// Load every account from the store. A wrong encryption key fails here, at start, not per request.
@@ -296,6 +317,8 @@ impl Pool {
             margin_ms: i64::try_from(margin.as_millis()).unwrap_or(i64::MAX),
             accounts: RwLock::new(Vec::new()),
             router,
+            instance: crate::ledger::request_id().replace("sy_", "i"),
+            lease_ms: LEASE_MARGIN_MS,
             unreadable: Mutex::new(HashMap::new()),
         };
         let failed = pool.load_records().await?;
@@ -306,6 +329,17 @@ impl Pool {
             return Err(first);
         }
         Ok(pool)
+    }
+
+    /// Refresh leases last as long as the token call may (`timeout`) plus a margin.
+    pub fn with_token_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2).saturating_add(LEASE_MARGIN_MS);
+        self
+    }
+
+    /// This process's name as a lease holder.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Pick up accounts added, replaced or removed by the CLI since the last load. What this process holds
@@ -475,35 +509,71 @@ impl Pool {
         self.refresh(account, rejected).await
     }
 
-    /// Refresh the account's token if it is still `seen`; callers that queued behind a refresh get its result.
+    /// Refresh the account's token if it is still `seen`; callers that queued behind a refresh get its
+    /// result. Across instances one refresh per account: the store's lease is taken around the token call,
+    /// the account is re-read inside it (another instance may have refreshed already), and the new pair is
+    /// written over the version it came from. Without the store there is no refresh: a rotated pair that
+    /// could not be committed would be a lost account.
     async fn refresh(&self, account: &Account, seen: &Arc<SecretString>) -> Result<Credential, AccountError> {
         let _single_flight = account.refresh_lock.lock().await;
-        let state = account.state();
-        if state.status == AccountStatus::NeedsLogin {
-            return Err(AccountError::NeedsLogin(account.name.clone()));
+        let deadline = crate::now_ms().saturating_add(self.lease_ms);
+        loop {
+            let state = account.state();
+            if state.status == AccountStatus::NeedsLogin {
+                return Err(AccountError::NeedsLogin(account.name.clone()));
+            }
+            let Creds::OAuth { access, refresh, expires_at_ms } = state.creds.clone() else {
+                return self.credential_now(account);
+            };
+            let now = crate::now_ms();
+            if state.unsaved {
+                self.commit_unsaved(account, &state, &access, &refresh, expires_at_ms).await?;
+                continue;
+            }
+            // Compared by value: a reload may have swapped in an equal token under a new allocation.
+            if access.expose_secret() != seen.expose_secret() && expires_at_ms.saturating_sub(now) > self.margin_ms {
+                return Ok(Credential::Bearer(access));
+            }
+            if now < state.refresh_blocked_until_ms {
+                let until = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(state.refresh_blocked_until_ms).unwrap_or(0)),
+                );
+                return Err(AccountError::RefreshCoolingDown { name: account.name.clone(), until: until.to_string() });
+            }
+            let store = self.registry.store();
+            let leased = store.take_refresh_lease(&account.id, &self.instance, now + self.lease_ms, now).await?;
+            let Some(record) = leased else {
+                // Another instance is refreshing: its pair arrives through the store.
+                if crate::now_ms() >= deadline {
+                    return Err(AccountError::RefreshFailed {
+                        name: account.name.clone(),
+                        source: OAuthError::Transport("another instance's refresh did not finish in time".into()),
+                    });
+                }
+                tokio::time::sleep(LEASE_POLL).await;
+                self.adopt_newer(account).await?;
+                continue;
+            };
+            if record.token_version != state.token_version {
+                // Refreshed elsewhere since we loaded it: take that pair, and use it if it is fresh.
+                let fresh = open_record(&self.registry, &record)?;
+                account.update(|s| adopt(s, fresh));
+                let _ = store.release_refresh_lease(&account.id, &self.instance).await;
+                continue;
+            }
+            return self.refresh_leased(account, refresh, record.token_version).await;
         }
-        let Creds::OAuth { access, refresh, expires_at_ms } = state.creds else {
-            return self.credential_now(account);
-        };
-        let now = crate::now_ms();
-        if state.unsaved {
-            self.registry.save_tokens(&account.id, &access, &refresh, expires_at_ms, now).await?;
-            account.update(|s| {
-                s.unsaved = false;
-                s.updated_at_ms = now;
-            });
-        }
-        // Compared by value: a reload may have swapped in an equal token under a new allocation.
-        if access.expose_secret() != seen.expose_secret() && expires_at_ms.saturating_sub(now) > self.margin_ms {
-            return Ok(Credential::Bearer(access));
-        }
-        if now < state.refresh_blocked_until_ms {
-            let until = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH
-                    + Duration::from_millis(u64::try_from(state.refresh_blocked_until_ms).unwrap_or(0)),
-            );
-            return Err(AccountError::RefreshCoolingDown { name: account.name.clone(), until: until.to_string() });
-        }
+    }
+
+    /// Call the token endpoint while holding the lease, and commit the new pair over `version`.
+    async fn refresh_leased(
+        &self,
+        account: &Account,
+        refresh: Arc<SecretString>,
+        version: i64,
+    ) -> Result<Credential, AccountError> {
+        let store = self.registry.store();
         match self.oauth.refresh(&refresh).await {
             Ok(answer) => {
                 let now = crate::now_ms();
@@ -511,20 +581,37 @@ impl Pool {
                 let access = Arc::new(answer.access_token);
                 // No refresh_token in the answer: the old one stays valid.
                 let refresh = answer.refresh_token.map(Arc::new).unwrap_or(refresh);
-                let saved = self.registry.save_tokens(&account.id, &access, &refresh, expires_at_ms, now).await;
+                let saved =
+                    self.registry.save_tokens(&account.id, &access, &refresh, expires_at_ms, Some(version), now).await;
                 // Held in memory even if the commit failed: the old refresh token is spent, so this pair is
-                // the only copy; it is committed before use on the next call.
+                // the only copy; it is committed before use on the next call (the lease, still ours, keeps
+                // other instances from refreshing with the spent token meanwhile).
                 account.update(|s| {
                     s.creds = Creds::OAuth { access: access.clone(), refresh, expires_at_ms };
                     s.updated_at_ms = now;
-                    s.unsaved = saved.is_err();
+                    s.unsaved = !matches!(saved, Ok(Some(_)));
+                    if let Ok(Some(v)) = saved {
+                        s.token_version = v;
+                    }
                 });
-                crate::metrics::refresh(&account.name, saved.is_ok());
-                saved?;
+                crate::metrics::refresh(&account.name, matches!(saved, Ok(Some(_))));
+                match saved {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        // Only if our lease ran out mid-call and another instance refreshed too: the
+                        // store's pair wins, since every other instance already uses it.
+                        tracing::error!(account = %account.name, "a newer token pair was written while refreshing; using it");
+                        account.update(|s| s.unsaved = false);
+                        self.adopt_newer(account).await?;
+                        return self.credential_now(account);
+                    }
+                    Err(e) => return Err(e),
+                }
                 tracing::info!(account = %account.name, "refreshed OAuth token");
                 Ok(Credential::Bearer(access))
             }
             Err(OAuthError::InvalidGrant(reason)) => {
+                let _ = store.release_refresh_lease(&account.id, &self.instance).await;
                 crate::metrics::refresh(&account.name, false);
                 crate::alerts::raise(
                     "account_needs_login",
@@ -539,6 +626,7 @@ impl Pool {
                 Err(AccountError::NeedsLogin(account.name.clone()))
             }
             Err(OAuthError::RateLimited { retry_after }) => {
+                let _ = store.release_refresh_lease(&account.id, &self.instance).await;
                 let wait = retry_after.unwrap_or(Duration::from_secs(60));
                 let until = crate::now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                 account.update(|s| s.refresh_blocked_until_ms = until);
@@ -549,11 +637,51 @@ impl Pool {
                 })
             }
             Err(source) => {
+                let _ = store.release_refresh_lease(&account.id, &self.instance).await;
                 crate::metrics::refresh(&account.name, false);
                 tracing::warn!(account = %account.name, error = %source, "token refresh failed");
                 Err(AccountError::RefreshFailed { name: account.name.clone(), source })
             }
         }
+    }
+
+    /// Commit a pair refreshed earlier whose write failed, over the version it came from.
+    async fn commit_unsaved(
+        &self,
+        account: &Account,
+        state: &State,
+        access: &Arc<SecretString>,
+        refresh: &Arc<SecretString>,
+        expires_at_ms: i64,
+    ) -> Result<(), AccountError> {
+        let now = crate::now_ms();
+        let saved = self
+            .registry
+            .save_tokens(&account.id, access, refresh, expires_at_ms, Some(state.token_version), now)
+            .await?;
+        match saved {
+            Some(version) => account.update(|s| {
+                s.unsaved = false;
+                s.updated_at_ms = now;
+                s.token_version = version;
+            }),
+            None => {
+                tracing::error!(account = %account.name, "a newer token pair was written meanwhile; using it");
+                account.update(|s| s.unsaved = false);
+                self.adopt_newer(account).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the stored pair if it is newer than the one held (another instance refreshed).
+    async fn adopt_newer(&self, account: &Account) -> Result<(), AccountError> {
+        let Some(record) = self.registry.store().find_account(&account.name).await? else { return Ok(()) };
+        if record.id == account.id && record.token_version > account.state().token_version {
+            let fresh = open_record(&self.registry, &record)?;
+            account.update(|s| adopt(s, fresh));
+        }
+        Ok(())
     }
 
     fn credential_now(&self, account: &Account) -> Result<Credential, AccountError> {

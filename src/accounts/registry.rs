@@ -192,21 +192,23 @@ impl Registry {
     }
 
     /// Commit a rotated pair; returns only once it is durable.
+    /// Seal and write a new OAuth pair; with `expected`, only over that token version (see
+    /// [`crate::store::AccountStore::update_tokens`]). The new version, or `None` when it moved on.
     pub async fn save_tokens(
         &self,
         id: &str,
         access: &SecretString,
         refresh: &SecretString,
         expires_at_ms: i64,
+        expected: Option<i64>,
         now_ms: i64,
-    ) -> Result<(), AccountError> {
+    ) -> Result<Option<i64>, AccountError> {
         let tokens = SealedTokens {
             access_token: self.seal(id, "access_token", access)?,
             refresh_token: self.seal(id, "refresh_token", refresh)?,
             expires_at_ms,
         };
-        self.store.update_tokens(id, &tokens, now_ms).await?;
-        Ok(())
+        Ok(self.store.update_tokens(id, &tokens, expected, now_ms).await?)
     }
 
     pub async fn set_status(&self, id: &str, status: AccountStatus) -> Result<(), AccountError> {
@@ -472,5 +474,6 @@ fn blank(id: String, name: &str, kind: AccountKind, created_at_ms: i64, now: i64
         priority: 0,
         weight: 1,
         plan: None,
+        token_version: 0,
     }
 }

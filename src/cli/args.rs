@@ -31,6 +31,11 @@ pub struct Cli {
     /// them, one that reads warns). Env: SWITCHYARD_STRICT_PERMISSIONS.
     #[arg(long, global = true, help_heading = "Global options")]
     pub strict_permissions: bool,
+    /// PostgreSQL for all state, shared by several instances (postgres://USER:PASSWORD@HOST:PORT/DB;
+    /// `sslmode=require` or `verify-full` for TLS). Default: SQLite in the data directory.
+    /// Env: SWITCHYARD_DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL", help_heading = "Global options")]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

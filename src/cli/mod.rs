@@ -88,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config: cli.config.clone(),
         home: cli.home.clone(),
         strict_permissions: cli.strict_permissions,
+        database_url: cli.database_url.clone(),
         ..Overrides::default()
     };
     if let Command::Serve(args) = &cli.command {
@@ -169,7 +170,7 @@ pub(crate) async fn open_existing(config: &Config) -> anyhow::Result<Option<Open
             plaintext.display()
         );
     }
-    if !config.database_path().exists() {
+    if config.database.is_none() && !config.database_path().exists() {
         eprintln!(
             "nothing here yet: {} holds no Switchyard data; add an account with `switchyard accounts add NAME \
              --api-key -` or `switchyard auth login`",
@@ -190,10 +191,16 @@ async fn open_keys(config: &Config, create: bool) -> anyhow::Result<(KeyStore, K
 }
 
 async fn open_store(config: &Config, keys: KeySet) -> anyhow::Result<Registry> {
-    let store = SqliteStore::open(&config.database_path())
-        .await
-        .with_context(|| format!("cannot open database {}", config.database_path().display()))?;
-    Ok(Registry::new(Arc::new(store), Arc::new(Cipher::with_keys(keys))))
+    let store: Arc<dyn crate::store::Store> = match &config.database {
+        // The error names host and port already, never the password.
+        Some(pg) => Arc::new(crate::store::PgStore::open(pg).await?),
+        None => Arc::new(
+            SqliteStore::open(&config.database_path())
+                .await
+                .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
+        ),
+    };
+    Ok(Registry::new(store, Arc::new(Cipher::with_keys(keys))))
 }
 
 pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, Backend)> {
@@ -264,7 +271,7 @@ pub(crate) fn oauth_http(config: &Config) -> anyhow::Result<reqwest::Client> {
     }
     Ok(builder
         .connect_timeout(config.connect_timeout)
-        .timeout(std::time::Duration::from_secs(30))
+        .timeout(config.token_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }

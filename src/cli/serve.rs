@@ -34,7 +34,8 @@ pub fn exclusive_lock(config: &Config) -> anyhow::Result<std::fs::File> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let _lock = exclusive_lock(&config)?;
+    // On SQLite one server per data directory; on PostgreSQL instances share the database by design.
+    let _lock = if config.database.is_none() { Some(exclusive_lock(&config)?) } else { None };
     let opened = super::open_data(&config).await?;
     if opened.keystore.unprotected_file() {
         eprintln!("note: the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");
@@ -44,7 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let oauth = OAuthClient::new(super::oauth_http(&config)?, config.oauth.clone());
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);
     let router = Router::new(config.strategy, session_ms);
-    let pool = Arc::new(Pool::load(registry, oauth, config.refresh_margin, router).await?);
+    let pool = Arc::new(
+        Pool::load(registry, oauth, config.refresh_margin, router).await?.with_token_timeout(config.token_timeout),
+    );
     let http = crate::forward::UpstreamClients::new(&config).map_err(|e| anyhow::anyhow!(e.message))?;
     if !config.pins.is_empty() {
         tracing::info!(hosts = %config.pins.hosts().collect::<Vec<_>>().join(", "), "upstream TLS keys pinned");

@@ -31,7 +31,10 @@ pub async fn run(config: &Config, command: StorageCommand) -> anyhow::Result<()>
 async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let Some(opened) = super::open_existing(config).await? else {
         if json {
-            println!("{}", serde_json::json!({ "backend": null, "database": config.database_path(), "secrets": 0 }));
+            println!(
+                "{}",
+                serde_json::json!({ "backend": null, "database": config.database_description(), "secrets": 0 })
+            );
         }
         return Ok(());
     };
@@ -48,7 +51,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             "key_versions": opened.keys.versions(),
             "passphrase_protected": protected,
             "secrets": secrets,
-            "database": config.database_path(),
+            "database": config.database_description(),
             "permissions_ok": loose.is_empty(),
             "permission_problems": loose.iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
@@ -68,7 +71,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             }
         );
     }
-    println!("secrets:      {secrets} encrypted value(s) in {}", config.database_path().display());
+    println!("secrets:      {secrets} encrypted value(s) in {}", config.database_description());
     if loose.is_empty() {
         println!("permissions:  ok (directory 0700, files 0600)");
     } else {

@@ -87,6 +87,8 @@ pub struct AccountRecord {
     pub weight: i64,
     /// Subscription plan (`max`, `pro`, …) learned from the profile endpoint.
     pub plan: Option<String>,
+    /// Bumped by every token write; a write naming an older version is refused.
+    pub token_version: i64,
 }
 
 /// A rotated OAuth pair, sealed.
@@ -380,10 +382,32 @@ pub trait AccountStore: Send + Sync {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
     /// The account named `name`, if any.
     async fn find_account(&self, name: &str) -> Result<Option<AccountRecord>, StoreError>;
-    /// Insert, or replace the row with the same id. A different account with the same name is `Duplicate`.
+    /// Insert, or replace the row with the same id (its tokens too: the token version moves on, and any
+    /// refresh lease ends). A different account with the same name is `Duplicate`.
     async fn save_account(&self, record: &AccountRecord) -> Result<(), StoreError>;
-    /// Replace an account's OAuth pair (and mark it active). Returns false when the account is gone.
-    async fn update_tokens(&self, id: &str, tokens: &SealedTokens, now_ms: i64) -> Result<bool, StoreError>;
+    /// Replace an account's OAuth pair, mark it active and end any refresh lease. With `expected`, only if
+    /// the stored `token_version` still is that (compare-and-swap: a writer holding an older pair never
+    /// overwrites a newer one); `None` writes unconditionally (a new login). Returns the new version, or
+    /// `None` when the account is gone or its version moved on.
+    async fn update_tokens(
+        &self,
+        id: &str,
+        tokens: &SealedTokens,
+        expected: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Take the refresh lease of account `id` for `holder` until `until_ms`, if no other holder has an
+    /// unexpired one; on success the account as stored now (read inside the lease: another instance may
+    /// have refreshed it already). `None`: someone else holds it, or the account is gone.
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<AccountRecord>, StoreError>;
+    /// Give the lease back (the refresh failed); a lease held by another holder is left alone.
+    async fn release_refresh_lease(&self, id: &str, holder: &str) -> Result<(), StoreError>;
     /// Set an account's status. Returns false when the account is gone.
     async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError>;
     /// Returns false when no account had that name.

@@ -18,7 +18,10 @@ use super::{
 
 /// Schema steps, one file each under `migrations/postgres/`; `schema_version` holds how many are applied.
 /// Never edit a released step: add one.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_schema.sql"),
+    include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
+];
 
 /// The advisory lock instances take to migrate one at a time (any constant; "switchyard" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7377_6974_6368_7964;
@@ -176,6 +179,7 @@ fn account_from_row(row: &PgRow) -> Result<AccountRecord, StoreError> {
         priority: row.try_get("priority").map_err(db)?,
         weight: row.try_get("weight").map_err(db)?,
         plan: get_opt("plan")?,
+        token_version: row.try_get("token_version").map_err(db)?,
     })
 }
 
@@ -234,7 +238,8 @@ impl AccountStore for PgStore {
                  access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                  api_key = excluded.api_key, expires_at_ms = excluded.expires_at_ms, email = excluded.email,
                  account_uuid = excluded.account_uuid, org_uuid = excluded.org_uuid, org_name = excluded.org_name,
-                 updated_at_ms = excluded.updated_at_ms",
+                 updated_at_ms = excluded.updated_at_ms, token_version = accounts.token_version + 1,
+                 refresh_holder = NULL, refresh_lease_until_ms = NULL",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -259,20 +264,66 @@ impl AccountStore for PgStore {
         Ok(())
     }
 
-    async fn update_tokens(&self, id: &str, t: &SealedTokens, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+    async fn update_tokens(
+        &self,
+        id: &str,
+        t: &SealedTokens,
+        expected: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
             "UPDATE accounts SET access_token = $1, refresh_token = $2, expires_at_ms = $3, status = 'active',
-                 updated_at_ms = $4 WHERE id = $5",
+                 updated_at_ms = $4, token_version = token_version + 1, refresh_holder = NULL,
+                 refresh_lease_until_ms = NULL
+             WHERE id = $5 AND ($6::BIGINT IS NULL OR token_version = $6) RETURNING token_version",
         )
         .bind(&t.access_token)
         .bind(&t.refresh_token)
         .bind(t.expires_at_ms)
         .bind(now_ms)
         .bind(id)
+        .bind(expected)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(version)
+    }
+
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        // One statement: the row lock it takes makes two instances' attempts serial, and the second sees
+        // the first's lease.
+        let row = sqlx::query(
+            "UPDATE accounts SET refresh_holder = $1, refresh_lease_until_ms = $2
+             WHERE id = $3 AND (refresh_holder IS NULL OR refresh_holder = $1 OR refresh_lease_until_ms < $4)
+             RETURNING *",
+        )
+        .bind(holder)
+        .bind(until_ms)
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn release_refresh_lease(&self, id: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE accounts SET refresh_holder = NULL, refresh_lease_until_ms = NULL
+             WHERE id = $1 AND refresh_holder = $2",
+        )
+        .bind(id)
+        .bind(holder)
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
     }
 
     async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError> {

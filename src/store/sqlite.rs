@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_key_budgets.sql"),
     include_str!("../../migrations/sqlite/0007_payloads.sql"),
     include_str!("../../migrations/sqlite/0008_requests_by_time.sql"),
+    include_str!("../../migrations/sqlite/0009_refresh_lease.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
@@ -153,6 +154,7 @@ fn account_from_row(row: &SqliteRow) -> Result<AccountRecord, StoreError> {
         priority: row.try_get("priority").map_err(db)?,
         weight: row.try_get("weight").map_err(db)?,
         plan: get_opt("plan")?,
+        token_version: row.try_get("token_version").map_err(db)?,
     })
 }
 
@@ -211,7 +213,8 @@ impl AccountStore for SqliteStore {
                  access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                  api_key = excluded.api_key, expires_at_ms = excluded.expires_at_ms, email = excluded.email,
                  account_uuid = excluded.account_uuid, org_uuid = excluded.org_uuid, org_name = excluded.org_name,
-                 updated_at_ms = excluded.updated_at_ms",
+                 updated_at_ms = excluded.updated_at_ms, token_version = accounts.token_version + 1,
+                 refresh_holder = NULL, refresh_lease_until_ms = NULL",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -236,20 +239,64 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
-    async fn update_tokens(&self, id: &str, t: &SealedTokens, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE accounts SET access_token = ?, refresh_token = ?, expires_at_ms = ?, status = 'active',
-                 updated_at_ms = ? WHERE id = ?",
+    async fn update_tokens(
+        &self,
+        id: &str,
+        t: &SealedTokens,
+        expected: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "UPDATE accounts SET access_token = ?1, refresh_token = ?2, expires_at_ms = ?3, status = 'active',
+                 updated_at_ms = ?4, token_version = token_version + 1, refresh_holder = NULL,
+                 refresh_lease_until_ms = NULL
+             WHERE id = ?5 AND (?6 IS NULL OR token_version = ?6) RETURNING token_version",
         )
         .bind(&t.access_token)
         .bind(&t.refresh_token)
         .bind(t.expires_at_ms)
         .bind(now_ms)
         .bind(id)
+        .bind(expected)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(version)
+    }
+
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE accounts SET refresh_holder = ?1, refresh_lease_until_ms = ?2
+             WHERE id = ?3 AND (refresh_holder IS NULL OR refresh_holder = ?1 OR refresh_lease_until_ms < ?4)
+             RETURNING *",
+        )
+        .bind(holder)
+        .bind(until_ms)
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn release_refresh_lease(&self, id: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE accounts SET refresh_holder = NULL, refresh_lease_until_ms = NULL
+             WHERE id = ? AND refresh_holder = ?",
+        )
+        .bind(id)
+        .bind(holder)
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
     }
 
     async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError> {
@@ -873,6 +920,7 @@ mod tests {
             priority: 0,
             weight: 1,
             plan: None,
+            token_version: 0,
         }
     }
 
@@ -934,7 +982,7 @@ mod tests {
                 matches!(s.save_account(&record("2", "a")).await, Err(StoreError::Duplicate { name, .. }) if name == "a")
             );
             let t = SealedTokens { access_token: "v1.a2".into(), refresh_token: "v1.r2".into(), expires_at_ms: 9 };
-            assert!(s.update_tokens("1", &t, 2).await.unwrap());
+            assert_eq!(s.update_tokens("1", &t, None, 2).await.unwrap(), Some(1));
         }
         let s = SqliteStore::open(&path).await.unwrap();
         let all = s.list_accounts().await.unwrap();
