@@ -101,7 +101,9 @@ async fn a_stuck_writer_never_blocks_requests_and_drops_are_counted() {
     let fake = Fake::start().await;
     let mut env = two_accounts(&fake).await;
     env.set("SWITCHYARD_LOG_QUEUE", "2");
-    let gw = env.serve().await;
+    let mut gw = env.serve().await;
+    // Its start-up writes (the login link) are done once it has said how to log in.
+    while !gw.next_line().await.starts_with("dashboard login") {}
     // Hold the database's write lock, as a slow disk or a long cleanup would.
     let db = env.home().join("switchyard.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);

@@ -47,6 +47,13 @@ pub enum AccountError {
     /// is unusable, the others are not.
     #[error("account {name:?}: its {field} cannot be opened: {source}")]
     Unreadable { name: String, field: &'static str, source: CryptoError },
+    /// The data key does not open the store's check value: this instance holds another key than the one the
+    /// database was written with.
+    #[error(
+        "this data key is not the one the database was written with ({0}); every instance on one database \
+         needs the same key: the same SWITCHYARD_ENCRYPTION_KEY, or a copy of the same key file"
+    )]
+    KeyMismatch(CryptoError),
 }
 
 impl AccountError {

@@ -99,6 +99,11 @@ pub struct Registry {
     cipher: Arc<Cipher>,
 }
 
+/// The setting that proves which data key the database was written with.
+const KEY_CHECK: &str = "store.key_check";
+const KEY_CHECK_AAD: &str = "settings/store.key_check";
+const KEY_CHECK_VALUE: &str = "switchyard data key";
+
 fn aad(id: &str, field: &str) -> String {
     format!("account/{id}/{field}")
 }
@@ -128,6 +133,32 @@ impl Registry {
 
     pub fn open(&self, id: &str, field: &str, sealed: &str) -> Result<SecretString, AccountError> {
         Ok(self.cipher.open(sealed, &aad(id, field))?)
+    }
+
+    /// Prove that this data key is the database's: a check value sealed with it is kept in the settings
+    /// (written by the first command that writes). Several instances on one database must share one key;
+    /// one with another key refuses to start here, before it serves or writes anything.
+    pub async fn verify_data_key(&self, write: bool) -> Result<(), AccountError> {
+        match self.store.get_setting(KEY_CHECK).await? {
+            Some(sealed) => self.cipher.open(&sealed, KEY_CHECK_AAD).map(drop).map_err(AccountError::KeyMismatch),
+            None if write => {
+                let sealed = self.cipher.seal(KEY_CHECK_VALUE, KEY_CHECK_AAD)?;
+                self.store.put_setting(KEY_CHECK, Some(&sealed), crate::now_ms()).await?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The key check re-sealed from `old` to `new` (key rotation), if there is one.
+    pub async fn resealed_key_check(
+        &self,
+        old: &Cipher,
+        new: &Cipher,
+    ) -> Result<Option<(String, String)>, AccountError> {
+        let Some(sealed) = self.store.get_setting(KEY_CHECK).await? else { return Ok(None) };
+        old.open(&sealed, KEY_CHECK_AAD)?;
+        Ok(Some((KEY_CHECK.to_owned(), new.seal(KEY_CHECK_VALUE, KEY_CHECK_AAD)?)))
     }
 
     /// Open one sealed field of `record`; a failure names the account.

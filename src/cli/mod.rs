@@ -156,6 +156,7 @@ pub(crate) async fn open_data(config: &Config) -> anyhow::Result<Opened> {
         );
     }
     let registry = open_store(config, keys.clone()).await?;
+    registry.verify_data_key(true).await?;
     migrate_plaintext(config, &registry).await?;
     Ok(Opened { registry, keystore, keys })
 }
@@ -181,6 +182,7 @@ pub(crate) async fn open_existing(config: &Config) -> anyhow::Result<Option<Open
     check_permissions(config, false)?;
     let (keystore, keys, _) = open_keys(config, false).await?;
     let registry = open_store(config, keys.clone()).await?;
+    registry.verify_data_key(false).await?;
     Ok(Some(Opened { registry, keystore, keys }))
 }
 

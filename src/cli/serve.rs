@@ -96,8 +96,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // No way into the dashboard yet: a single-use link, printed here only (like a notebook server).
     let admin_key = keys.has_role(crate::access::Role::Admin);
     if !admin_key && !crate::access::admin::has_password(pool.store().as_ref()).await? {
-        let token = crate::access::admin::issue_login_link(pool.store().as_ref(), LOGIN_LINK_TTL_MS).await?;
-        let _ = writeln!(stdout, "dashboard login link (single use): {scheme}://{addr}/admin/login?token={token}");
+        // A store too busy to take the link does not stop the server: the link can be issued later.
+        match crate::access::admin::issue_login_link(pool.store().as_ref(), LOGIN_LINK_TTL_MS).await {
+            Ok(token) => {
+                let _ =
+                    writeln!(stdout, "dashboard login link (single use): {scheme}://{addr}/admin/login?token={token}");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not issue a dashboard login link");
+                let _ =
+                    writeln!(stdout, "dashboard login: no link could be issued now; run `switchyard dashboard-link`");
+            }
+        }
     } else {
         let _ = writeln!(
             stdout,

@@ -201,11 +201,14 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     let old = opened.registry.cipher().clone();
     let new = Cipher::with_keys(keys.clone());
     let (accounts, mut count) = opened.registry.resealed_accounts(&old, &new).await?;
-    let settings: Vec<(String, String)> =
+    let mut settings: Vec<(String, String)> =
         crate::access::admin::resealed_totp(store.as_ref(), &old, &new).await?.into_iter().collect();
+    // The key check proves the new key, not the old, once this is done (it is not counted as a secret).
+    let key_check = opened.registry.resealed_key_check(&old, &new).await?;
     count += settings.len();
     let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, &old, &new)?;
     count += bodies;
+    settings.extend(key_check);
     store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
     store.clear_pending_logins().await?;
     // 3a. Nothing may still need the old key: check with the new key alone before retiring the old one.
