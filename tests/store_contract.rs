@@ -2,6 +2,8 @@
 //! fresh database of the test server `scripts/test` starts). A backend is done when all of them pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 
 use switchyard::store::{
@@ -24,30 +26,10 @@ impl Backend {
     }
 
     async fn postgres() -> Backend {
-        let url = fresh_database().await;
+        let url = support::fresh_database().await;
         let store = PgStore::open(&PgSettings { url, max_connections: 8 }).await.unwrap();
         Backend { store: Arc::new(store), _dir: None }
     }
-}
-
-/// A new, empty database on the test server; its URL.
-pub async fn fresh_database() -> String {
-    let admin = std::env::var("SWITCHYARD_TEST_DATABASE_URL").expect(
-        "the PostgreSQL tests need SWITCHYARD_TEST_DATABASE_URL: run ./scripts/test, which starts a private server",
-    );
-    let name = format!("sy_{:016x}", rand_u64());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&name);
-    url.to_string()
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    h.finish()
 }
 
 macro_rules! contract {

@@ -88,6 +88,16 @@ impl PgStore {
         let options = PgConnectOptions::from_str(&settings.url)
             .map_err(|_| StoreError::Config(format!("{} is not a valid database URL", redacted_url(&settings.url))))?
             .application_name("switchyard");
+        // One attempt first, so that a server that is not there is said at once (the pool would retry
+        // until its timeout).
+        let probe = tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        .map_err(|_| StoreError::Unreachable { place: url_host_port(&settings.url), cause: "timed out".into() })?
+        .map_err(|e| unreachable(&settings.url, e))?;
+        let _ = sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))

@@ -127,6 +127,8 @@ pub struct Inner {
     pub utilization_for: HashMap<String, f64>,
     /// Calls to the usage endpoint, and answers to give it (429s) before the normal one.
     pub usage_calls: usize,
+    /// Token requests received, counted as they arrive (before any delay), answered or not.
+    pub token_requests_started: usize,
     pub usage_script: VecDeque<u16>,
     pub profile_calls: usize,
     pub requests: Vec<Recorded>,
@@ -299,7 +301,11 @@ fn invalid_grant() -> Response {
 }
 
 async fn token(State(inner): State<Shared>, body: Bytes) -> Response {
-    let delay = inner.lock().unwrap().token_delay;
+    let delay = {
+        let mut inner = inner.lock().unwrap();
+        inner.token_requests_started += 1;
+        inner.token_delay
+    };
     tokio::time::sleep(delay).await;
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "token requests must be JSON").into_response();

@@ -422,3 +422,16 @@ impl Terminal {
         (status.code(), self.screen())
     }
 }
+
+/// A new, empty database on the PostgreSQL server `scripts/test` starts; its URL.
+pub async fn fresh_database() -> String {
+    let admin = std::env::var("SWITCHYARD_TEST_DATABASE_URL").expect(
+        "the PostgreSQL tests need SWITCHYARD_TEST_DATABASE_URL: run ./scripts/test, which starts a private server",
+    );
+    let name = format!("sy_{:016x}", rand::random::<u64>());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}

@@ -1,0 +1,198 @@
+//! Several instances on one PostgreSQL through the real binary: one refresh per account however many
+//! instances need it (and when the refreshing one is killed), one data key for all, a database that
+//! cannot be reached said in one line without its password.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Env, Fake, Gateway, message_body};
+
+/// The same database and data key for every instance; each has its own data directory.
+struct Cluster {
+    url: String,
+    key: String,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 32]>());
+        Cluster { url: support::fresh_database().await, key }
+    }
+
+    fn env(&self, fake: &Fake) -> Env {
+        let mut env = Env::new(fake);
+        env.set("SWITCHYARD_DATABASE_URL", &self.url);
+        env.set("SWITCHYARD_ENCRYPTION_KEY", &self.key);
+        env.set("SWITCHYARD_TOKEN_TIMEOUT_SECS", "2");
+        env
+    }
+
+    async fn instances(&self, fake: &Fake, n: usize) -> (Vec<Env>, Vec<Gateway>) {
+        let envs: Vec<Env> = (0..n).map(|_| self.env(fake)).collect();
+        let mut gateways = Vec::new();
+        for env in &envs {
+            gateways.push(env.serve().await);
+        }
+        (envs, gateways)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Three instances, one account whose token has expired, 150 concurrent requests spread over them: every
+/// request succeeds and the token endpoint sees exactly one refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_refresh_an_expiring_account_once() {
+    let fake = Fake::start().await;
+    fake.lock().token_delay = Duration::from_millis(300);
+    let cluster = Cluster::new().await;
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    cluster.env(&fake).import_oauth("max", &rt, &at, &(now_ms() - 60_000).to_string()).await;
+    let (_envs, gateways) = cluster.instances(&fake, 3).await;
+    let requests = (0..150).map(|i| gateways[i % 3].post("/v1/messages").json(&message_body(i % 2 == 0)).send());
+    for response in futures_util::future::join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = response.text().await.unwrap();
+    }
+    assert_eq!(fake.refresh_calls(), 1, "exactly one refresh for three instances");
+    let used: std::collections::HashSet<_> = fake.requests().iter().filter_map(|r| r.header("authorization")).collect();
+    assert_eq!(used.len(), 1, "every instance used the one new token");
+    assert!(!used.contains(&format!("Bearer {at}")));
+}
+
+/// The instance that is refreshing is killed (SIGKILL) while the token endpoint holds its call open: its
+/// lease frees, a survivor refreshes once with the refresh token that was never spent, and the account
+/// keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_cut_by_kill_9_is_finished_by_a_survivor() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    // Due for a refresh only once the instances run (the margin is one second), so that the first
+    // instance's request is what starts it.
+    let expires = now_ms() + 3_000;
+    cluster.env(&fake).import_oauth("max", &rt, &at, &expires.to_string()).await;
+    let envs: Vec<Env> = (0..2)
+        .map(|_| {
+            let mut env = cluster.env(&fake);
+            env.set("SWITCHYARD_REFRESH_MARGIN_SECS", "1");
+            env
+        })
+        .collect();
+    let mut gateways = Vec::new();
+    for env in &envs {
+        gateways.push(env.serve().await);
+    }
+    fake.lock().token_delay = Duration::from_secs(30);
+    support::eventually("the token to come due", Duration::from_secs(10), async || {
+        (now_ms() > expires - 1_000).then_some(())
+    })
+    .await;
+    let first = gateways[0].post("/v1/messages").json(&message_body(false)).send();
+    let pending = tokio::spawn(first);
+    support::eventually(
+        "the first instance's refresh to reach the token endpoint",
+        Duration::from_secs(10),
+        async || (fake.lock().token_requests_started == 1).then_some(()),
+    )
+    .await;
+    gateways[0].child.start_kill().unwrap();
+    let _ = gateways[0].child.wait().await;
+    let _ = pending.await;
+    fake.lock().token_delay = Duration::ZERO;
+    let survivor = gateways.pop().unwrap();
+    let response = survivor.post("/v1/messages").json(&message_body(false)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    assert_eq!(fake.refresh_calls(), 1, "the cut call was never answered; the survivor's is the one refresh");
+    assert_eq!(fake.lock().token_requests_started, 2);
+    let listed = cluster.env(&fake).ok(&["accounts", "list", "--json"]).await.stdout;
+    assert!(listed.contains("\"status\": \"active\"") || listed.contains("\"status\":\"active\""), "{listed}");
+}
+
+/// A writer holding an older pair can never overwrite a newer one: tokens written by another instance
+/// are what every instance ends up using.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_on_one_instance_reach_the_others() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    for name in ["a", "b"] {
+        let key = format!("sk-ant-api03-cluster-{name}");
+        fake.add_api_key(&key);
+        cluster.env(&fake).ok(&["accounts", "add", name, "--api-key", &key]).await;
+    }
+    let (envs, gateways) = cluster.instances(&fake, 3).await;
+    for gw in &gateways {
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    }
+    // Paused through one instance's data directory: all three stop routing to it.
+    envs[0].ok(&["accounts", "pause", "a"]).await;
+    for gw in &gateways {
+        gw.settle().await;
+    }
+    let before = fake.served_by("sk-ant-api03-cluster-a");
+    for gw in &gateways {
+        for _ in 0..3 {
+            assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+        }
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-cluster-a"), before, "a paused account served");
+    // A key created through one instance works on the others once they have synced.
+    let key = envs[1].ok(&["keys", "create", "shared"]).await.stdout.trim().to_owned();
+    for gw in &gateways {
+        gw.settle().await;
+        let r = gw.post("/v1/messages").header("x-api-key", &key).json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 401);
+    }
+}
+
+/// Every instance on one database needs the data key the database was written with: one with another key
+/// refuses to start, naming the problem, and the others are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_with_another_data_key_refuses_to_start() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-cluster-key");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-cluster-key"]).await;
+    let (_envs, gateways) = cluster.instances(&fake, 1).await;
+    let mut stranger = cluster.env(&fake);
+    let other = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
+    stranger.set("SWITCHYARD_ENCRYPTION_KEY", &other);
+    let out = stranger.run(&["serve", "--port", "0"], "").await;
+    assert_eq!(out.code, Some(1));
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("not the one the database was written with"), "{}", out.stderr);
+    // A key file of its own is no better than a wrong key.
+    let mut own_file = cluster.env(&fake);
+    own_file.set("SWITCHYARD_ENCRYPTION_KEY", "");
+    let out = own_file.run(&["accounts", "list"], "").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(gateways[0].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+}
+
+/// A database that cannot be reached is one line naming host and port, never the password, and the
+/// process exits non-zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_one_clear_line_without_its_password() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    let port = support::closed_port_url().rsplit(':').next().unwrap().to_owned();
+    env.set("SWITCHYARD_DATABASE_URL", &format!("postgres://switchyard:hunter2secret@127.0.0.1:{port}/db"));
+    env.set("SWITCHYARD_LOG_LEVEL", "warn");
+    for args in [&["serve", "--port", "0"][..], &["accounts", "list"], &["auth", "status"]] {
+        let out = env.run(args, "").await;
+        assert_eq!(out.code, Some(1), "{args:?}");
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{}", out.stderr);
+        assert!(lines[0].contains(&format!("cannot reach the database at 127.0.0.1:{port}")), "{}", out.stderr);
+        assert!(!out.stderr.contains("hunter2secret") && !out.stdout.contains("hunter2secret"), "{}", out.stderr);
+    }
+    env.set("SWITCHYARD_DATABASE_URL", "mysql://root:hunter2secret@localhost/db");
+    let out = env.run(&["accounts", "list"], "").await;
+    assert!(out.stderr.contains("SWITCHYARD_DATABASE_URL") && !out.stderr.contains("hunter2secret"), "{}", out.stderr);
+}
