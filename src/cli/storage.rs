@@ -184,6 +184,11 @@ async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
 /// Add a new key, re-seal everything under it in one transaction, then retire the old key. A crash at any
 /// point leaves a key that opens every stored value.
 async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    // Other instances would keep sealing with the old key while this one retires it.
+    anyhow::ensure!(
+        config.database.is_none(),
+        "rotate-key does not support a shared PostgreSQL database yet: every instance holds the key itself"
+    );
     let _lock = super::serve::exclusive_lock(config)
         .context("stop `switchyard serve` on this data directory before rotating the key")?;
     let opened = open_data(config).await?;
