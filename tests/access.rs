@@ -46,6 +46,8 @@ async fn keys_gate_the_proxy_once_one_exists() {
     assert_eq!(send(&gw, None).send().await.unwrap().status(), 200);
 
     let key = create_key(&env, &["alice"]).await;
+    // A new key works on its first request: not yet in memory, it is looked up before it is refused.
+    assert_eq!(send(&gw, Some(&key)).send().await.unwrap().status(), 200);
     gw.settle().await;
     let (kind, message) = error_type(send(&gw, None).send().await.unwrap(), 401).await;
     assert_eq!(kind, "authentication_error");

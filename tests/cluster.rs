@@ -141,13 +141,20 @@ async fn changes_on_one_instance_reach_the_others() {
         }
     }
     assert_eq!(fake.served_by("sk-ant-api03-cluster-a"), before, "a paused account served");
-    // A key created through one instance works on the others once they have synced.
+    // Once a key exists (created through one instance), requests without one are refused everywhere.
     let key = envs[1].ok(&["keys", "create", "shared"]).await.stdout.trim().to_owned();
     for gw in &gateways {
         gw.settle().await;
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 401);
         let r = gw.post("/v1/messages").header("x-api-key", &key).json(&message_body(false)).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 401);
+    }
+    // A key created through another instance works on its first request, before any reload (looked up in
+    // the store before it is refused).
+    let late = envs[2].ok(&["keys", "create", "late"]).await.stdout.trim().to_owned();
+    for gw in &gateways {
+        let r = gw.post("/v1/messages").header("x-api-key", &late).json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
     }
 }
 

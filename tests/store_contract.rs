@@ -175,6 +175,8 @@ async fn client_keys_revoke_rehash_and_budget(s: Arc<dyn Store>) {
     assert_eq!((k.hash.as_str(), k.revoked_at_ms, k.updated_at_ms), ("h3", None, 8));
     assert_eq!((k.budget_usd_day, k.budget_usd_month, k.budget_tokens_day), (Some(1.5), Some(5.0), Some(1000)));
     assert_eq!((k.rpm, k.concurrency, k.accounts.as_deref()), (Some(10), Some(2), Some("a,b")));
+    assert_eq!(s.find_client_key_by_hash("h3").await.unwrap().map(|k| k.name).as_deref(), Some("app"));
+    assert!(s.find_client_key_by_hash("h1").await.unwrap().is_none(), "the old hash is gone");
 
     let spent = |key: &str, at_ms: i64, cost: f64| RequestRow {
         id: format!("sy_{key}_{at_ms}"),

@@ -199,7 +199,14 @@ pub enum KeyCheck {
 pub struct ClientKeys {
     keys: RwLock<Vec<Arc<ClientKey>>>,
     pub spend: SpendBook,
+    /// Hashes looked up in the store and not found, with when: one query per distinct key per second.
+    misses: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
+
+/// Distinct unknown keys remembered; past this the oldest half is forgotten.
+const MAX_MISSES: usize = 10_000;
+/// How long a key the store did not know stays refused without asking again.
+const MISS_TTL_MS: i64 = 1_000;
 
 impl ClientKeys {
     pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
@@ -232,6 +239,42 @@ impl ClientKeys {
             Ok(k) => k.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// [`ClientKeys::check`], and for a key not in memory one look in the store before it is refused: a key
+    /// created a moment ago (through another instance, or the CLI before the next reload) works at once.
+    /// A key the store does not know is remembered for a second, so a flood of wrong keys costs at most
+    /// one query per distinct key per second. Valid keys in memory never wait on the store.
+    pub async fn check_or_lookup(&self, store: &dyn Store, presented: Option<&str>, now_ms: i64) -> KeyCheck {
+        let checked = self.check(presented, now_ms);
+        let (KeyCheck::Unknown, Some(presented)) = (&checked, presented) else { return checked };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        {
+            let mut misses = self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if misses.get(&digest).is_some_and(|at| now_ms - at < MISS_TTL_MS) {
+                return KeyCheck::Unknown;
+            }
+            if misses.len() >= MAX_MISSES {
+                misses.retain(|_, at| now_ms - *at < MISS_TTL_MS);
+                if misses.len() >= MAX_MISSES {
+                    // A flood of distinct keys: refuse without asking until it thins out.
+                    return KeyCheck::Unknown;
+                }
+            }
+            misses.insert(digest, now_ms);
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let Ok(Some(record)) = store.find_client_key_by_hash(&hex).await else { return KeyCheck::Unknown };
+        let Some(key) = ClientKey::from_record(&record).map(Arc::new) else { return KeyCheck::Unknown };
+        self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&digest);
+        match self.keys.write() {
+            Ok(mut keys) => {
+                keys.retain(|k| k.id != key.id);
+                keys.push(key);
+            }
+            Err(poisoned) => poisoned.into_inner().push(key),
+        }
+        self.check(Some(presented), now_ms)
     }
 
     /// Whether the key `id` is still active with the secret whose hash is `hash` (not revoked, expired or

@@ -214,7 +214,7 @@ async fn login(
     let outcome: Result<(String, Role, SessionOrigin), ApiError> = if let Some(key) = body.key.as_deref() {
         // A key is checked first and a valid one always gets in: keys cannot be guessed, so the brake only
         // bounds how much noise wrong ones make (past it they are not audited either).
-        match admin.keys.check(Some(key), crate::now_ms()) {
+        match admin.keys.check_or_lookup(store.as_ref(), Some(key), crate::now_ms()).await {
             KeyCheck::Valid(k) if k.role.allows(Permission::DashboardView) => {
                 Ok((format!("key:{}", k.name), k.role, SessionOrigin::Key { id: k.id.clone(), hash: k.hash }))
             }

@@ -19,6 +19,8 @@ const MAX_FAILING_SOURCES: usize = 10_000;
 #[derive(Debug)]
 pub struct Guard {
     pub keys: Arc<ClientKeys>,
+    /// Where a key not in memory is looked up before it is refused.
+    store: Arc<dyn crate::store::Store>,
     /// Refusals are requests too: they go to the request log.
     pub log: Option<Arc<crate::ledger::RequestLog>>,
     /// No keys configured and the operator allowed that (loopback, or `--allow-unauthenticated`).
@@ -29,12 +31,13 @@ pub struct Guard {
 impl Guard {
     pub fn new(
         keys: Arc<ClientKeys>,
+        store: Arc<dyn crate::store::Store>,
         log: Option<Arc<crate::ledger::RequestLog>>,
         open_without_keys: bool,
         failures_per_minute: u32,
     ) -> Self {
         let quota = Quota::per_minute(NonZeroU32::new(failures_per_minute).unwrap_or(NonZeroU32::MIN));
-        Self { keys, log, open_without_keys, failures: RateLimiter::keyed(quota) }
+        Self { keys, store, log, open_without_keys, failures: RateLimiter::keyed(quota) }
     }
 
     /// Record a refused request and answer it.
@@ -104,11 +107,12 @@ impl Guard {
     }
 
     /// Let `req` through, or refuse it (the refusal goes to the request log).
-    pub fn admit(&self, req: &Asking<'_>) -> Result<Admitted, ApiError> {
+    pub async fn admit(&self, req: &Asking<'_>) -> Result<Admitted, ApiError> {
         if self.is_open() {
             return Ok(Admitted::default());
         }
-        let key = match self.keys.check(presented_key(req.headers), crate::now_ms()) {
+        let presented = presented_key(req.headers);
+        let key = match self.keys.check_or_lookup(self.store.as_ref(), presented, crate::now_ms()).await {
             KeyCheck::Valid(key) => key,
             KeyCheck::Missing => {
                 let e = ApiError::unauthorized("an API key is required: send it as x-api-key or Authorization: Bearer");

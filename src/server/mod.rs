@@ -142,7 +142,7 @@ impl Api {
             return refused.into_response();
         }
         let asking = Asking { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, ip: peer };
-        let admitted = match self.guard.admit(&asking) {
+        let admitted = match self.guard.admit(&asking).await {
             Ok(admitted) => admitted,
             Err(refused) => return refused.into_response(),
         };
@@ -323,7 +323,13 @@ impl Gateway {
         let log = Some(crate::ledger::RequestLog::start(store, config.log_queue, Some(keys.clone()), payloads.clone()));
         let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing, payloads)?);
-        let guard = Arc::new(Guard::new(keys.clone(), log.clone(), open_without_keys, config.auth_failures_per_minute));
+        let guard = Arc::new(Guard::new(
+            keys.clone(),
+            pool.store().clone(),
+            log.clone(),
+            open_without_keys,
+            config.auth_failures_per_minute,
+        ));
         let admin = Arc::new(Admin {
             pool: pool.clone(),
             keys: keys.clone(),

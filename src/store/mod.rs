@@ -436,6 +436,9 @@ pub trait RoutingStore: Send + Sync {
 /// Client API keys (hashes only), their budgets and what they spent.
 #[async_trait]
 pub trait ClientKeyStore: Send + Sync {
+    /// The key whose SHA-256 (hex) is `hash`, if any: a key created through another instance, looked up
+    /// before it is refused.
+    async fn find_client_key_by_hash(&self, hash: &str) -> Result<Option<ClientKeyRecord>, StoreError>;
     /// Every client key, revoked and expired ones included.
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError>;
     /// A key of the same name is `Duplicate`.

@@ -193,6 +193,26 @@ fn account_from_row(row: &PgRow) -> Result<AccountRecord, StoreError> {
     })
 }
 
+fn key_from_row(r: &PgRow) -> Result<ClientKeyRecord, StoreError> {
+    Ok(ClientKeyRecord {
+        id: r.try_get("id").map_err(db)?,
+        name: r.try_get("name").map_err(db)?,
+        hash: r.try_get("hash").map_err(db)?,
+        role: r.try_get("role").map_err(db)?,
+        rpm: r.try_get("rpm").map_err(db)?,
+        tpm: r.try_get("tpm").map_err(db)?,
+        concurrency: r.try_get("concurrency").map_err(db)?,
+        accounts: r.try_get("accounts").map_err(db)?,
+        created_at_ms: r.try_get("created_at_ms").map_err(db)?,
+        expires_at_ms: r.try_get("expires_at_ms").map_err(db)?,
+        revoked_at_ms: r.try_get("revoked_at_ms").map_err(db)?,
+        updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+        budget_usd_day: r.try_get("budget_usd_day").map_err(db)?,
+        budget_usd_month: r.try_get("budget_usd_month").map_err(db)?,
+        budget_tokens_day: r.try_get("budget_tokens_day").map_err(db)?,
+    })
+}
+
 fn request_from_row(r: &PgRow) -> Result<RequestRow, StoreError> {
     Ok(RequestRow {
         id: r.try_get("id").map_err(db)?,
@@ -414,32 +434,21 @@ impl RoutingStore for PgStore {
 
 #[async_trait]
 impl ClientKeyStore for PgStore {
+    async fn find_client_key_by_hash(&self, hash: &str) -> Result<Option<ClientKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM client_keys WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM client_keys ORDER BY created_at_ms, name COLLATE \"C\"")
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClientKeyRecord {
-                    id: r.try_get("id").map_err(db)?,
-                    name: r.try_get("name").map_err(db)?,
-                    hash: r.try_get("hash").map_err(db)?,
-                    role: r.try_get("role").map_err(db)?,
-                    rpm: r.try_get("rpm").map_err(db)?,
-                    tpm: r.try_get("tpm").map_err(db)?,
-                    concurrency: r.try_get("concurrency").map_err(db)?,
-                    accounts: r.try_get("accounts").map_err(db)?,
-                    created_at_ms: r.try_get("created_at_ms").map_err(db)?,
-                    expires_at_ms: r.try_get("expires_at_ms").map_err(db)?,
-                    revoked_at_ms: r.try_get("revoked_at_ms").map_err(db)?,
-                    updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
-                    budget_usd_day: r.try_get("budget_usd_day").map_err(db)?,
-                    budget_usd_month: r.try_get("budget_usd_month").map_err(db)?,
-                    budget_tokens_day: r.try_get("budget_tokens_day").map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(key_from_row).collect()
     }
 
     async fn insert_client_key(&self, k: &ClientKeyRecord) -> Result<(), StoreError> {
