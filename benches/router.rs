@@ -44,7 +44,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("least-used", Strategy::LeastUsed),
     ] {
         let router = Router::new(strategy, 5 * 3600 * 1000);
-        let pool = Pool::load(registry.clone(), oauth.clone(), Duration::from_secs(300), router).await?;
+        let pool =
+            Pool::load(registry.clone(), oauth.clone(), Duration::from_secs(300), router, "local".to_owned()).await?;
         let want =
             Want { family: Some("sonnet".into()), affinity: Some("conversation".into()), pinned: None, allowed: None };
         let started = Instant::now();

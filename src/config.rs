@@ -663,6 +663,22 @@ impl Config {
         self.home.join("switchyard.db")
     }
 
+    /// The name this instance keeps its routing state under: `local` on SQLite (one machine); on a shared
+    /// database the host name and a digest of the data directory, stable across restarts and distinct
+    /// between machines.
+    pub fn instance_name(&self) -> String {
+        if self.database.is_none() {
+            return "local".to_owned();
+        }
+        use sha2::Digest;
+        #[cfg(unix)]
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        #[cfg(not(unix))]
+        let host = std::env::var("COMPUTERNAME").unwrap_or_else(|_| "host".to_owned());
+        let digest = sha2::Sha256::digest(self.home.to_string_lossy().as_bytes());
+        format!("{host}-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
+    }
+
     /// Where the state lives, for messages: the SQLite file, or the PostgreSQL URL without its password.
     pub fn database_description(&self) -> String {
         match &self.database {

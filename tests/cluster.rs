@@ -203,3 +203,40 @@ async fn an_unreachable_database_is_one_clear_line_without_its_password() {
     let out = env.run(&["accounts", "list"], "").await;
     assert!(out.stderr.contains("SWITCHYARD_DATABASE_URL") && !out.stderr.contains("hunter2secret"), "{}", out.stderr);
 }
+
+/// A 429 that one instance saw benches the account on the others; counters add up over instances (each
+/// instance keeps its own row, so a restart counts nothing twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bench_seen_by_one_instance_holds_on_the_others() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    for name in ["a", "b"] {
+        let key = format!("sk-ant-api03-bench-{name}");
+        fake.add_api_key(&key);
+        cluster.env(&fake).ok(&["accounts", "add", name, "--api-key", &key]).await;
+    }
+    cluster.env(&fake).ok(&["accounts", "set", "b", "--priority", "1"]).await;
+    let (envs, gateways) = cluster.instances(&fake, 2).await;
+    let reset = support::fake::now_secs() + 3600;
+    fake.push_for("sk-ant-api03-bench-a", support::fake::Script::limited(reset));
+    assert_eq!(gateways[0].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    assert_eq!(fake.served_by("sk-ant-api03-bench-a"), 1);
+    support::eventually("the bench in the shared state", Duration::from_secs(10), async || {
+        let listed: serde_json::Value =
+            serde_json::from_str(&envs[1].ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
+        (listed[0]["status"] == "rate-limited").then_some(())
+    })
+    .await;
+    gateways[1].settle().await;
+    for _ in 0..4 {
+        assert_eq!(gateways[1].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-bench-a"), 1, "the other instance kept using a benched account");
+    let listed = support::eventually("both instances' counts", Duration::from_secs(10), async || {
+        let listed: serde_json::Value =
+            serde_json::from_str(&envs[0].ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
+        (listed[1]["requests"] == 5).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed[0]["attempts"], 1, "{listed}");
+}

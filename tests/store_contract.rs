@@ -130,13 +130,29 @@ async fn routing_states_follow_their_accounts(s: Arc<dyn Store>) {
     s.save_account(&record("1", "a", 1)).await.unwrap();
     s.save_account(&record("2", "b", 1)).await.unwrap();
     let states = vec![("1".to_owned(), "{\"n\":1}".to_owned()), ("2".to_owned(), "{\"n\":2}".to_owned())];
-    s.save_states(&states, 5).await.unwrap();
+    s.save_states("x", &states, 5).await.unwrap();
+    s.save_states("y", &states[..1], 5).await.unwrap();
     s.remove_account("b").await.unwrap();
-    // A state for an account removed meanwhile is dropped, not an error; the others are written.
+    // A state for an account removed meanwhile is dropped, not an error; the others are written, and only
+    // this instance's rows change.
     let states = vec![("1".to_owned(), "{\"n\":3}".to_owned()), ("2".to_owned(), "{\"n\":4}".to_owned())];
-    s.save_states(&states, 6).await.unwrap();
-    assert_eq!(s.load_states().await.unwrap(), [("1".to_owned(), "{\"n\":3}".to_owned())]);
-    s.save_states(&[], 7).await.unwrap();
+    s.save_states("x", &states, 6).await.unwrap();
+    let mut rows: Vec<(String, String, String, i64)> = s
+        .load_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.account_id, r.instance, r.state, r.updated_at_ms))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("1".to_owned(), "x".to_owned(), "{\"n\":3}".to_owned(), 6),
+            ("1".to_owned(), "y".to_owned(), "{\"n\":1}".to_owned(), 5)
+        ]
+    );
+    s.save_states("x", &[], 7).await.unwrap();
 }
 
 fn key(id: &str, name: &str, hash: &str) -> ClientKeyRecord {

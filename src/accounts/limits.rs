@@ -64,6 +64,39 @@ fn bench_until(until_secs: Option<i64>, retry_after_secs: Option<i64>, now_ms: i
 }
 
 impl Limits {
+    /// Take in what another instance saw of this account: its benches (the later end wins) and usage
+    /// windows where this one has none. Counters stay this instance's own: each instance writes only its
+    /// own, and readers add them up ([`Limits::combined`]), so a restart never counts anything twice.
+    pub fn share(&mut self, other: &Limits) {
+        self.limited_until_ms = self.limited_until_ms.max(other.limited_until_ms);
+        self.cooldown_until_ms = self.cooldown_until_ms.max(other.cooldown_until_ms);
+        for (family, until) in &other.model_limited_until_ms {
+            let mine = self.model_limited_until_ms.entry(family.clone()).or_insert(0);
+            *mine = (*mine).max(*until);
+        }
+        if self.five_hour.is_none() {
+            self.five_hour = other.five_hour;
+        }
+        if self.seven_day.is_none() {
+            self.seven_day = other.seven_day;
+        }
+    }
+
+    /// The account as all instances together saw it: counters summed, benches shared, the latest use.
+    pub fn combined<'a>(rows: impl IntoIterator<Item = &'a Limits>) -> Limits {
+        let mut all = Limits::default();
+        for row in rows {
+            all.share(row);
+            all.requests += row.requests;
+            all.failures += row.failures;
+            all.attempts += row.attempts;
+            all.failed_attempts += row.failed_attempts;
+            all.last_used_ms = all.last_used_ms.max(row.last_used_ms);
+            all.warning |= row.warning;
+        }
+        all
+    }
+
     /// Take in what a response said; returns the verdict for the failover decision.
     pub fn observe(&mut self, status: u16, info: &RateLimitInfo, family: Option<&str>, now_ms: i64) -> Verdict {
         for (window, slot) in [("5h", &mut self.five_hour), ("7d", &mut self.seven_day)] {

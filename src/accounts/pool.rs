@@ -254,6 +254,11 @@ pub struct Pool {
     router: Router,
     /// This process's name as a refresh lease holder (random, per start).
     instance: String,
+    /// The name its routing state is kept under: stable across restarts of this instance (`local` for
+    /// one machine), so counters continue where they stopped instead of starting a new row each time.
+    state_instance: String,
+    /// Other instances' state rows already taken in: (account, instance) → their `updated_at_ms`.
+    seen_states: Mutex<HashMap<(String, String), i64>>,
     /// How long a refresh lease lasts: the token call's timeout plus a margin.
     lease_ms: i64,
     /// Rows that did not open, by id, with the version that failed: each is logged once per version.
@@ -310,6 +315,7 @@ impl Pool {
         oauth: OAuthClient,
         margin: Duration,
         router: Router,
+        state_instance: String,
     ) -> Result<Self, AccountError> {
         let pool = Self {
             registry,
@@ -319,6 +325,8 @@ impl Pool {
             router,
             instance: crate::ledger::request_id().replace("sy_", "i"),
             lease_ms: LEASE_MARGIN_MS,
+            state_instance,
+            seen_states: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(HashMap::new()),
         };
         let failed = pool.load_records().await?;
@@ -335,6 +343,31 @@ impl Pool {
     pub fn with_token_timeout(mut self, timeout: Duration) -> Self {
         self.lease_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2).saturating_add(LEASE_MARGIN_MS);
         self
+    }
+
+    /// Take in the limits other instances saw since the last call (a 429 that benched an account there
+    /// benches it here too). Called by the upkeep each second; reads only, marks nothing to write.
+    pub async fn share_states(&self) -> Result<(), AccountError> {
+        let rows = self.registry.store().load_states().await?;
+        let accounts = self.snapshot();
+        let mut seen = self.seen_states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for row in rows {
+            if row.instance == self.state_instance {
+                continue;
+            }
+            let key = (row.account_id.clone(), row.instance.clone());
+            if seen.get(&key).is_some_and(|at| *at >= row.updated_at_ms) {
+                continue;
+            }
+            seen.insert(key, row.updated_at_ms);
+            let (Some(account), Ok(theirs)) =
+                (accounts.iter().find(|a| a.id == row.account_id), serde_json::from_str::<Limits>(&row.state))
+            else {
+                continue;
+            };
+            account.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).share(&theirs);
+        }
+        Ok(())
     }
 
     /// This process's name as a lease holder.
@@ -354,7 +387,7 @@ impl Pool {
     async fn load_records(&self) -> Result<Vec<AccountError>, AccountError> {
         let records = self.registry.list().await?;
         let mut failed = Vec::new();
-        let mut saved_limits: Option<HashMap<String, String>> = None;
+        let mut saved_limits: Option<Vec<crate::store::StateRow>> = None;
         let current: HashMap<String, Arc<Account>> = self.snapshot().into_iter().map(|a| (a.id.clone(), a)).collect();
         let mut next = Vec::with_capacity(records.len());
         for r in &records {
@@ -378,13 +411,20 @@ impl Pool {
                         }
                     };
                     if saved_limits.is_none() {
-                        saved_limits = Some(self.registry.store().load_states().await?.into_iter().collect());
+                        saved_limits = Some(self.registry.store().load_states().await?);
                     }
-                    let limits = saved_limits
-                        .as_ref()
-                        .and_then(|m| m.get(&r.id))
-                        .and_then(|json| serde_json::from_str(json).ok())
-                        .unwrap_or_default();
+                    // This instance's own row (its counters), with what the others saw of the limits.
+                    let mut limits = Limits::default();
+                    for row in saved_limits.iter().flatten().filter(|row| row.account_id == r.id) {
+                        let Ok(theirs) = serde_json::from_str::<Limits>(&row.state) else { continue };
+                        if row.instance == self.state_instance {
+                            let shared = std::mem::take(&mut limits);
+                            limits = theirs;
+                            limits.share(&shared);
+                        } else {
+                            limits.share(&theirs);
+                        }
+                    }
                     next.push(Arc::new(Account {
                         id: r.id.clone(),
                         name: r.name.clone(),
@@ -447,7 +487,7 @@ impl Pool {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.registry.store().save_states(&batch, crate::now_ms()).await {
+        if let Err(e) = self.registry.store().save_states(&self.state_instance, &batch, crate::now_ms()).await {
             // Try again next round.
             for account in self.snapshot() {
                 if batch.iter().any(|(id, _)| id == &account.id) {

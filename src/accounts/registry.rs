@@ -272,12 +272,20 @@ impl Registry {
     /// Every account as listed to users. An account whose credential does not open is listed as
     /// `unreadable`, with the reason; only when none opens at all (a wrong key) is that an error.
     pub async fn views(&self) -> Result<Vec<AccountView>, AccountError> {
-        let states: HashMap<String, String> = self.store.load_states().await?.into_iter().collect();
+        // Every instance's row of an account, combined: counters summed, benches shared.
+        let mut per_account: HashMap<String, Vec<Limits>> = HashMap::new();
+        for row in self.store.load_states().await? {
+            if let Ok(limits) = serde_json::from_str::<Limits>(&row.state) {
+                per_account.entry(row.account_id).or_default().push(limits);
+            }
+        }
+        let states: HashMap<String, Limits> =
+            per_account.into_iter().map(|(id, rows)| (id, Limits::combined(&rows))).collect();
         let now = crate::now_ms();
         let mut views = Vec::new();
         let (mut opened, mut first_error) = (0, None);
         for r in self.list().await? {
-            let limits: Limits = states.get(&r.id).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            let limits: Limits = states.get(&r.id).cloned().unwrap_or_default();
             let (view, error) = self.view(&r, &limits, now);
             match error {
                 Some(e) => {

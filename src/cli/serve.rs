@@ -45,9 +45,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let oauth = OAuthClient::new(super::oauth_http(&config)?, config.oauth.clone());
     let session_ms = i64::try_from(config.session_duration.as_millis()).unwrap_or(i64::MAX);
     let router = Router::new(config.strategy, session_ms);
-    let pool = Arc::new(
-        Pool::load(registry, oauth, config.refresh_margin, router).await?.with_token_timeout(config.token_timeout),
-    );
+    let pool = Pool::load(registry, oauth, config.refresh_margin, router, config.instance_name()).await?;
+    let pool = Arc::new(pool.with_token_timeout(config.token_timeout));
     let http = crate::forward::UpstreamClients::new(&config).map_err(|e| anyhow::anyhow!(e.message))?;
     if !config.pins.is_empty() {
         tracing::info!(hosts = %config.pins.hosts().collect::<Vec<_>>().join(", "), "upstream TLS keys pinned");

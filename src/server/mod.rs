@@ -441,6 +441,10 @@ async fn upkeep(
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
         }
+        // What other instances on the same database saw (a 429 there benches the account here).
+        if let Err(e) = pool.share_states().await {
+            tracing::warn!(error = %e, "reading other instances' routing state failed");
+        }
         if rounds.is_multiple_of(60) {
             pool.refresh_due().await;
         }

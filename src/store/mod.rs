@@ -91,6 +91,16 @@ pub struct AccountRecord {
     pub token_version: i64,
 }
 
+/// One instance's routing state of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    pub account_id: String,
+    pub instance: String,
+    /// The pool's JSON (rate-limit windows, usage, counters).
+    pub state: String,
+    pub updated_at_ms: i64,
+}
+
 /// A rotated OAuth pair, sealed.
 #[derive(Debug, Clone)]
 pub struct SealedTokens {
@@ -427,10 +437,11 @@ pub trait AccountStore: Send + Sync {
 /// Routing state per account (rate limits, usage, counters), written by the pool off the hot path.
 #[async_trait]
 pub trait RoutingStore: Send + Sync {
-    /// Every account's routing state (rate limits, usage, counters) as the JSON the pool wrote.
-    async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError>;
-    /// Write routing states in one transaction; states of accounts removed meanwhile are dropped.
-    async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
+    /// Every routing state row: one per account and instance, as the JSON each instance's pool wrote.
+    async fn load_states(&self) -> Result<Vec<StateRow>, StoreError>;
+    /// Write this `instance`'s routing states in one transaction; states of accounts removed meanwhile are
+    /// dropped. Other instances' rows are never touched.
+    async fn save_states(&self, instance: &str, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError>;
 }
 
 /// Client API keys (hashes only), their budgets and what they spent.

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::{
     AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, GroupStats, PendingLogin,
-    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StatsBy, StoreError,
+    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StateRow, StatsBy, StoreError,
 };
 use super::{
     AccountStore, AuditStore, ClientKeyStore, LoginStore, RequestStore, RoutingStore, SealedStore, SettingStore,
@@ -21,6 +21,7 @@ use super::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_schema.sql"),
     include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
+    include_str!("../../migrations/postgres/0003_state_per_instance.sql"),
 ];
 
 /// The advisory lock instances take to migrate one at a time (any constant; "switchyard" in ASCII).
@@ -407,23 +408,36 @@ impl AccountStore for PgStore {
 
 #[async_trait]
 impl RoutingStore for PgStore {
-    async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT account_id, state FROM account_state").fetch_all(&self.pool).await.map_err(db)?;
-        rows.iter().map(|r| Ok((r.try_get("account_id").map_err(db)?, r.try_get("state").map_err(db)?))).collect()
+    async fn load_states(&self) -> Result<Vec<StateRow>, StoreError> {
+        let rows = sqlx::query("SELECT account_id, instance, state, updated_at_ms FROM account_state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StateRow {
+                    account_id: r.try_get("account_id").map_err(db)?,
+                    instance: r.try_get("instance").map_err(db)?,
+                    state: r.try_get("state").map_err(db)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+                })
+            })
+            .collect()
     }
 
-    async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError> {
+    async fn save_states(&self, instance: &str, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError> {
         let (ids, values): (Vec<&str>, Vec<&str>) = states.iter().map(|(i, s)| (i.as_str(), s.as_str())).unzip();
         // One statement; states of accounts removed meanwhile are left out by the join.
         sqlx::query(
-            "INSERT INTO account_state (account_id, state, updated_at_ms)
-             SELECT s.id, s.state, $3 FROM UNNEST($1::text[], $2::text[]) AS s(id, state)
+            "INSERT INTO account_state (account_id, instance, state, updated_at_ms)
+             SELECT s.id, $3, s.state, $4 FROM UNNEST($1::text[], $2::text[]) AS s(id, state)
              JOIN accounts a ON a.id = s.id
-             ON CONFLICT(account_id) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms",
+             ON CONFLICT(account_id, instance) DO UPDATE SET state = excluded.state,
+                 updated_at_ms = excluded.updated_at_ms",
         )
         .bind(ids)
         .bind(values)
+        .bind(instance)
         .bind(now_ms)
         .execute(&self.pool)
         .await

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 
 use super::{
     AccountKind, AccountRecord, AccountStatus, AuditEntry, Budgets, ClientKeyRecord, GroupStats, PendingLogin,
-    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StatsBy, StoreError,
+    RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StateRow, StatsBy, StoreError,
 };
 use super::{
     AccountStore, AuditStore, ClientKeyStore, LoginStore, RequestStore, RoutingStore, SealedStore, SettingStore,
@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_payloads.sql"),
     include_str!("../../migrations/sqlite/0008_requests_by_time.sql"),
     include_str!("../../migrations/sqlite/0009_refresh_lease.sql"),
+    include_str!("../../migrations/sqlite/0010_state_per_instance.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
@@ -370,25 +371,37 @@ impl AccountStore for SqliteStore {
 
 #[async_trait]
 impl RoutingStore for SqliteStore {
-    async fn load_states(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT account_id, state FROM account_state").fetch_all(&self.pool).await.map_err(db)?;
-        rows.iter().map(|r| Ok((r.try_get("account_id").map_err(db)?, r.try_get("state").map_err(db)?))).collect()
+    async fn load_states(&self) -> Result<Vec<StateRow>, StoreError> {
+        let rows = sqlx::query("SELECT account_id, instance, state, updated_at_ms FROM account_state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StateRow {
+                    account_id: r.try_get("account_id").map_err(db)?,
+                    instance: r.try_get("instance").map_err(db)?,
+                    state: r.try_get("state").map_err(db)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+                })
+            })
+            .collect()
     }
 
-    async fn save_states(&self, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError> {
+    async fn save_states(&self, instance: &str, states: &[(String, String)], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         for (id, state) in states {
             // An account removed meanwhile has no row to attach to: skip it rather than fail the batch.
             sqlx::query(
-                "INSERT INTO account_state (account_id, state, updated_at_ms)
-                 SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)
-                 ON CONFLICT(account_id) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms",
+                "INSERT INTO account_state (account_id, instance, state, updated_at_ms)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
+                 ON CONFLICT(account_id, instance) DO UPDATE SET state = excluded.state,
+                     updated_at_ms = excluded.updated_at_ms",
             )
             .bind(id)
+            .bind(instance)
             .bind(state)
             .bind(now_ms)
-            .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
