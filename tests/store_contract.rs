@@ -466,6 +466,12 @@ async fn token_writes_compare_versions_and_leases_exclude(s: Arc<dyn Store>) {
     assert_eq!(now.token_version, 2);
     assert_eq!(s.update_tokens("1", &pair(3), Some(1), 30).await.unwrap(), None);
     assert!(s.take_refresh_lease("1", "E", 1_000, 31).await.unwrap().is_some(), "the login ended D's lease");
+    // A restarted instance ends the leases of its earlier run, and only those.
+    s.release_refresh_lease("1", "E").await.unwrap();
+    assert!(s.take_refresh_lease("1", "host-1:old", 9_000_000, 40).await.unwrap().is_some());
+    assert_eq!(s.release_stale_leases("host-2:", "host-2:new").await.unwrap(), 0);
+    assert_eq!(s.release_stale_leases("host-1:", "host-1:new").await.unwrap(), 1);
+    assert!(s.take_refresh_lease("1", "host-2:x", 1_000, 41).await.unwrap().is_some());
     // Racing writers over one version: exactly one wins.
     let writers = (0..8u8).map(|n| {
         let s = s.clone();

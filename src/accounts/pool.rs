@@ -323,12 +323,18 @@ impl Pool {
             margin_ms: i64::try_from(margin.as_millis()).unwrap_or(i64::MAX),
             accounts: RwLock::new(Vec::new()),
             router,
-            instance: crate::ledger::request_id().replace("sy_", "i"),
+            instance: format!("{state_instance}:{}", crate::ledger::request_id().trim_start_matches("sy_")),
             lease_ms: LEASE_MARGIN_MS,
             state_instance,
             seen_states: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(HashMap::new()),
         };
+        // Leases an earlier run of this instance held when it died are over: it will not finish them.
+        let stale =
+            pool.registry.store().release_stale_leases(&format!("{}:", pool.state_instance), &pool.instance).await?;
+        if stale > 0 {
+            tracing::info!(leases = stale, "ended refresh leases left by an earlier run");
+        }
         let failed = pool.load_records().await?;
         // Not one account opens: the key is wrong, which must stop the server rather than serve nothing.
         if let Some(first) = failed.into_iter().next()

@@ -34,8 +34,9 @@ pub fn exclusive_lock(config: &Config) -> anyhow::Result<std::fs::File> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // On SQLite one server per data directory; on PostgreSQL instances share the database by design.
-    let _lock = if config.database.is_none() { Some(exclusive_lock(&config)?) } else { None };
+    // One server per data directory, on either backend: on PostgreSQL instances share the database, each
+    // with a directory of its own (a restart then knows its predecessor's refresh leases are dead).
+    let _lock = exclusive_lock(&config)?;
     let opened = super::open_data(&config).await?;
     if opened.keystore.unprotected_file() {
         eprintln!("note: the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");

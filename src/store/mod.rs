@@ -418,6 +418,9 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<Option<AccountRecord>, StoreError>;
     /// Give the lease back (the refresh failed); a lease held by another holder is left alone.
     async fn release_refresh_lease(&self, id: &str, holder: &str) -> Result<(), StoreError>;
+    /// End every lease whose holder starts with `prefix` but is not `current`: those of an earlier run of
+    /// this instance, which died holding them (one process per data directory makes that certain).
+    async fn release_stale_leases(&self, prefix: &str, current: &str) -> Result<u64, StoreError>;
     /// Set an account's status. Returns false when the account is gone.
     async fn set_status(&self, id: &str, status: AccountStatus, now_ms: i64) -> Result<bool, StoreError>;
     /// Returns false when no account had that name.

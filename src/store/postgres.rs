@@ -344,6 +344,19 @@ impl AccountStore for PgStore {
         row.as_ref().map(account_from_row).transpose()
     }
 
+    async fn release_stale_leases(&self, prefix: &str, current: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET refresh_holder = NULL, refresh_lease_until_ms = NULL
+             WHERE substr(refresh_holder, 1, length($1)) = $1 AND refresh_holder <> $2",
+        )
+        .bind(prefix)
+        .bind(current)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_refresh_lease(&self, id: &str, holder: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE accounts SET refresh_holder = NULL, refresh_lease_until_ms = NULL
