@@ -240,3 +240,41 @@ async fn a_bench_seen_by_one_instance_holds_on_the_others() {
     .await;
     assert_eq!(listed[0]["attempts"], 1, "{listed}");
 }
+
+/// The database goes away (its connections ended, new ones refused) and comes back: requests keep being
+/// served from memory throughout, `/health` says `degraded` with the reason, and returns to `ok` by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_database_degrades_and_recovers() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-outage");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-outage"]).await;
+    let (_envs, gateways) = cluster.instances(&fake, 1).await;
+    let gw = &gateways[0];
+    let health = async || -> Option<serde_json::Value> { gw.get("/health").send().await.ok()?.json().await.ok() };
+    assert_eq!(health().await.unwrap()["status"], "ok");
+    let name = url::Url::parse(&cluster.url).unwrap().path().trim_start_matches('/').to_owned();
+    let admin_url = std::env::var("SWITCHYARD_TEST_DATABASE_URL").unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
+    let cut = format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(cut)).execute(&mut admin).await.unwrap();
+    let degraded = support::eventually("/health to say degraded", Duration::from_secs(20), async || {
+        let h = health().await?;
+        (h["status"] == "degraded").then_some(h)
+    })
+    .await;
+    assert!(degraded["reason"].as_str().is_some_and(|r| !r.is_empty()), "{degraded}");
+    for _ in 0..5 {
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    }
+    let back = format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(back)).execute(&mut admin).await.unwrap();
+    support::eventually("/health back to ok", Duration::from_secs(30), async || {
+        (health().await?["status"] == "ok").then_some(())
+    })
+    .await;
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+}

@@ -46,6 +46,8 @@ pub struct Admin {
     /// When the upkeep last read accounts, keys and session epochs from the store (epoch ms, the start
     /// of that round); shown by `/health`.
     pub synced_at_ms: std::sync::atomic::AtomicI64,
+    /// Why the last upkeep round could not read the store, while it cannot (`/health` says `degraded`).
+    pub store_problem: std::sync::Mutex<Option<String>>,
 }
 
 type Shared = Arc<Admin>;

@@ -220,8 +220,12 @@ pub struct Front {
 /// that stops moving means the upkeep is stuck; tests wait on it instead of sleeping.
 async fn health(admin: Arc<Admin>) -> Response {
     let synced = admin.synced_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let problem = admin.store_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    // Degraded still serves (from the accounts and keys in memory), so the status stays 200: a load
+    // balancer should keep sending traffic; an operator should look.
     axum::Json(serde_json::json!({
-        "status": "ok",
+        "status": if problem.is_some() { "degraded" } else { "ok" },
+        "reason": problem,
         "version": env!("CARGO_PKG_VERSION"),
         "synced_at_ms": (synced > 0).then_some(synced),
     }))
@@ -339,6 +343,7 @@ impl Gateway {
             tls: config.tls_cert.is_some(),
             body_timeout: config.body_timeout.min(admin::ADMIN_BODY_TIMEOUT),
             synced_at_ms: std::sync::atomic::AtomicI64::new(0),
+            store_problem: std::sync::Mutex::new(None),
         });
         Ok(Self {
             pool,
@@ -420,24 +425,26 @@ async fn upkeep(
     loop {
         tick.tick().await;
         let round = crate::now_ms();
-        let mut synced = true;
+        let mut problem: Option<String> = None;
         if let Err(e) = pool.reload().await {
-            synced = false;
             tracing::error!(error = %e, "reloading accounts failed");
+            problem.get_or_insert(format!("reloading accounts failed: {e}"));
         }
         if let Err(e) = keys.reload(pool.store().as_ref()).await {
-            synced = false;
             tracing::error!(error = %e, "reloading client keys failed");
+            problem.get_or_insert(format!("reloading client keys failed: {e}"));
         }
         // Sessions ended by the CLI or another instance (log out everyone, a password change).
         if let Err(e) = admin.sessions.sync(pool.store().as_ref()).await {
-            synced = false;
             tracing::error!(error = %e, "reading the admin session epochs failed");
+            problem.get_or_insert(format!("reading the admin session epochs failed: {e}"));
         }
-        if synced {
+        if problem.is_none() {
             // The time the round started: everything written before it is now in effect.
             admin.synced_at_ms.store(round, std::sync::atomic::Ordering::Relaxed);
         }
+        // Serving goes on from memory either way; `/health` says which it is, and recovers by itself.
+        *admin.store_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
         }
