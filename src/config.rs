@@ -351,6 +351,14 @@ pub fn default_home() -> Option<PathBuf> {
     dirs::data_dir().map(|d| d.join("switchyard")).or_else(|| dirs::home_dir().map(|h| h.join(".switchyard")))
 }
 
+/// This machine's name.
+pub fn host_name() -> String {
+    #[cfg(unix)]
+    return rustix::system::uname().nodename().to_string_lossy().into_owned();
+    #[cfg(not(unix))]
+    return std::env::var("COMPUTERNAME").unwrap_or_else(|_| "host".to_owned());
+}
+
 impl Config {
     /// Load from the real process environment.
     pub fn load(flags: &Overrides) -> Result<Self, ConfigError> {
@@ -671,10 +679,7 @@ impl Config {
             return "local".to_owned();
         }
         use sha2::Digest;
-        #[cfg(unix)]
-        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-        #[cfg(not(unix))]
-        let host = std::env::var("COMPUTERNAME").unwrap_or_else(|_| "host".to_owned());
+        let host = host_name();
         let digest = sha2::Sha256::digest(self.home.to_string_lossy().as_bytes());
         format!("{host}-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
     }

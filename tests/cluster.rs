@@ -129,6 +129,23 @@ async fn changes_on_one_instance_reach_the_others() {
     for gw in &gateways {
         assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
     }
+    // The instances know each other: three live heartbeats, each its own name and address.
+    let listed = support::eventually("three live instances", Duration::from_secs(10), async || {
+        let listed: serde_json::Value =
+            serde_json::from_str(&envs[0].ok(&["instances", "--json"]).await.stdout).unwrap();
+        let live = listed.as_array()?.iter().filter(|i| i["live"] == true).count();
+        (live == 3).then_some(listed)
+    })
+    .await;
+    let ids: std::collections::HashSet<&str> =
+        listed.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "{listed}");
+    for gw in &gateways {
+        let address = gw.url.trim_start_matches("http://");
+        assert!(listed.as_array().unwrap().iter().any(|i| i["address"] == address), "{address} in {listed}");
+        let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("switchyard_instance_info{instance=\""), "{metrics}");
+    }
     // Paused through one instance's data directory: all three stop routing to it.
     envs[0].ok(&["accounts", "pause", "a"]).await;
     for gw in &gateways {

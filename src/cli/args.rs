@@ -131,6 +131,12 @@ Examples:
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show the instances serving from this data (their heartbeats), most recently seen first.
+    Instances {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the audit log of administrative actions, newest first.
     Audit {
         /// How far back, e.g. 1d, 12h, 30m.

@@ -129,3 +129,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     gateway.run(listener, options, shutdown_signal()).await?;
     Ok(())
 }
+
+/// An instance whose heartbeat is older than this is listed as gone.
+const LIVE_MS: i64 = 15_000;
+
+/// `switchyard instances`: who serves from this data, from their heartbeats.
+pub async fn instances(config: &Config, json: bool) -> anyhow::Result<()> {
+    let listed = match super::open_existing(config).await? {
+        Some(opened) => opened.registry.store().list_instances().await?,
+        None => Vec::new(),
+    };
+    let now = crate::now_ms();
+    if json {
+        let rows: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|i| {
+                let mut row = serde_json::to_value(i).unwrap_or_default();
+                row["live"] = serde_json::Value::Bool(now - i.last_seen_ms < LIVE_MS);
+                row
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for i in &listed {
+        let state = if now - i.last_seen_ms < LIVE_MS { "live" } else { "gone" };
+        println!(
+            "{:<28} {:<5} {:<22} v{:<8} started {} seen {}s ago",
+            i.id,
+            state,
+            i.address,
+            i.version,
+            super::format_ms(i.started_at_ms),
+            (now - i.last_seen_ms).max(0) / 1000
+        );
+    }
+    if listed.is_empty() {
+        println!("no instance has served from this data yet");
+    }
+    Ok(())
+}

@@ -301,6 +301,8 @@ pub struct Gateway {
     pub front: Front,
     usage_poll: Duration,
     oauth_beta: String,
+    /// The name this instance beats under (its routing state's name).
+    instance: String,
 }
 
 impl Gateway {
@@ -346,6 +348,7 @@ impl Gateway {
             store_problem: std::sync::Mutex::new(None),
         });
         Ok(Self {
+            instance: config.instance_name(),
             pool,
             keys,
             log: log.clone(),
@@ -383,12 +386,24 @@ impl Gateway {
         options: ListenOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let now = crate::now_ms();
+        let me = crate::store::InstanceRecord {
+            id: self.instance.clone(),
+            host: crate::config::host_name(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            address: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            started_at_ms: now,
+            last_seen_ms: now,
+        };
+        metrics::gauge!("switchyard_instance_info", "instance" => me.id.clone(), "version" => me.version.clone())
+            .set(1.0);
         let upkeep = tokio::spawn(upkeep(
             self.pool.clone(),
             self.keys.clone(),
             self.admin.clone(),
             self.retention,
             self.payload_retention,
+            me,
         ));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
@@ -418,6 +433,7 @@ async fn upkeep(
     admin: Arc<Admin>,
     retention: Duration,
     payload_retention: Duration,
+    mut me: crate::store::InstanceRecord,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -452,6 +468,12 @@ async fn upkeep(
         if let Err(e) = pool.share_states().await {
             tracing::warn!(error = %e, "reading other instances' routing state failed");
         }
+        if rounds.is_multiple_of(5) {
+            me.last_seen_ms = crate::now_ms();
+            if let Err(e) = pool.store().heartbeat(&me).await {
+                tracing::warn!(error = %e, "writing this instance's heartbeat failed");
+            }
+        }
         if rounds.is_multiple_of(60) {
             pool.refresh_due().await;
         }
@@ -465,6 +487,10 @@ async fn upkeep(
             let before = crate::now_ms() - i64::try_from(payload_retention.as_millis()).unwrap_or(i64::MAX / 2);
             if let Err(e) = pool.store().delete_payloads_before(before, false).await {
                 tracing::warn!(error = %e, "payload retention failed");
+            }
+            // Instances gone for a day are forgotten.
+            if let Err(e) = pool.store().forget_instances(crate::now_ms() - 86_400_000).await {
+                tracing::warn!(error = %e, "forgetting old instances failed");
             }
         }
         rounds = rounds.wrapping_add(1);

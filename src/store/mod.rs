@@ -91,6 +91,19 @@ pub struct AccountRecord {
     pub token_version: i64,
 }
 
+/// A serving instance, as its heartbeat says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceRecord {
+    /// The name it keeps its routing state under (host and data directory).
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    /// Where it listens.
+    pub address: String,
+    pub started_at_ms: i64,
+    pub last_seen_ms: i64,
+}
+
 /// One instance's routing state of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRow {
@@ -364,6 +377,7 @@ pub trait Store:
     + RequestStore
     + LoginStore
     + SealedStore
+    + InstanceStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -379,6 +393,7 @@ impl<T> Store for T where
         + RequestStore
         + LoginStore
         + SealedStore
+        + InstanceStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -534,4 +549,15 @@ pub trait SealedStore: Send + Sync {
     async fn count_secrets(&self) -> Result<u64, StoreError>;
     /// Give freed pages back to the file system.
     async fn vacuum(&self) -> Result<(), StoreError>;
+}
+
+/// Heartbeats of the instances serving from this store.
+#[async_trait]
+pub trait InstanceStore: Send + Sync {
+    /// Write (insert or refresh) this instance's heartbeat.
+    async fn heartbeat(&self, instance: &InstanceRecord) -> Result<(), StoreError>;
+    /// Every instance that ever beat, most recently seen first.
+    async fn list_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Forget instances not seen since `before_ms`.
+    async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError>;
 }

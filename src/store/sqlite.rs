@@ -16,7 +16,8 @@ use super::{
     RequestFilter, RequestRow, Resealed, SealedPayload, SealedTokens, SeriesPoint, StateRow, StatsBy, StoreError,
 };
 use super::{
-    AccountStore, AuditStore, ClientKeyStore, LoginStore, RequestStore, RoutingStore, SealedStore, SettingStore,
+    AccountStore, AuditStore, ClientKeyStore, InstanceRecord, InstanceStore, LoginStore, RequestStore, RoutingStore,
+    SealedStore, SettingStore,
 };
 
 /// 1 for a request that failed (answered 400 or more, or broken off with an `error_type`), else 0: one
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_requests_by_time.sql"),
     include_str!("../../migrations/sqlite/0009_refresh_lease.sql"),
     include_str!("../../migrations/sqlite/0010_state_per_instance.sql"),
+    include_str!("../../migrations/sqlite/0011_instances.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
@@ -928,6 +930,57 @@ impl SealedStore for SqliteStore {
     async fn vacuum(&self) -> Result<(), StoreError> {
         sqlx::query("VACUUM").execute(&self.pool).await.map_err(db)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl InstanceStore for SqliteStore {
+    async fn heartbeat(&self, i: &InstanceRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, host, version, address, started_at_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET host = excluded.host, version = excluded.version,
+                 address = excluded.address, started_at_ms = excluded.started_at_ms,
+                 last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(&i.id)
+        .bind(&i.host)
+        .bind(&i.version)
+        .bind(&i.address)
+        .bind(i.started_at_ms)
+        .bind(i.last_seen_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY last_seen_ms DESC, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(InstanceRecord {
+                    id: r.try_get("id").map_err(db)?,
+                    host: r.try_get("host").map_err(db)?,
+                    version: r.try_get("version").map_err(db)?,
+                    address: r.try_get("address").map_err(db)?,
+                    started_at_ms: r.try_get("started_at_ms").map_err(db)?,
+                    last_seen_ms: r.try_get("last_seen_ms").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM instances WHERE last_seen_ms < ?1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
     }
 }
 
