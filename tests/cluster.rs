@@ -295,3 +295,59 @@ async fn losing_the_database_degrades_and_recovers() {
     .await;
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
 }
+
+/// `store copy` moves a populated SQLite install to PostgreSQL: accounts with their sealed tokens, keys,
+/// the admin password, the audit log and (asked for) the request log. Running it again changes nothing,
+/// and serving from PostgreSQL afterwards uses every account; it refuses while the source is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_copy_moves_an_install_to_postgres() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-copied");
+    let mut env = Env::new(&fake);
+    env.ok(&["accounts", "add", "key-account", "--api-key", "sk-ant-api03-copied"]).await;
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    env.import_oauth("oauth-account", &rt, &at, &(now_ms() + 3_600_000).to_string()).await;
+    env.ok(&["accounts", "set", "oauth-account", "--priority", "5"]).await;
+    let client_key = env.ok(&["keys", "create", "app"]).await.stdout.trim().to_owned();
+    env.set("SWITCHYARD_ADMIN_PASSWORD", "a long admin password");
+    env.ok(&["admin", "set-password"]).await;
+    {
+        let gw = env.serve().await;
+        let r = gw.post("/v1/messages").header("x-api-key", &client_key).json(&message_body(false));
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        let out = env.run(&["store", "copy", "--to", "postgres://nobody@127.0.0.1:1/x"], "").await;
+        assert!(out.stderr.contains("stop `switchyard serve`"), "{}", out.stderr);
+        support::eventually("the request's row", Duration::from_secs(10), async || {
+            let rows: serde_json::Value = serde_json::from_str(&env.ok(&["requests", "--json"]).await.stdout).unwrap();
+            (rows.as_array()?.len() == 1).then_some(())
+        })
+        .await;
+    }
+    let url = support::fresh_database().await;
+    let first = env.ok(&["store", "copy", "--to", &url, "--with-requests"]).await.stdout;
+    assert!(first.contains("copied 2 account(s), 1 client key(s)") && first.contains("1 request(s)"), "{first}");
+    assert!(first.contains("every account's tokens open"), "{first}");
+    let mut pg = env.clone_with("SWITCHYARD_DATABASE_URL", &url);
+    pg.set("SWITCHYARD_ADMIN_PASSWORD", "");
+    let audit_once = pg.ok(&["audit", "--json"]).await.stdout;
+    let again = env.ok(&["store", "copy", "--to", &url, "--with-requests"]).await.stdout;
+    assert!(again.contains("copied 2 account(s), 1 client key(s)") && again.contains("0 audit entr"), "{again}");
+    let audit_twice: serde_json::Value = serde_json::from_str(&pg.ok(&["audit", "--json"]).await.stdout).unwrap();
+    let audit_once: serde_json::Value = serde_json::from_str(&audit_once).unwrap();
+    // Only the second copy's own entry is new.
+    assert_eq!(audit_twice.as_array().unwrap().len(), audit_once.as_array().unwrap().len() + 1);
+
+    let listed: serde_json::Value = serde_json::from_str(&pg.ok(&["accounts", "list", "--json"]).await.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[1]["priority"], 5);
+    let requests: serde_json::Value = serde_json::from_str(&pg.ok(&["requests", "--json"]).await.stdout).unwrap();
+    assert_eq!(requests.as_array().unwrap().len(), 1);
+    let gw = pg.serve().await;
+    for _ in 0..4 {
+        let r = gw.post("/v1/messages").header("x-api-key", &client_key).json(&message_body(false));
+        assert_eq!(r.send().await.unwrap().status(), 200);
+    }
+    assert!(fake.served_by("sk-ant-api03-copied") >= 1);
+    let login = gw.post("/admin/api/login").json(&serde_json::json!({"password": "a long admin password"}));
+    assert_eq!(login.send().await.unwrap().status(), 200, "the admin password came along");
+}

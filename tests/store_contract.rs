@@ -219,6 +219,8 @@ async fn settings_are_taken_once(s: Arc<dyn Store>) {
     s.put_setting("x", Some("1"), 1).await.unwrap();
     s.put_setting("x", Some("2"), 2).await.unwrap();
     assert_eq!(s.get_setting("x").await.unwrap().as_deref(), Some("2"));
+    s.put_setting("w", Some("0"), 3).await.unwrap();
+    assert_eq!(s.list_settings().await.unwrap(), [("w".to_owned(), "0".to_owned()), ("x".to_owned(), "2".to_owned())]);
     s.put_setting("x", None, 3).await.unwrap();
     assert_eq!(s.get_setting("x").await.unwrap(), None);
     // Of many callers racing for a single-use value, exactly one wins.

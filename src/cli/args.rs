@@ -131,6 +131,11 @@ Examples:
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move state between backends: the data directory's SQLite and a PostgreSQL database.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Show the instances serving from this data (their heartbeats), most recently seen first.
     Instances {
         /// Print JSON instead of a table.
@@ -145,6 +150,27 @@ Examples:
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy accounts (sealed tokens as they are), client keys, settings (admin password, TOTP), routing
+    /// state and the audit log, optionally the request log, from one store into another. Safe to run
+    /// again; nothing is deleted from the source.
+    #[command(
+        after_help = "Examples:\n  switchyard store copy --to 'postgres://switchyard:PASSWORD@db:5432/switchyard'\n  switchyard store copy --from 'postgres://…' --with-requests"
+    )]
+    Copy {
+        /// Copy from this data directory's SQLite into this PostgreSQL database.
+        #[arg(long, value_name = "URL", conflicts_with = "from", required_unless_present = "from")]
+        to: Option<String>,
+        /// Copy from this PostgreSQL database into this data directory's SQLite.
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// Copy the request log and its payloads too.
+        #[arg(long)]
+        with_requests: bool,
     },
 }
 

@@ -122,6 +122,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys::run(&config, command).await,
         Command::Audit { since, json } => keys::audit(&config, &since, json).await,
         Command::Instances { json } => serve::instances(&config, json).await,
+        Command::Store { command: args::StoreCommand::Copy { to, from, with_requests } } => {
+            storage::copy(&config, to, from, with_requests).await
+        }
         Command::Requests { id: Some(id), .. } => ledger::one_request(&config, &id).await,
         Command::Requests { since, account, status, limit, json, id: None } => {
             ledger::requests(&config, &since, account, status, limit, json).await

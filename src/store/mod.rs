@@ -485,6 +485,8 @@ pub trait ClientKeyStore: Send + Sync {
 /// Small named values: the admin password and TOTP secret, session epochs, the one-time login link.
 #[async_trait]
 pub trait SettingStore: Send + Sync {
+    /// Every setting, by name (for `store copy`).
+    async fn list_settings(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// A setting's value, if set.
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.

@@ -569,6 +569,12 @@ impl ClientKeyStore for PgStore {
 
 #[async_trait]
 impl SettingStore for PgStore {
+    async fn list_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key, value FROM settings ORDER BY key").fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(|r| Ok((r.try_get("key").map_err(db)?, r.try_get("value").map_err(db)?))).collect()
+    }
+
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
             .bind(key)

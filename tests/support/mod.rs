@@ -16,13 +16,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// A data directory plus the environment that points the binary at a fake upstream.
 pub struct Env {
-    pub home: tempfile::TempDir,
+    /// Shared by the clones of an environment (`clone_with`): one data directory, other settings.
+    pub home: std::sync::Arc<tempfile::TempDir>,
     pub vars: Vec<(String, String)>,
 }
 
 impl Env {
     pub fn new(fake: &Fake) -> Env {
-        let home = tempfile::tempdir().unwrap();
+        let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let url = fake.url();
         let vars = vec![
             ("SWITCHYARD_UPSTREAM_URL".into(), url.clone()),
@@ -36,6 +37,13 @@ impl Env {
             ("SWITCHYARD_SECRET_STORE".into(), "file".into()),
         ];
         Env { home, vars }
+    }
+
+    /// The same data directory with one more setting.
+    pub fn clone_with(&self, key: &str, value: &str) -> Env {
+        let mut env = Env { home: self.home.clone(), vars: self.vars.clone() };
+        env.set(key, value);
+        env
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
