@@ -351,3 +351,28 @@ async fn store_copy_moves_an_install_to_postgres() {
     let login = gw.post("/admin/api/login").json(&serde_json::json!({"password": "a long admin password"}));
     assert_eq!(login.send().await.unwrap().status(), 200, "the admin password came along");
 }
+
+/// A dashboard session started on one instance works on another (sessions live in the store, by digest),
+/// and logging out on either ends it on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_session_from_one_instance_works_on_another() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    let admin_key =
+        cluster.env(&fake).ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
+    let (_envs, gateways) = cluster.instances(&fake, 2).await;
+    let login = gateways[0].post("/admin/api/login").json(&serde_json::json!({"key": admin_key})).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let secret = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let whoami = |gw: &Gateway| gw.get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", &secret);
+    assert_eq!(whoami(&gateways[1]).send().await.unwrap().status(), 200, "the session works on the other instance");
+    let wrong = gateways[1].get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", "guess");
+    assert_eq!(wrong.send().await.unwrap().status(), 401, "and still needs its secret there");
+    let out = gateways[1].post("/admin/api/logout").header("cookie", &cookie).header("x-csrf-token", &secret);
+    assert_eq!(out.send().await.unwrap().status(), 204);
+    support::eventually("the logout to reach the first instance", Duration::from_secs(10), async || {
+        (whoami(&gateways[0]).send().await.ok()?.status() == 401).then_some(())
+    })
+    .await;
+}

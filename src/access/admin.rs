@@ -161,12 +161,69 @@ pub enum SessionOrigin {
     Link,
 }
 
+/// Settings keys of stored sessions begin with this, then the digest of the session id.
+const SESSION_PREFIX: &str = "session/";
+
+fn session_key(id_digest: &str) -> String {
+    format!("{SESSION_PREFIX}{id_digest}")
+}
+
+impl Session {
+    fn to_json(&self) -> String {
+        let origin = match &self.origin {
+            SessionOrigin::Key { id, hash } => {
+                serde_json::json!({"key": id, "hash": hash.iter().map(|b| format!("{b:02x}")).collect::<String>()})
+            }
+            SessionOrigin::Password => serde_json::json!("password"),
+            SessionOrigin::Link => serde_json::json!("link"),
+        };
+        serde_json::json!({
+            "actor": self.actor, "role": self.role.as_str(), "csrf_digest": self.csrf_digest,
+            "expires_at_ms": self.expires_at_ms, "created_at_ms": self.created_at_ms, "origin": origin,
+        })
+        .to_string()
+    }
+
+    /// A stored session; `None` for anything malformed (it is then simply not a session).
+    fn from_json(text: &str) -> Option<Session> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let origin = match &v["origin"] {
+            serde_json::Value::String(s) if s == "password" => SessionOrigin::Password,
+            serde_json::Value::String(s) if s == "link" => SessionOrigin::Link,
+            serde_json::Value::Object(o) => {
+                let hex = o.get("hash")?.as_str()?;
+                let mut hash = [0u8; 32];
+                for (i, byte) in hash.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+                }
+                SessionOrigin::Key { id: o.get("key")?.as_str()?.to_owned(), hash }
+            }
+            _ => return None,
+        };
+        Some(Session {
+            actor: v["actor"].as_str()?.to_owned(),
+            role: v["role"].as_str()?.parse().ok()?,
+            csrf_digest: v["csrf_digest"].as_str()?.to_owned(),
+            expires_at_ms: v["expires_at_ms"].as_i64()?,
+            created_at_ms: v["created_at_ms"].as_i64()?,
+            origin,
+        })
+    }
+
+    /// Whether `given` is this session's secret (compared in constant time, by digest).
+    pub fn secret_matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(digest(given).as_bytes().ct_eq(self.csrf_digest.as_bytes()))
+    }
+}
+
 /// A logged-in administrator or viewer.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub actor: String,
     pub role: Role,
-    pub csrf: String,
+    /// SHA-256 (hex) of the session secret: the secret itself is handed out once, at login.
+    pub csrf_digest: String,
     pub expires_at_ms: i64,
     pub created_at_ms: i64,
     pub origin: SessionOrigin,
@@ -217,6 +274,16 @@ impl Sessions {
         };
         self.not_before_ms.store(read(SESSIONS_NOT_BEFORE).await?, Relaxed);
         self.password_not_before_ms.store(read(PASSWORD_SESSIONS_NOT_BEFORE).await?, Relaxed);
+        // A session logged out on another instance is gone from the store: end it here too. One just
+        // created may not be written yet, so the newest few seconds are left alone.
+        let stored: std::collections::HashSet<String> = store
+            .list_settings()
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix(SESSION_PREFIX).map(str::to_owned))
+            .collect();
+        let now = crate::now_ms();
+        self.lock().retain(|key, s| stored.contains(key) || now - s.created_at_ms < 5_000);
         Ok(())
     }
 
@@ -237,17 +304,62 @@ impl Sessions {
         self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new session; returns the cookie value and the session.
-    pub fn create(&self, actor: String, role: Role, origin: SessionOrigin) -> (String, Session) {
+    /// A new session; returns the cookie value, the session secret and the session. Kept in memory and
+    /// (by [`Sessions::persist`]) in the store, so any instance on the same store accepts it.
+    pub fn create(&self, actor: String, role: Role, origin: SessionOrigin) -> (String, String, Session) {
         let id = random_token();
+        let secret = random_token();
         let now = crate::now_ms();
-        let session =
-            Session { actor, role, csrf: random_token(), expires_at_ms: now + self.ttl_ms, created_at_ms: now, origin };
+        let session = Session {
+            actor,
+            role,
+            csrf_digest: digest(&secret),
+            expires_at_ms: now + self.ttl_ms,
+            created_at_ms: now,
+            origin,
+        };
         let mut map = self.lock();
-        let now = crate::now_ms();
         map.retain(|_, s| s.expires_at_ms > now);
         map.insert(digest(&id), session.clone());
-        (id, session)
+        (id, secret, session)
+    }
+
+    /// Write a session to the store under its id's digest (neither the id, which is the cookie, nor the
+    /// secret is stored).
+    pub async fn persist(&self, store: &dyn Store, id: &str, session: &Session) -> Result<(), StoreError> {
+        store.put_setting(&session_key(&digest(id)), Some(&session.to_json()), crate::now_ms()).await
+    }
+
+    /// Take a session started on another instance into memory, if the store has it and this one does not.
+    pub async fn load(&self, store: &dyn Store, id: &str) -> Result<(), StoreError> {
+        let key = digest(id);
+        if self.lock().contains_key(&key) {
+            return Ok(());
+        }
+        if let Some(session) = store.get_setting(&session_key(&key)).await?.as_deref().and_then(Session::from_json) {
+            self.lock().insert(key, session);
+        }
+        Ok(())
+    }
+
+    /// End a session here and in the store.
+    pub async fn forget(&self, store: &dyn Store, id: &str) -> Result<(), StoreError> {
+        let key = digest(id);
+        self.lock().remove(&key);
+        store.put_setting(&session_key(&key), None, crate::now_ms()).await
+    }
+
+    /// Delete expired sessions from the store (the upkeep's hourly round).
+    pub async fn purge_expired(store: &dyn Store) -> Result<u64, StoreError> {
+        let now = crate::now_ms();
+        let mut purged = 0;
+        for (key, value) in store.list_settings().await? {
+            if key.starts_with(SESSION_PREFIX) && Session::from_json(&value).is_none_or(|s| s.expires_at_ms <= now) {
+                store.put_setting(&key, None, now).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     /// The session a cookie names, while it and what started it are valid (checked against `keys`, the
@@ -263,10 +375,6 @@ impl Sessions {
             }
             None => None,
         }
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(&digest(id));
     }
 
     pub fn ttl_secs(&self) -> i64 {
@@ -392,13 +500,23 @@ mod tests {
     fn sessions_expire_and_tokens_are_single_use() {
         let sessions = Sessions::new(50);
         let keys = crate::access::ClientKeys::default();
-        let (id, s) = sessions.create("link".into(), Role::Admin, SessionOrigin::Link);
-        assert_eq!(sessions.get(&id, &keys).map(|s| s.csrf), Some(s.csrf));
+        let (id, secret, s) = sessions.create("link".into(), Role::Admin, SessionOrigin::Link);
+        assert_eq!(sessions.get(&id, &keys).map(|s| s.csrf_digest), Some(s.csrf_digest.clone()));
+        assert!(s.secret_matches(&secret) && !s.secret_matches("guess"));
+        let key_session = Session { origin: SessionOrigin::Key { id: "k".into(), hash: [7; 32] }, ..s.clone() };
+        for session in [&s, &key_session] {
+            let back = Session::from_json(&session.to_json()).unwrap();
+            assert_eq!(
+                (back.origin, back.csrf_digest.as_str()),
+                (session.origin.clone(), session.csrf_digest.as_str())
+            );
+        }
+        assert!(Session::from_json("{}").is_none());
         assert!(sessions.get("nope", &keys).is_none());
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(sessions.get(&id, &keys).is_none());
         // A key session without its key is over.
-        let (id, _) =
+        let (id, _, _) =
             sessions.create("key:a".into(), Role::Admin, SessionOrigin::Key { id: "k".into(), hash: [0; 32] });
         assert!(sessions.get(&id, &keys).is_none());
     }

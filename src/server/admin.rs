@@ -116,7 +116,7 @@ async fn body_in_time(
 
 /// The session cookie's value; an error when there are several (another program on this host can set a
 /// cookie for our name: browsers do not isolate cookies by port, so neither may win).
-fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
@@ -150,9 +150,8 @@ fn authorize(admin: &Admin, headers: &HeaderMap, permission: Permission) -> Resu
     let session = cookie_value(headers)?
         .and_then(|id| admin.sessions.get(&id, &admin.keys))
         .ok_or_else(|| ApiError::unauthorized("log in first (POST /admin/api/login)"))?;
-    use subtle::ConstantTimeEq;
     let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(session.csrf.as_bytes())) {
+    if !session.secret_matches(given) {
         return Err(ApiError::unauthorized(
             "missing or wrong x-csrf-token: send the session secret from the login's answer with every call",
         ));
@@ -179,6 +178,10 @@ async fn session_first(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A session started on another instance on the same store: take it into memory first.
+    if let Ok(Some(id)) = cookie_value(request.headers()) {
+        load_session(&admin, &id).await;
+    }
     match authorize(&admin, request.headers(), Permission::DashboardView) {
         // A session whose role lacks dashboard.view does not exist (viewer is the least), so any other
         // error is about the session itself.
@@ -187,13 +190,25 @@ async fn session_first(
     }
 }
 
+/// Take the session `id` names into memory from the store, if another instance started it.
+pub async fn load_session(admin: &Admin, id: &str) {
+    if let Err(e) = admin.sessions.load(admin.pool.store().as_ref(), id).await {
+        tracing::warn!(error = %e, "could not read sessions from the store");
+    }
+}
+
 /// A new session: the cookie, and the session secret in the answer (the only place it is handed out).
-fn logged_in(admin: &Admin, actor: String, role: Role, origin: SessionOrigin) -> (Response, String) {
-    let (id, session) = admin.sessions.create(actor.clone(), role, origin);
-    let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": session.csrf });
+async fn logged_in(admin: &Admin, actor: String, role: Role, origin: SessionOrigin) -> (Response, String) {
+    let (id, secret, session) = admin.sessions.create(actor.clone(), role, origin);
+    // In the store too, so that every instance on it accepts the session (the one that created it does
+    // even if this write fails).
+    if let Err(e) = admin.sessions.persist(admin.pool.store().as_ref(), &id, &session).await {
+        tracing::warn!(error = %e, "could not share the new session with other instances");
+    }
+    let body = serde_json::json!({ "actor": actor, "role": role.as_str(), "csrf_token": secret });
     let mut response = axum::Json(body).into_response();
     response.headers_mut().insert(header::SET_COOKIE, session_cookie(admin, &id));
-    (response, session.csrf)
+    (response, secret)
 }
 
 #[derive(Deserialize)]
@@ -261,7 +276,7 @@ async fn login(
     match outcome {
         Ok((actor, role, origin)) => {
             audit(store.as_ref(), &actor, Some(ip), "admin.login", "session", "ok", role.as_str()).await;
-            logged_in(&admin, actor, role, origin).0
+            logged_in(&admin, actor, role, origin).await.0
         }
         Err(error) => {
             audit(store.as_ref(), "unknown", Some(ip), "admin.login", "session", "denied", &error.message).await;
@@ -303,7 +318,7 @@ async fn one_time_login(
         Ok(_) if redeemed => {
             audit(store.as_ref(), "dashboard-link", Some(ip), "admin.login", "session", "ok", "admin").await;
             let (mut response, secret) =
-                logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, SessionOrigin::Link);
+                logged_in(&admin, "dashboard-link".to_owned(), Role::Admin, SessionOrigin::Link).await;
             // The secret rides in the fragment, which the browser keeps to itself: the page moves it to its
             // origin's storage and out of the address bar.
             *response.status_mut() = StatusCode::SEE_OTHER;
@@ -349,8 +364,10 @@ async fn logout(State(admin): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
         return e.into_response();
     }
-    if let Ok(Some(id)) = cookie_value(&headers) {
-        admin.sessions.remove(&id);
+    if let Ok(Some(id)) = cookie_value(&headers)
+        && let Err(e) = admin.sessions.forget(admin.pool.store().as_ref(), &id).await
+    {
+        tracing::warn!(error = %e, "could not end the session in the store");
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     let secure = if admin.tls { "; Secure" } else { "" };

@@ -36,6 +36,9 @@ pub fn routes(admin: Arc<Admin>) -> Router {
 
 /// The page shell for a session that may view the dashboard; the login page for anyone else.
 async fn shell(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(id) = super::admin::cookie_value(&headers).ok().flatten() {
+        super::admin::load_session(&admin, &id).await;
+    }
     if session_for(&admin, &headers, Permission::DashboardView).is_none() {
         return (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard/login")]).into_response();
     }

@@ -488,6 +488,9 @@ async fn upkeep(
             if let Err(e) = pool.store().delete_payloads_before(before, false).await {
                 tracing::warn!(error = %e, "payload retention failed");
             }
+            if let Err(e) = crate::access::admin::Sessions::purge_expired(pool.store().as_ref()).await {
+                tracing::warn!(error = %e, "removing expired sessions failed");
+            }
             // Instances gone for a day are forgotten.
             if let Err(e) = pool.store().forget_instances(crate::now_ms() - 86_400_000).await {
                 tracing::warn!(error = %e, "forgetting old instances failed");
