@@ -266,7 +266,7 @@ async fn losing_the_database_degrades_and_recovers() {
     fake.add_api_key("sk-ant-api03-outage");
     let cluster = Cluster::new().await;
     cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-outage"]).await;
-    let (_envs, gateways) = cluster.instances(&fake, 1).await;
+    let (envs, gateways) = cluster.instances(&fake, 1).await;
     let gw = &gateways[0];
     let health = async || -> Option<serde_json::Value> { gw.get("/health").send().await.ok()?.json().await.ok() };
     assert_eq!(health().await.unwrap()["status"], "ok");
@@ -294,6 +294,12 @@ async fn losing_the_database_degrades_and_recovers() {
     })
     .await;
     assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    // The rows of the requests served while it was away were held and written once it was back.
+    support::eventually("the held request rows", Duration::from_secs(30), async || {
+        let rows: serde_json::Value = serde_json::from_str(&envs[0].ok(&["requests", "--json"]).await.stdout).unwrap();
+        (rows.as_array()?.len() >= 6).then_some(())
+    })
+    .await;
 }
 
 /// `store copy` moves a populated SQLite install to PostgreSQL: accounts with their sealed tokens, keys,

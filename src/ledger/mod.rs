@@ -88,6 +88,9 @@ impl RequestLog {
 /// Most rows written in one transaction.
 const BATCH: usize = 2048;
 
+/// Longest pause between attempts to write a batch while the database is away.
+const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(5);
+
 async fn write_batches(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<(RequestRow, Option<RawPayload>)>,
@@ -117,15 +120,27 @@ async fn write_batches(
         }
         let batch: Vec<RequestRow> = incoming.drain(..).map(seal).collect();
         let mut delay = Duration::from_millis(50);
-        for attempt in 0..3 {
+        let mut attempt = 0;
+        loop {
             match store.insert_requests(&batch).await {
                 Ok(()) => break,
+                // The database is away (restarting, unreachable, busy): hold this batch until it is back.
+                // Meanwhile the queue fills and further rows are dropped and counted, never waited for.
+                Err(e) if e.retryable() => {
+                    tracing::warn!(error = %e, rows = batch.len(), "request log write failed; holding the rows");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_WRITE_BACKOFF);
+                }
                 Err(e) if attempt < 2 => {
                     tracing::warn!(error = %e, "request log write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 4;
+                    attempt += 1;
                 }
-                Err(e) => tracing::error!(error = %e, rows = batch.len(), "request log write failed; rows lost"),
+                Err(e) => {
+                    tracing::error!(error = %e, rows = batch.len(), "request log write failed; rows lost");
+                    break;
+                }
             }
         }
         done.fetch_add(batch.len() as u64, Ordering::Relaxed);
