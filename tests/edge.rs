@@ -282,15 +282,20 @@ fn certificate_chain() -> (String, String, String, Vec<u8>) {
     (ca.pem(), leaf.pem(), leaf_key.serialize_pem(), leaf.der().to_vec())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn upstream_tls_is_verified_and_pinned_fails_closed() {
+/// A fake upstream speaking HTTPS with a certificate from its own CA; the directory holds `ca.pem`.
+async fn tls_fake() -> (Fake, tempfile::TempDir, Vec<u8>) {
     let (ca_pem, leaf_pem, key_pem, leaf_der) = certificate_chain();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &leaf_pem).unwrap();
     std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
     let tls = switchyard::server::tls_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-    let fake = Fake::start_tls(tls).await;
+    (Fake::start_tls(tls).await, dir, leaf_der)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_tls_is_verified_and_pinned_fails_closed() {
+    let (fake, dir, leaf_der) = tls_fake().await;
     fake.add_api_key("sk-ant-api03-tls");
     let mut env = Env::new(&fake);
     env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-tls"]).await;
@@ -337,13 +342,7 @@ async fn upstream_tls_is_verified_and_pinned_fails_closed() {
 /// usage and profile polls (bearer tokens) nor a refresh on that host reach the server.
 #[tokio::test(flavor = "multi_thread")]
 async fn pins_cover_every_call_that_carries_a_token() {
-    let (ca_pem, leaf_pem, key_pem, leaf_der) = certificate_chain();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cert.pem"), &leaf_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
-    let tls = switchyard::server::tls_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-    let fake = Fake::start_tls(tls).await;
+    let (fake, dir, leaf_der) = tls_fake().await;
     let port = fake.addr.port();
     let mut env = Env::new(&fake);
     env.set("SWITCHYARD_UPSTREAM_URL", &format!("https://localhost:{port}"));

@@ -2,6 +2,7 @@
 //! or PostgreSQL shared by several instances. Tokens arrive here already sealed by `secrets`.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;

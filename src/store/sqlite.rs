@@ -136,77 +136,7 @@ impl SqliteStore {
     }
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<AccountRecord, StoreError> {
-    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(db);
-    let get_opt = |col: &str| row.try_get::<Option<String>, _>(col).map_err(db);
-    Ok(AccountRecord {
-        id: get_str("id")?,
-        name: get_str("name")?,
-        kind: AccountKind::parse(&get_str("kind")?)?,
-        status: AccountStatus::parse(&get_str("status")?)?,
-        access_token: get_opt("access_token")?,
-        refresh_token: get_opt("refresh_token")?,
-        api_key: get_opt("api_key")?,
-        expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
-        email: get_opt("email")?,
-        account_uuid: get_opt("account_uuid")?,
-        org_uuid: get_opt("org_uuid")?,
-        org_name: get_opt("org_name")?,
-        created_at_ms: row.try_get("created_at_ms").map_err(db)?,
-        updated_at_ms: row.try_get("updated_at_ms").map_err(db)?,
-        priority: row.try_get("priority").map_err(db)?,
-        weight: row.try_get("weight").map_err(db)?,
-        plan: get_opt("plan")?,
-        token_version: row.try_get("token_version").map_err(db)?,
-    })
-}
-
-fn key_from_row(r: &SqliteRow) -> Result<ClientKeyRecord, StoreError> {
-    Ok(ClientKeyRecord {
-        id: r.try_get("id").map_err(db)?,
-        name: r.try_get("name").map_err(db)?,
-        hash: r.try_get("hash").map_err(db)?,
-        role: r.try_get("role").map_err(db)?,
-        rpm: r.try_get("rpm").map_err(db)?,
-        tpm: r.try_get("tpm").map_err(db)?,
-        concurrency: r.try_get("concurrency").map_err(db)?,
-        accounts: r.try_get("accounts").map_err(db)?,
-        created_at_ms: r.try_get("created_at_ms").map_err(db)?,
-        expires_at_ms: r.try_get("expires_at_ms").map_err(db)?,
-        revoked_at_ms: r.try_get("revoked_at_ms").map_err(db)?,
-        updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
-        budget_usd_day: r.try_get("budget_usd_day").map_err(db)?,
-        budget_usd_month: r.try_get("budget_usd_month").map_err(db)?,
-        budget_tokens_day: r.try_get("budget_tokens_day").map_err(db)?,
-    })
-}
-
-fn request_from_row(r: &SqliteRow) -> Result<RequestRow, StoreError> {
-    Ok(RequestRow {
-        id: r.try_get("id").map_err(db)?,
-        at_ms: r.try_get("at_ms").map_err(db)?,
-        client_key: r.try_get("client_key").map_err(db)?,
-        account: r.try_get("account").map_err(db)?,
-        accounts_tried: r.try_get("accounts_tried").map_err(db)?,
-        attempts: r.try_get("attempts").map_err(db)?,
-        method: r.try_get("method").map_err(db)?,
-        path: r.try_get("path").map_err(db)?,
-        model: r.try_get("model").map_err(db)?,
-        stream: r.try_get("stream").map_err(db)?,
-        status: r.try_get("status").map_err(db)?,
-        error_type: r.try_get("error_type").map_err(db)?,
-        input_tokens: r.try_get("input_tokens").map_err(db)?,
-        output_tokens: r.try_get("output_tokens").map_err(db)?,
-        cache_read_tokens: r.try_get("cache_read_tokens").map_err(db)?,
-        cache_creation_tokens: r.try_get("cache_creation_tokens").map_err(db)?,
-        ttfb_ms: r.try_get("ttfb_ms").map_err(db)?,
-        duration_ms: r.try_get("duration_ms").map_err(db)?,
-        ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
-        cost_usd: r.try_get("cost_usd").map_err(db)?,
-        payload_request: None,
-        payload_response: None,
-    })
-}
+super::rows::row_readers!(SqliteRow);
 
 #[async_trait]
 impl AccountStore for SqliteStore {
