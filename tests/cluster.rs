@@ -382,3 +382,33 @@ async fn a_dashboard_session_from_one_instance_works_on_another() {
     })
     .await;
 }
+
+/// A budget holds across instances: what one instance spent (logged in the shared store) counts on the
+/// others, so a key over its budget on one is refused on all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_is_shared_by_the_instances() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-budget");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-budget"]).await;
+    let key = cluster.env(&fake).ok(&["keys", "create", "small", "--budget-tokens-day", "30"]).await.stdout;
+    let key = key.trim().to_owned();
+    let (envs, gateways) = cluster.instances(&fake, 2).await;
+    let send = |gw: &Gateway| gw.post("/v1/messages").header("x-api-key", &key).json(&message_body(false));
+    // 17 tokens a request: two reach the budget on the first instance.
+    for _ in 0..2 {
+        assert_eq!(send(&gateways[0]).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(send(&gateways[0]).send().await.unwrap().status(), 429);
+    support::eventually("the spend in the shared log", Duration::from_secs(10), async || {
+        let rows: serde_json::Value = serde_json::from_str(&envs[1].ok(&["requests", "--json"]).await.stdout).ok()?;
+        (rows.as_array()?.iter().filter(|r| r["status"] == 200).count() == 2).then_some(())
+    })
+    .await;
+    // Two rounds of the other instance's upkeep: the second starts after the first has read the spend.
+    gateways[1].settle().await;
+    gateways[1].settle().await;
+    let refused = send(&gateways[1]).send().await.unwrap();
+    let (_, message) = support::error_type(refused, 429).await;
+    assert!(message.contains("over its"), "{message}");
+}

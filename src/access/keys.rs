@@ -293,6 +293,14 @@ impl ClientKeys {
     }
 
     /// Whether any key exists (revoked ones count: once keys are in use, the gateway stays closed).
+    /// Whether any key has a budget (only then is spend worth sharing between instances).
+    pub fn any_budget(&self) -> bool {
+        self.snapshot().iter().any(|k| {
+            let b = k.budgets;
+            b.usd_day.is_some() || b.usd_month.is_some() || b.tokens_day.is_some()
+        })
+    }
+
     pub fn any(&self) -> bool {
         !self.snapshot().is_empty()
     }
@@ -441,6 +449,29 @@ impl SpendBook {
             e.month_start = month;
             e.usd_month = 0.0;
         }
+    }
+
+    /// Take in what every instance on the store has logged today and this month: each figure becomes the
+    /// larger of this instance's own count and the store's sum. The store lags by the request log's
+    /// write delay (about a second), so instances sharing a budget overspend it by at most what they
+    /// spend in that time plus the requests already running.
+    pub async fn share(&self, store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
+        let (day, _, month, _) = periods(now_ms);
+        let by_month = store.spend_since(month).await?;
+        let by_day = store.spend_since(day).await?;
+        let mut map = self.lock();
+        for (key, usd, _) in by_month {
+            let e = map.entry(key).or_default();
+            Self::current(e, now_ms);
+            e.usd_month = e.usd_month.max(usd);
+        }
+        for (key, usd, tokens) in by_day {
+            let e = map.entry(key).or_default();
+            Self::current(e, now_ms);
+            e.usd_day = e.usd_day.max(usd);
+            e.tokens_day = e.tokens_day.max(tokens);
+        }
+        Ok(())
     }
 
     pub fn add(&self, key: &str, usd: f64, tokens: i64, at_ms: i64) {

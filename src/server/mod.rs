@@ -303,6 +303,8 @@ pub struct Gateway {
     oauth_beta: String,
     /// The name this instance beats under (its routing state's name).
     instance: String,
+    /// The store is shared with other instances (PostgreSQL).
+    shared: bool,
 }
 
 impl Gateway {
@@ -349,6 +351,7 @@ impl Gateway {
         });
         Ok(Self {
             instance: config.instance_name(),
+            shared: config.database.is_some(),
             pool,
             keys,
             log: log.clone(),
@@ -404,6 +407,7 @@ impl Gateway {
             self.retention,
             self.payload_retention,
             me,
+            self.shared,
         ));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
@@ -434,6 +438,7 @@ async fn upkeep(
     retention: Duration,
     payload_retention: Duration,
     mut me: crate::store::InstanceRecord,
+    shared: bool,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -463,6 +468,14 @@ async fn upkeep(
         *admin.store_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
+        }
+        // What other instances spent against shared budgets (only on a shared database, and only when a
+        // budget exists: the sums cost a query over today's logged requests).
+        if shared
+            && keys.any_budget()
+            && let Err(e) = keys.spend.share(pool.store().as_ref(), crate::now_ms()).await
+        {
+            tracing::warn!(error = %e, "reading other instances' spend failed");
         }
         // What other instances on the same database saw (a 429 there benches the account here).
         if let Err(e) = pool.share_states().await {
