@@ -412,3 +412,40 @@ async fn a_budget_is_shared_by_the_instances() {
     let (_, message) = support::error_type(refused, 429).await;
     assert!(message.contains("over its"), "{message}");
 }
+
+/// An OAuth login started on one instance is finished on another (the pending login, its verifier sealed,
+/// is in the shared store), and the new account serves from both.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oauth_login_started_on_one_instance_finishes_on_another() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    let admin_key =
+        cluster.env(&fake).ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
+    let (_envs, gateways) = cluster.instances(&fake, 2).await;
+    let login = gateways[0].post("/admin/api/login").json(&serde_json::json!({"key": admin_key})).send().await.unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let secret = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let post = |gw: &Gateway, path: &str, body: serde_json::Value| {
+        gw.post(path).header("cookie", &cookie).header("x-csrf-token", &secret).json(&body).send()
+    };
+    let started: serde_json::Value =
+        post(&gateways[0], "/admin/api/oauth/start", serde_json::json!({"account": "max"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let url = url::Url::parse(started["authorize_url"].as_str().unwrap()).unwrap();
+    let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned()).unwrap();
+    let code = fake.authorize(&param("code_challenge"), &param("redirect_uri"));
+    let pasted = format!("{code}#{}", param("state"));
+    let finished = post(&gateways[1], "/admin/api/oauth/finish", serde_json::json!({"code": pasted})).await.unwrap();
+    assert_eq!(finished.status(), 201, "{}", finished.text().await.unwrap());
+    for gw in &gateways {
+        gw.settle().await;
+        let r =
+            gw.post("/v1/messages").header("x-api-key", &admin_key).json(&message_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(fake.last_request().header("authorization").unwrap().starts_with("Bearer "));
+    }
+}
