@@ -21,12 +21,24 @@ struct Alerts {
 
 static ALERTS: OnceLock<Alerts> = OnceLock::new();
 
-/// Start the sender (when a webhook is configured). Call once, inside the runtime.
-pub fn init(webhook: Option<url::Url>, utilization: f64, http: reqwest::Client) {
+/// Start the sender (when a webhook is configured). Call once, inside the runtime. With a `store`, the
+/// quiet period is shared: of the instances on one store that raise the same alert, one sends it.
+pub fn init(
+    webhook: Option<url::Url>,
+    utilization: f64,
+    http: reqwest::Client,
+    store: Option<std::sync::Arc<dyn crate::store::Store>>,
+) {
     let tx = webhook.map(|url| {
         let (tx, mut rx) = mpsc::channel::<serde_json::Value>(256);
         tokio::spawn(async move {
             while let Some(alert) = rx.recv().await {
+                if let Some(store) = &store
+                    && !claim(store.as_ref(), &alert).await
+                {
+                    tracing::debug!(alert = %alert["kind"], "alert already sent by another instance");
+                    continue;
+                }
                 let mut delay = Duration::from_millis(500);
                 for attempt in 1..=3 {
                     match http.post(url.clone()).json(&alert).timeout(Duration::from_secs(10)).send().await {
@@ -42,6 +54,23 @@ pub fn init(webhook: Option<url::Url>, utilization: f64, http: reqwest::Client) 
         tx
     });
     let _ = ALERTS.set(Alerts { tx, last: Mutex::new(HashMap::new()), window: Window::default(), utilization });
+}
+
+/// Whether this instance is the one to send `alert`: it claims the alert's quiet period in the store. A
+/// store that cannot answer lets it through (an alert twice is better than none).
+async fn claim(store: &dyn crate::store::Store, alert: &serde_json::Value) -> bool {
+    let key = format!(
+        "alert/{}/{}/{}",
+        alert["kind"].as_str().unwrap_or(""),
+        alert["subject"].as_str().unwrap_or(""),
+        alert["window"].as_str().unwrap_or("")
+    );
+    let now = crate::now_ms();
+    let Ok(current) = store.get_setting(&key).await else { return true };
+    if current.as_deref().and_then(|v| v.parse::<i64>().ok()).is_some_and(|t| now - t < QUIET_MS) {
+        return false;
+    }
+    store.claim_setting(&key, current.as_deref(), &now.to_string(), now).await.unwrap_or(true)
 }
 
 /// Raise an alert (`kind` like `account_needs_login`, `subject` the account or `*`).

@@ -449,3 +449,49 @@ async fn an_oauth_login_started_on_one_instance_finishes_on_another() {
         assert!(fake.last_request().header("authorization").unwrap().starts_with("Bearer "));
     }
 }
+
+/// An alert raised by every instance reaches the webhook once: the quiet period is claimed in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_raised_on_every_instance_is_sent_once() {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-alert");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-alert"]).await;
+    let envs: Vec<Env> = (0..2).map(|_| cluster.env(&fake).clone_with("SWITCHYARD_ALERT_WEBHOOK_URL", &hook)).collect();
+    let mut gateways = Vec::new();
+    for env in &envs {
+        gateways.push(env.serve().await);
+    }
+    fake.push_for("sk-ant-api03-alert", support::fake::Script::limited(support::fake::now_secs() + 3600));
+    assert_eq!(gateways[0].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
+    assert_eq!(gateways[0].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
+    support::eventually("the first alert", Duration::from_secs(10), async || {
+        (received.lock().unwrap().iter().filter(|v| v["kind"] == "all_accounts_limited").count() == 1).then_some(())
+    })
+    .await;
+    // The other instance learns of the bench, raises the same alert, and leaves it to the first.
+    gateways[1].settle().await;
+    gateways[1].settle().await;
+    assert_eq!(gateways[1].post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 429);
+    support::eventually("the second instance to stand down", Duration::from_secs(10), async || {
+        gateways[1].logs().contains("alert already sent by another instance").then_some(())
+    })
+    .await;
+    assert_eq!(received.lock().unwrap().iter().filter(|v| v["kind"] == "all_accounts_limited").count(), 1);
+}

@@ -231,6 +231,17 @@ async fn settings_are_taken_once(s: Arc<dyn Store>) {
     });
     let won = futures_util::future::join_all(takers).await.into_iter().filter(|t| *t.as_ref().unwrap()).count();
     assert_eq!(won, 1);
+    // Claims: set only over what the caller saw; of racing claimers one wins, absent or present.
+    let claimers = (0..8).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move { s.claim_setting("alert", None, &n.to_string(), 6).await.unwrap() })
+    });
+    let won = futures_util::future::join_all(claimers).await.into_iter().filter(|t| *t.as_ref().unwrap()).count();
+    assert_eq!(won, 1);
+    let now = s.get_setting("alert").await.unwrap().unwrap();
+    assert!(!s.claim_setting("alert", Some("stale"), "x", 7).await.unwrap());
+    assert!(s.claim_setting("alert", Some(&now), "later", 7).await.unwrap());
+    assert_eq!(s.get_setting("alert").await.unwrap().as_deref(), Some("later"));
     s.put_setting("link", Some("new"), 5).await.unwrap();
     assert!(!s.take_setting("link", "token").await.unwrap(), "a replaced value is not taken");
     assert_eq!(s.get_setting("link").await.unwrap().as_deref(), Some("new"));

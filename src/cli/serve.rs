@@ -52,7 +52,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.pins.is_empty() {
         tracing::info!(hosts = %config.pins.hosts().collect::<Vec<_>>().join(", "), "upstream TLS keys pinned");
     }
-    crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new());
+    let shared = pool.store().clone();
+    crate::alerts::init(config.alert_webhook.clone(), config.alert_utilization, reqwest::Client::new(), Some(shared));
     let keys = Arc::new(ClientKeys::load(pool.store().as_ref()).await?);
 
     let tls = match (&config.tls_cert, &config.tls_key) {

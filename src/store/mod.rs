@@ -488,6 +488,15 @@ pub trait ClientKeyStore: Send + Sync {
 pub trait SettingStore: Send + Sync {
     /// Every setting, by name (for `store copy`).
     async fn list_settings(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Set a setting to `new` only if it still holds `expected` (`None`: only if it is not set),
+    /// atomically; true when this call set it (of several instances claiming one value, one wins).
+    async fn claim_setting(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// A setting's value, if set.
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set (or with `None` delete) a setting.

@@ -499,6 +499,37 @@ impl ClientKeyStore for PgStore {
 
 #[async_trait]
 impl SettingStore for PgStore {
+    async fn claim_setting(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = match expected {
+            None => sqlx::query(
+                "INSERT INTO settings (key, value, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT(key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(new)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?,
+            Some(expected) => {
+                sqlx::query("UPDATE settings SET value = $2, updated_at_ms = $3 WHERE key = $1 AND value = $4")
+                    .bind(key)
+                    .bind(new)
+                    .bind(now_ms)
+                    .bind(expected)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn list_settings(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows =
             sqlx::query("SELECT key, value FROM settings ORDER BY key").fetch_all(&self.pool).await.map_err(db)?;
