@@ -495,3 +495,27 @@ async fn an_alert_raised_on_every_instance_is_sent_once() {
     .await;
     assert_eq!(received.lock().unwrap().iter().filter(|v| v["kind"] == "all_accounts_limited").count(), 1);
 }
+
+/// A key's requests-per-minute limit holds over all instances together: each live instance enforces its
+/// share, so 60 requests spread over three instances against a limit of 30 admit 30 (±10 %).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_is_split_among_the_live_instances() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-rpm");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-rpm"]).await;
+    let key = cluster.env(&fake).ok(&["keys", "create", "busy", "--rpm", "30"]).await.stdout.trim().to_owned();
+    let (_envs, gateways) = cluster.instances(&fake, 3).await;
+    for gw in &gateways {
+        support::eventually("each instance to count three live instances", Duration::from_secs(20), async || {
+            let health: serde_json::Value = gw.get("/health").send().await.ok()?.json().await.ok()?;
+            (health["live_instances"] == 3).then_some(())
+        })
+        .await;
+    }
+    let sends = (0..60)
+        .map(|i| gateways[i % 3].post("/v1/messages").header("x-api-key", &key).json(&message_body(false)).send());
+    let admitted =
+        futures_util::future::join_all(sends).await.into_iter().filter(|r| r.as_ref().unwrap().status() == 200).count();
+    assert!((27..=33).contains(&admitted), "{admitted} of 60 admitted against a limit of 30 over three instances");
+}

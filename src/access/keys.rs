@@ -109,6 +109,8 @@ pub struct ClientKey {
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
     updated_at_ms: i64,
+    /// How many live instances the limits below were divided among when they were built.
+    share: u64,
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<DefaultDirectRateLimiter>,
     pub concurrency: Option<Arc<Semaphore>>,
@@ -126,8 +128,16 @@ fn per_minute(n: Option<i64>) -> Option<DefaultDirectRateLimiter> {
     Some(RateLimiter::direct(Quota::per_minute(n)))
 }
 
+/// `limit` divided among `share` instances, rounded up (a share is never zero).
+fn split(limit: Option<i64>, share: u64) -> Option<i64> {
+    let share = i64::try_from(share.max(1)).unwrap_or(1);
+    limit.map(|l| (l + share - 1) / share).map(|l| l.max(1))
+}
+
 impl ClientKey {
-    fn from_record(r: &ClientKeyRecord) -> Option<Self> {
+    /// The key a record describes, its per-minute and concurrency limits divided among `share` live
+    /// instances (each enforces its part, so together they hold the limit when load is spread evenly).
+    fn from_record(r: &ClientKeyRecord, share: u64) -> Option<Self> {
         let mut hash = [0u8; 32];
         for (i, chunk) in r.hash.as_bytes().chunks(2).enumerate().take(32) {
             hash[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
@@ -144,10 +154,10 @@ impl ClientKey {
             expires_at_ms: r.expires_at_ms,
             revoked: r.revoked_at_ms.is_some(),
             updated_at_ms: r.updated_at_ms,
-            rpm: per_minute(r.rpm),
-            tpm: per_minute(r.tpm),
-            concurrency: r
-                .concurrency
+            share,
+            rpm: per_minute(split(r.rpm, share)),
+            tpm: per_minute(split(r.tpm, share)),
+            concurrency: split(r.concurrency, share)
                 .and_then(|c| usize::try_from(c).ok())
                 .filter(|c| *c > 0)
                 .map(|c| Arc::new(Semaphore::new(c))),
@@ -201,6 +211,8 @@ pub struct ClientKeys {
     pub spend: SpendBook,
     /// Hashes looked up in the store and not found, with when: one query per distinct key per second.
     misses: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
+    /// Live instances sharing the store (0 until known, treated as 1): per-key limits are split by it.
+    instances: std::sync::atomic::AtomicU64,
 }
 
 /// Distinct unknown keys remembered; past this the oldest half is forgotten.
@@ -219,12 +231,17 @@ impl ClientKeys {
     /// Pick up keys created, revoked or rotated by the CLI; unchanged keys keep their limiter state.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
         let records = store.list_client_keys().await?;
+        let share = self.instances();
         let current = self.snapshot();
         let next: Vec<Arc<ClientKey>> = records
             .iter()
-            .filter_map(|r| match current.iter().find(|k| k.id == r.id && k.updated_at_ms == r.updated_at_ms) {
-                Some(same) => Some(same.clone()),
-                None => ClientKey::from_record(r).map(Arc::new),
+            .filter_map(|r| {
+                let same =
+                    current.iter().find(|k| k.id == r.id && k.updated_at_ms == r.updated_at_ms && k.share == share);
+                match same {
+                    Some(same) => Some(same.clone()),
+                    None => ClientKey::from_record(r, share).map(Arc::new),
+                }
             })
             .collect();
         match self.keys.write() {
@@ -265,7 +282,9 @@ impl ClientKeys {
         }
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let Ok(Some(record)) = store.find_client_key_by_hash(&hex).await else { return KeyCheck::Unknown };
-        let Some(key) = ClientKey::from_record(&record).map(Arc::new) else { return KeyCheck::Unknown };
+        let Some(key) = ClientKey::from_record(&record, self.instances()).map(Arc::new) else {
+            return KeyCheck::Unknown;
+        };
         self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&digest);
         match self.keys.write() {
             Ok(mut keys) => {
@@ -293,6 +312,17 @@ impl ClientKeys {
     }
 
     /// Whether any key exists (revoked ones count: once keys are in use, the gateway stays closed).
+    /// How many live instances share the limits (at least one).
+    pub fn instances(&self) -> u64 {
+        self.instances.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    /// Set the number of live instances; true when it changed (the caller reloads the keys, which
+    /// rebuilds their limiters with the new share: counts so far start over).
+    pub fn set_instances(&self, live: u64) -> bool {
+        self.instances.swap(live.max(1), std::sync::atomic::Ordering::Relaxed) != live.max(1)
+    }
+
     /// Whether any key has a budget (only then is spend worth sharing between instances).
     pub fn any_budget(&self) -> bool {
         self.snapshot().iter().any(|k| {

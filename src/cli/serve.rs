@@ -131,8 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An instance whose heartbeat is older than this is listed as gone.
-const LIVE_MS: i64 = 15_000;
+use crate::server::LIVE_MS;
 
 /// `switchyard instances`: who serves from this data, from their heartbeats.
 pub async fn instances(config: &Config, json: bool) -> anyhow::Result<()> {

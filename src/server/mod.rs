@@ -228,6 +228,7 @@ async fn health(admin: Arc<Admin>) -> Response {
         "reason": problem,
         "version": env!("CARGO_PKG_VERSION"),
         "synced_at_ms": (synced > 0).then_some(synced),
+        "live_instances": admin.keys.instances(),
     }))
     .into_response()
 }
@@ -426,6 +427,9 @@ impl Gateway {
     }
 }
 
+/// An instance whose heartbeat is older than this no longer counts as live (heartbeats come every 5 s).
+pub const LIVE_MS: i64 = 15_000;
+
 /// How long running requests may take to finish after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
@@ -485,6 +489,16 @@ async fn upkeep(
             me.last_seen_ms = crate::now_ms();
             if let Err(e) = pool.store().heartbeat(&me).await {
                 tracing::warn!(error = %e, "writing this instance's heartbeat failed");
+            }
+            // Per-key limits are split among the live instances: only a live instance's share counts.
+            if shared && let Ok(instances) = pool.store().list_instances().await {
+                let now = crate::now_ms();
+                let live = instances.iter().filter(|i| now - i.last_seen_ms < LIVE_MS).count();
+                if keys.set_instances(u64::try_from(live).unwrap_or(1))
+                    && let Err(e) = keys.reload(pool.store().as_ref()).await
+                {
+                    tracing::error!(error = %e, "reloading client keys for a new share failed");
+                }
             }
         }
         if rounds.is_multiple_of(60) {
