@@ -39,6 +39,15 @@ impl Cluster {
     }
 }
 
+/// Log in to an instance's admin API with a key: the session cookie and the session secret.
+async fn key_login(gw: &Gateway, key: &str) -> (String, String) {
+    let login = gw.post("/admin/api/login").json(&serde_json::json!({"key": key})).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let secret = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    (cookie, secret)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -114,8 +123,8 @@ async fn a_refresh_cut_by_kill_9_is_finished_by_a_survivor() {
     assert!(listed.contains("\"status\": \"active\"") || listed.contains("\"status\":\"active\""), "{listed}");
 }
 
-/// A writer holding an older pair can never overwrite a newer one: tokens written by another instance
-/// are what every instance ends up using.
+/// Changes made through one instance reach the others: the instances list each other, a pause stops
+/// routing everywhere, and keys created on one work on all.
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_on_one_instance_reach_the_others() {
     let fake = Fake::start().await;
@@ -367,10 +376,7 @@ async fn a_dashboard_session_from_one_instance_works_on_another() {
     let admin_key =
         cluster.env(&fake).ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
     let (_envs, gateways) = cluster.instances(&fake, 2).await;
-    let login = gateways[0].post("/admin/api/login").json(&serde_json::json!({"key": admin_key})).send().await.unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let secret = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let (cookie, secret) = key_login(&gateways[0], &admin_key).await;
     let whoami = |gw: &Gateway| gw.get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", &secret);
     assert_eq!(whoami(&gateways[1]).send().await.unwrap().status(), 200, "the session works on the other instance");
     let wrong = gateways[1].get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", "guess");
@@ -422,9 +428,7 @@ async fn an_oauth_login_started_on_one_instance_finishes_on_another() {
     let admin_key =
         cluster.env(&fake).ok(&["keys", "create", "root", "--role", "admin"]).await.stdout.trim().to_owned();
     let (_envs, gateways) = cluster.instances(&fake, 2).await;
-    let login = gateways[0].post("/admin/api/login").json(&serde_json::json!({"key": admin_key})).send().await.unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let secret = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let (cookie, secret) = key_login(&gateways[0], &admin_key).await;
     let post = |gw: &Gateway, path: &str, body: serde_json::Value| {
         gw.post(path).header("cookie", &cookie).header("x-csrf-token", &secret).json(&body).send()
     };
@@ -453,21 +457,7 @@ async fn an_oauth_login_started_on_one_instance_finishes_on_another() {
 /// An alert raised by every instance reaches the webhook once: the quiet period is claimed in the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_raised_on_every_instance_is_sent_once() {
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received) = support::webhook().await;
 
     let fake = Fake::start().await;
     fake.add_api_key("sk-ant-api03-alert");

@@ -276,22 +276,7 @@ async fn payloads_are_kept_by_policy_redacted_and_encrypted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_reach_the_webhook_without_blocking_requests() {
-    // A webhook receiver that records what it gets.
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received) = support::webhook().await;
 
     let fake = Fake::start().await;
     let mut env = Env::new(&fake);

@@ -11,7 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 use super::Role;
 use super::totp;
@@ -252,7 +251,7 @@ pub struct Sessions {
 }
 
 fn digest(id: &str) -> String {
-    Sha256::digest(id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    super::hash_key(id)
 }
 
 impl Sessions {

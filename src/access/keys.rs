@@ -280,8 +280,9 @@ impl ClientKeys {
             }
             misses.insert(digest, now_ms);
         }
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let Ok(Some(record)) = store.find_client_key_by_hash(&hex).await else { return KeyCheck::Unknown };
+        let Ok(Some(record)) = store.find_client_key_by_hash(&hash_key(presented)).await else {
+            return KeyCheck::Unknown;
+        };
         let Some(key) = ClientKey::from_record(&record, self.instances()).map(Arc::new) else {
             return KeyCheck::Unknown;
         };

@@ -482,7 +482,7 @@ async fn upkeep(
             tracing::warn!(error = %e, "reading other instances' spend failed");
         }
         // What other instances on the same database saw (a 429 there benches the account here).
-        if let Err(e) = pool.share_states().await {
+        if shared && let Err(e) = pool.share_states().await {
             tracing::warn!(error = %e, "reading other instances' routing state failed");
         }
         if rounds.is_multiple_of(5) {

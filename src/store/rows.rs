@@ -74,6 +74,83 @@ macro_rules! row_readers {
                 payload_response: None,
             })
         }
+
+        fn stats_from_row(r: &$row) -> Result<GroupStats, StoreError> {
+            Ok(GroupStats {
+                group: r.try_get(0).map_err(db)?,
+                requests: r.try_get(1).map_err(db)?,
+                errors: r.try_get(2).map_err(db)?,
+                input_tokens: r.try_get(3).map_err(db)?,
+                output_tokens: r.try_get(4).map_err(db)?,
+                cache_read_tokens: r.try_get(5).map_err(db)?,
+                cache_creation_tokens: r.try_get(6).map_err(db)?,
+                cost_usd: r.try_get(7).map_err(db)?,
+                p50_ms: r.try_get(8).map_err(db)?,
+                p95_ms: r.try_get(9).map_err(db)?,
+            })
+        }
+
+        fn series_from_row(r: &$row) -> Result<SeriesPoint, StoreError> {
+            Ok(SeriesPoint {
+                at_ms: r.try_get(0).map_err(db)?,
+                requests: r.try_get(1).map_err(db)?,
+                errors: r.try_get(2).map_err(db)?,
+                input_tokens: r.try_get(3).map_err(db)?,
+                output_tokens: r.try_get(4).map_err(db)?,
+                cost_usd: r.try_get(5).map_err(db)?,
+            })
+        }
+
+        fn audit_from_row(r: &$row) -> Result<AuditEntry, StoreError> {
+            Ok(AuditEntry {
+                at_ms: r.try_get("at_ms").map_err(db)?,
+                actor: r.try_get("actor").map_err(db)?,
+                source: r.try_get("source").map_err(db)?,
+                action: r.try_get("action").map_err(db)?,
+                target: r.try_get("target").map_err(db)?,
+                outcome: r.try_get("outcome").map_err(db)?,
+                detail: r.try_get("detail").map_err(db)?,
+            })
+        }
+
+        fn instance_from_row(r: &$row) -> Result<InstanceRecord, StoreError> {
+            Ok(InstanceRecord {
+                id: r.try_get("id").map_err(db)?,
+                host: r.try_get("host").map_err(db)?,
+                version: r.try_get("version").map_err(db)?,
+                address: r.try_get("address").map_err(db)?,
+                started_at_ms: r.try_get("started_at_ms").map_err(db)?,
+                last_seen_ms: r.try_get("last_seen_ms").map_err(db)?,
+            })
+        }
+
+        fn state_from_row(r: &$row) -> Result<StateRow, StoreError> {
+            Ok(StateRow {
+                account_id: r.try_get("account_id").map_err(db)?,
+                instance: r.try_get("instance").map_err(db)?,
+                state: r.try_get("state").map_err(db)?,
+                updated_at_ms: r.try_get("updated_at_ms").map_err(db)?,
+            })
+        }
+
+        fn payload_from_row(r: &$row) -> Result<SealedPayload, StoreError> {
+            Ok(SealedPayload {
+                request_id: r.try_get("request_id").map_err(db)?,
+                request: r.try_get("request").map_err(db)?,
+                response: r.try_get("response").map_err(db)?,
+            })
+        }
+
+        fn pending_from_row(row: &$row) -> Result<PendingLogin, StoreError> {
+            Ok(PendingLogin {
+                state: row.try_get("state").map_err(db)?,
+                verifier: row.try_get("verifier").map_err(db)?,
+                redirect_uri: row.try_get("redirect_uri").map_err(db)?,
+                console: row.try_get("console").map_err(db)?,
+                account: row.try_get("account").map_err(db)?,
+                expires_at_ms: row.try_get("expires_at_ms").map_err(db)?,
+            })
+        }
     };
 }
 
