@@ -406,6 +406,20 @@ async fn payloads_and_retention(s: Arc<dyn Store>) {
     assert_eq!(s.delete_requests_before(3000, false).await.unwrap(), 2);
     assert_eq!(s.delete_requests_before(3000, false).await.unwrap(), 0);
     assert_eq!(s.find_requests(&RequestFilter { limit: 10, ..RequestFilter::default() }).await.unwrap().len(), 2);
+    // Retention removes everything expired, however many batches that takes, and nothing newer.
+    let old: Vec<RequestRow> = (0..12_345)
+        .map(|i| RequestRow {
+            id: format!("sy_old{i:05}"),
+            at_ms: 10_000 + i,
+            status: 200,
+            payload_request: (i % 3 == 0).then(|| "v3.1.r".to_owned()),
+            ..RequestRow::default()
+        })
+        .collect();
+    s.insert_requests(&old).await.unwrap();
+    assert_eq!(s.delete_payloads_before(22_000, false).await.unwrap(), 4_001, "4,000 old ones and sy_p4");
+    assert_eq!(s.delete_requests_before(22_000, false).await.unwrap(), 12_002, "12,000 old ones and two");
+    assert_eq!(s.find_requests(&RequestFilter { limit: 1000, ..RequestFilter::default() }).await.unwrap().len(), 345);
     s.vacuum().await.unwrap();
 }
 

@@ -19,6 +19,9 @@ use super::{
 
 /// Schema steps, one file each under `migrations/postgres/`; `schema_version` holds how many are applied.
 /// Never edit a released step: add one.
+/// Rows removed per retention statement.
+const PRUNE_BATCH: u64 = 5_000;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_schema.sql"),
     include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
@@ -152,10 +155,20 @@ impl PgStore {
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(before_ms).fetch_one(&self.pool).await.map_err(db)?;
             return Ok(u64::try_from(n).unwrap_or(0));
         }
-        // `table` is one of two fixed names, never user text.
-        let sql = format!("DELETE FROM {table} WHERE at_ms < $1");
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(before_ms).execute(&self.pool).await.map_err(db)?;
-        Ok(done.rows_affected())
+        // `table` is one of two fixed names, never user text. Batches keep each transaction (and the locks
+        // and WAL it holds while instances keep logging) small, however much has expired.
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE at_ms < $1 LIMIT {PRUNE_BATCH}))"
+        );
+        let mut total = 0;
+        loop {
+            let done =
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(before_ms).execute(&self.pool).await.map_err(db)?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 }
 

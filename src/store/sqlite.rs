@@ -30,6 +30,9 @@ macro_rules! failed {
 
 /// Schema steps, one file each under `migrations/sqlite/`; step N brings `user_version` from N to N+1.
 /// Never edit a released step: add one.
+/// Rows removed per retention statement.
+const PRUNE_BATCH: i64 = 5_000;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_accounts.sql"),
     include_str!("../../migrations/sqlite/0002_account_routing.sql"),
@@ -108,8 +111,15 @@ impl SqliteStore {
             let n: i64 = row.try_get(0).map_err(db)?;
             return Ok(u64::try_from(n).unwrap_or(0));
         }
-        let done = sqlx::query(delete).bind(before_ms).execute(&self.pool).await.map_err(db)?;
-        Ok(done.rows_affected())
+        // In batches, so that the write lock the request-log writer also needs is held briefly each time.
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(delete).bind(before_ms).bind(PRUNE_BATCH).execute(&self.pool).await.map_err(db)?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_BATCH.unsigned_abs() {
+                return Ok(total);
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -690,7 +700,7 @@ impl RequestStore for SqliteStore {
     async fn delete_requests_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
         self.prune(
             "SELECT COUNT(*) FROM requests WHERE at_ms < ?",
-            "DELETE FROM requests WHERE at_ms < ?",
+            "DELETE FROM requests WHERE (at_ms, id) IN (SELECT at_ms, id FROM requests WHERE at_ms < ?1 LIMIT ?2)",
             before_ms,
             dry_run,
         )
@@ -723,7 +733,7 @@ impl RequestStore for SqliteStore {
     async fn delete_payloads_before(&self, before_ms: i64, dry_run: bool) -> Result<u64, StoreError> {
         self.prune(
             "SELECT COUNT(*) FROM payloads WHERE at_ms < ?",
-            "DELETE FROM payloads WHERE at_ms < ?",
+            "DELETE FROM payloads WHERE request_id IN (SELECT request_id FROM payloads WHERE at_ms < ?1 LIMIT ?2)",
             before_ms,
             dry_run,
         )
