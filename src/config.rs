@@ -112,6 +112,9 @@ pub struct Config {
     pub retry_backoff: f64,
     /// How often each OAuth account's usage endpoint is polled; zero turns polling off.
     pub usage_poll: Duration,
+    /// How often the store is read for changes made elsewhere, announced or not (the fallback under
+    /// PostgreSQL's change feed, the only way on SQLite).
+    pub sync_interval: Duration,
     /// Where the data-encryption key lives (`SWITCHYARD_SECRET_STORE`).
     pub secret_store: StoreChoice,
     /// `SWITCHYARD_PASSPHRASE`: wraps the key file (Argon2id) and protects backups.
@@ -279,6 +282,7 @@ struct RawSecrets {
 struct RawStore {
     database_url: Option<String>,
     max_connections: Option<u32>,
+    sync_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -475,6 +479,7 @@ impl Config {
         let database_url: Option<String> =
             flags.database_url.clone().or(pick(env, "SWITCHYARD_DATABASE_URL", raw.store.database_url)?);
         let db_connections = pick(env, "SWITCHYARD_DATABASE_MAX_CONNECTIONS", raw.store.max_connections)?;
+        let sync_ms = pick(env, "SWITCHYARD_SYNC_INTERVAL_MS", raw.store.sync_interval_ms)?;
         let database = match database_url.filter(|u| !u.trim().is_empty()) {
             None => None,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -622,6 +627,7 @@ impl Config {
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
             retry_backoff,
             usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
+            sync_interval: Duration::from_millis(sync_ms.unwrap_or(1000).clamp(100, 600_000)),
             auth_failures_per_minute: auth_failures.unwrap_or(30).max(1),
             tls_cert,
             tls_key,

@@ -509,3 +509,61 @@ async fn a_rate_limit_is_split_among_the_live_instances() {
         futures_util::future::join_all(sends).await.into_iter().filter(|r| r.as_ref().unwrap().status() == 200).count();
     assert!((27..=33).contains(&admitted), "{admitted} of 60 admitted against a limit of 30 over three instances");
 }
+
+/// With the periodic check set to a minute, PostgreSQL's change feed alone carries changes: a pause, a
+/// resume, a revoked key and a bench reach the other instances within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_are_pushed_to_the_other_instances_within_a_second() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    fake.add_api_key("sk-ant-api03-push-a");
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-push-a"]).await;
+    let doomed = cluster.env(&fake).ok(&["keys", "create", "doomed"]).await.stdout.trim().to_owned();
+    let key = cluster.env(&fake).ok(&["keys", "create", "kept"]).await.stdout.trim().to_owned();
+    let mut envs = Vec::new();
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let mut env = cluster.env(&fake);
+        env.set("SWITCHYARD_SYNC_INTERVAL_MS", "60000");
+        gateways.push(env.serve().await);
+        envs.push(env);
+    }
+    let status = async |gw: &Gateway, key: &str| {
+        let r = gw.post("/v1/messages").header("x-api-key", key).json(&message_body(false)).send().await.unwrap();
+        r.status().as_u16()
+    };
+    for gw in &gateways {
+        assert_eq!(status(gw, &doomed).await, 200);
+    }
+    let second = Duration::from_secs(1);
+    envs[0].ok(&["accounts", "pause", "a"]).await;
+    for gw in &gateways {
+        support::eventually("the pause everywhere", second, async || (status(gw, &key).await == 503).then_some(()))
+            .await;
+    }
+    envs[1].ok(&["accounts", "resume", "a"]).await;
+    for gw in &gateways {
+        support::eventually("the resume everywhere", second, async || (status(gw, &key).await == 200).then_some(()))
+            .await;
+    }
+    envs[2].ok(&["keys", "revoke", "doomed"]).await;
+    for gw in &gateways {
+        support::eventually("the revocation everywhere", second, async || {
+            (status(gw, &doomed).await == 401).then_some(())
+        })
+        .await;
+    }
+    // A 429 seen by one instance: the others stop sending to the account without asking upstream again.
+    fake.push_for("sk-ant-api03-push-a", support::fake::Script::limited(support::fake::now_secs() + 3600));
+    // (The fake answers 429 once, so any later 429 is an instance's own bench.)
+    assert_eq!(status(&gateways[0], &key).await, 429);
+    for gw in &gateways[1..] {
+        support::eventually("the bench everywhere", second, async || (status(gw, &key).await == 429).then_some(()))
+            .await;
+    }
+    let served = fake.served_by("sk-ant-api03-push-a");
+    for gw in &gateways {
+        assert_eq!(status(gw, &key).await, 429);
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-push-a"), served, "a benched account was asked again");
+}

@@ -61,6 +61,8 @@ pub struct Account {
     dirty: AtomicBool,
     /// When the usage endpoint may be polled next, and the current poll interval (backs off on 429).
     usage_poll: Mutex<(i64, Duration)>,
+    /// The pool's [`Pool::benched`]: raised when this account leaves rotation on a rate limit.
+    benched: Arc<tokio::sync::Notify>,
 }
 
 impl Account {
@@ -156,6 +158,7 @@ impl Account {
         }
         match &verdict {
             Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. } => {
+                self.benched.notify_one();
                 let limits = self.limits();
                 tracing::warn!(
                     account = %self.name,
@@ -263,6 +266,8 @@ pub struct Pool {
     lease_ms: i64,
     /// Rows that did not open, by id, with the version that failed: each is logged once per version.
     unreadable: Mutex<HashMap<String, i64>>,
+    /// Raised when an account is benched, so that the routing state reaches other instances at once.
+    benched: Arc<tokio::sync::Notify>,
 }
 
 fn open_record(registry: &Registry, r: &AccountRecord) -> Result<State, AccountError> {
@@ -328,6 +333,7 @@ impl Pool {
             state_instance,
             seen_states: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(HashMap::new()),
+            benched: Arc::new(tokio::sync::Notify::new()),
         };
         // Leases an earlier run of this instance held when it died are over: it will not finish them.
         let stale =
@@ -374,6 +380,11 @@ impl Pool {
             account.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).share(&theirs);
         }
         Ok(())
+    }
+
+    /// Raised when an account leaves rotation on a rate limit (wait on it to share the news).
+    pub fn benched(&self) -> &tokio::sync::Notify {
+        &self.benched
     }
 
     /// This process's name as a lease holder.
@@ -440,6 +451,7 @@ impl Pool {
                         limits: Mutex::new(limits),
                         dirty: AtomicBool::new(false),
                         usage_poll: Mutex::new((0, Duration::ZERO)),
+                        benched: self.benched.clone(),
                     }))
                 }
             }

@@ -301,6 +301,7 @@ pub struct Gateway {
     pub admin: Arc<Admin>,
     pub front: Front,
     usage_poll: Duration,
+    sync_interval: Duration,
     oauth_beta: String,
     /// The name this instance beats under (its routing state's name).
     instance: String,
@@ -378,6 +379,7 @@ impl Gateway {
                 config.body_timeout,
             ),
             usage_poll: config.usage_poll,
+            sync_interval: config.sync_interval,
             oauth_beta: config.oauth_beta.clone(),
         })
     }
@@ -401,15 +403,16 @@ impl Gateway {
         };
         metrics::gauge!("switchyard_instance_info", "instance" => me.id.clone(), "version" => me.version.clone())
             .set(1.0);
-        let upkeep = tokio::spawn(upkeep(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.admin.clone(),
-            self.retention,
-            self.payload_retention,
+        let upkeep = tokio::spawn(upkeep(Upkeep {
+            pool: self.pool.clone(),
+            keys: self.keys.clone(),
+            admin: self.admin.clone(),
+            retention: self.retention,
+            payload_retention: self.payload_retention,
             me,
-            self.shared,
-        ));
+            shared: self.shared,
+            sync_interval: self.sync_interval,
+        }));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
         listen::serve(listener, self.front.clone(), options, shutdown).await;
@@ -433,23 +436,81 @@ pub const LIVE_MS: i64 = 15_000;
 /// How long running requests may take to finish after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
-/// Off the hot path: pick up accounts changed by the CLI (within a second), persist routing state,
-/// refresh tokens that are about to expire.
-async fn upkeep(
+/// What the background loop keeps, apart from the pool.
+struct Upkeep {
     pool: Arc<Pool>,
     keys: Arc<ClientKeys>,
     admin: Arc<Admin>,
     retention: Duration,
     payload_retention: Duration,
-    mut me: crate::store::InstanceRecord,
+    me: crate::store::InstanceRecord,
+    /// The store is shared with other instances (PostgreSQL).
     shared: bool,
-) {
+    /// How often to read the store for changes without being told of them.
+    sync_interval: Duration,
+}
+
+/// Why the background loop woke.
+enum Wake {
+    /// The one-second housekeeping tick.
+    Tick,
+    /// Time for the periodic read of changes, or the change feed announced one.
+    Sync,
+    /// An account here was benched: the other instances should hear of it now.
+    Benched,
+}
+
+/// Off the hot path: pick up changes made by the CLI or other instances (at once when the store announces
+/// them, else within `sync_interval`), persist routing state, refresh tokens that are about to expire.
+async fn upkeep(mut u: Upkeep) {
+    // Only a shared store has others to hear from; a feed that cannot start leaves the periodic check.
+    let feed = if u.shared {
+        u.pool.store().change_feed().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no change feed; changes are read every {:?}", u.sync_interval);
+            None
+        })
+    } else {
+        None
+    };
+    let changed = async |feed: &Option<Arc<tokio::sync::Notify>>| match feed {
+        Some(feed) => feed.notified().await,
+        None => std::future::pending().await,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync = tokio::time::interval(u.sync_interval);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
     loop {
-        tick.tick().await;
+        let wake = tokio::select! {
+            _ = tick.tick() => Wake::Tick,
+            _ = sync.tick() => Wake::Sync,
+            () = changed(&feed) => Wake::Sync,
+            () = u.pool.benched().notified() => Wake::Benched,
+        };
+        match wake {
+            Wake::Sync => {
+                u.sync().await;
+                sync.reset();
+            }
+            Wake::Benched => {
+                if let Err(e) = u.pool.flush_states().await {
+                    tracing::error!(error = %e, "saving routing state failed");
+                }
+            }
+            Wake::Tick => {
+                u.housekeep(rounds).await;
+                rounds = rounds.wrapping_add(1);
+            }
+        }
+    }
+}
+
+impl Upkeep {
+    /// Take in what changed in the store: accounts, keys, sessions, other instances' routing state.
+    async fn sync(&self) {
         let round = crate::now_ms();
+        let (pool, keys, admin) = (&self.pool, &self.keys, &self.admin);
         let mut problem: Option<String> = None;
         if let Err(e) = pool.reload().await {
             tracing::error!(error = %e, "reloading accounts failed");
@@ -470,28 +531,38 @@ async fn upkeep(
         }
         // Serving goes on from memory either way; `/health` says which it is, and recovers by itself.
         *admin.store_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+        // What other instances on the same database saw (a 429 there benches the account here).
+        if self.shared
+            && let Err(e) = pool.share_states().await
+        {
+            tracing::warn!(error = %e, "reading other instances' routing state failed");
+        }
+    }
+
+    /// Once a second: save routing state, take in shared spend; every 5 s a heartbeat, every minute the
+    /// refresh sweep, every hour retention.
+    async fn housekeep(&mut self, rounds: u64) {
+        let (pool, keys) = (&self.pool, &self.keys);
         if let Err(e) = pool.flush_states().await {
             tracing::error!(error = %e, "saving routing state failed");
         }
         // What other instances spent against shared budgets (only on a shared database, and only when a
         // budget exists: the sums cost a query over today's logged requests).
-        if shared
+        if self.shared
             && keys.any_budget()
             && let Err(e) = keys.spend.share(pool.store().as_ref(), crate::now_ms()).await
         {
             tracing::warn!(error = %e, "reading other instances' spend failed");
         }
-        // What other instances on the same database saw (a 429 there benches the account here).
-        if shared && let Err(e) = pool.share_states().await {
-            tracing::warn!(error = %e, "reading other instances' routing state failed");
-        }
         if rounds.is_multiple_of(5) {
-            me.last_seen_ms = crate::now_ms();
-            if let Err(e) = pool.store().heartbeat(&me).await {
+            self.me.last_seen_ms = crate::now_ms();
+            if let Err(e) = pool.store().heartbeat(&self.me).await {
                 tracing::warn!(error = %e, "writing this instance's heartbeat failed");
             }
             // Per-key limits are split among the live instances: only a live instance's share counts.
-            if shared && let Ok(instances) = pool.store().list_instances().await {
+            if self.shared
+                && let Ok(instances) = pool.store().list_instances().await
+            {
                 let now = crate::now_ms();
                 let live = instances.iter().filter(|i| now - i.last_seen_ms < LIVE_MS).count();
                 if keys.set_instances(u64::try_from(live).unwrap_or(1))
@@ -505,13 +576,13 @@ async fn upkeep(
             pool.refresh_due().await;
         }
         if rounds.is_multiple_of(3600) {
-            let before = crate::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+            let before = crate::now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX / 2);
             match pool.store().delete_requests_before(before, false).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "request log: removed rows past retention"),
                 Err(e) => tracing::warn!(error = %e, "request log retention failed"),
             }
-            let before = crate::now_ms() - i64::try_from(payload_retention.as_millis()).unwrap_or(i64::MAX / 2);
+            let before = crate::now_ms() - i64::try_from(self.payload_retention.as_millis()).unwrap_or(i64::MAX / 2);
             if let Err(e) = pool.store().delete_payloads_before(before, false).await {
                 tracing::warn!(error = %e, "payload retention failed");
             }
@@ -523,7 +594,6 @@ async fn upkeep(
                 tracing::warn!(error = %e, "forgetting old instances failed");
             }
         }
-        rounds = rounds.wrapping_add(1);
     }
 }
 

@@ -572,4 +572,9 @@ pub trait InstanceStore: Send + Sync {
     async fn list_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Forget instances not seen since `before_ms`.
     async fn forget_instances(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// A signal raised soon after another process commits a change to accounts, client keys, settings
+    /// (sessions among them) or routing state, or `None` when this backend has no push (then the periodic
+    /// check is all there is). Raised also after the feed reconnects, since announcements made while it was
+    /// away are lost. Signals coalesce: one wake may stand for many changes. Holds one connection.
+    async fn change_feed(&self) -> Result<Option<std::sync::Arc<tokio::sync::Notify>>, StoreError>;
 }

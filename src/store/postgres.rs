@@ -2,6 +2,7 @@
 //! TLS by the URL's `sslmode`, migrations from `migrations/postgres/` applied once under an advisory lock.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,17 +18,21 @@ use super::{
     SealedStore, SettingStore,
 };
 
-/// Schema steps, one file each under `migrations/postgres/`; `schema_version` holds how many are applied.
-/// Never edit a released step: add one.
 /// Rows removed per retention statement.
 const PRUNE_BATCH: u64 = 5_000;
 
+/// Schema steps, one file each under `migrations/postgres/`; `schema_version` holds how many are applied.
+/// Never edit a released step: add one.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_schema.sql"),
     include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
     include_str!("../../migrations/postgres/0003_state_per_instance.sql"),
     include_str!("../../migrations/postgres/0004_instances.sql"),
+    include_str!("../../migrations/postgres/0005_change_feed.sql"),
 ];
+
+/// The channel `migrations/postgres/0005_change_feed.sql` announces committed changes on.
+const CHANGES: &str = "switchyard_changes";
 
 /// The advisory lock instances take to migrate one at a time (any constant; "switchyard" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7377_6974_6368_7964;
@@ -927,5 +932,35 @@ impl InstanceStore for PgStore {
             .await
             .map_err(db)?;
         Ok(done.rows_affected())
+    }
+
+    async fn change_feed(&self) -> Result<Option<Arc<tokio::sync::Notify>>, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await.map_err(db)?;
+        listener.listen(CHANGES).await.map_err(db)?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let feed = Arc::downgrade(&wake);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let got = listener.try_recv().await;
+                // Nobody listens any more: give the connection back.
+                let Some(wake) = feed.upgrade() else { return };
+                match got {
+                    Ok(Some(_)) => {
+                        backoff = Duration::from_millis(250);
+                        wake.notify_one();
+                    }
+                    // Reconnected: what was announced meanwhile is lost, so look at everything once.
+                    Ok(None) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "change feed unavailable; periodic checks continue");
+                        drop(wake);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(Some(wake))
     }
 }
