@@ -567,3 +567,42 @@ async fn changes_are_pushed_to_the_other_instances_within_a_second() {
     }
     assert_eq!(fake.served_by("sk-ant-api03-push-a"), served, "a benched account was asked again");
 }
+
+/// A concurrency limit of 2 holds over three instances together: with streams held open, six attempts
+/// (two on each instance) get exactly two slots.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_limit_holds_across_the_instances() {
+    let fake = Fake::start().await;
+    fake.add_api_key("sk-ant-api03-slots");
+    let cluster = Cluster::new().await;
+    cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-slots"]).await;
+    let key = cluster.env(&fake).ok(&["keys", "create", "narrow", "--concurrency", "2"]).await.stdout.trim().to_owned();
+    let (_envs, gateways) = cluster.instances(&fake, 3).await;
+    for gw in &gateways {
+        support::eventually("each instance to count three live instances", Duration::from_secs(20), async || {
+            let health: serde_json::Value = gw.get("/health").send().await.ok()?.json().await.ok()?;
+            (health["live_instances"] == 3).then_some(())
+        })
+        .await;
+    }
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    fake.lock().sse_gate = Some(gate.clone());
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for gw in gateways.iter().chain(&gateways) {
+        let mut r = gw.post("/v1/messages").header("x-api-key", &key).json(&message_body(true)).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let _first = r.chunk().await.unwrap();
+                open.push(r);
+            }
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (2, 4), "slots granted over three instances against a limit of 2");
+    gate.add_permits(1000);
+    for mut r in open {
+        while r.chunk().await.unwrap().is_some() {}
+    }
+}

@@ -109,8 +109,8 @@ pub struct ClientKey {
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
     updated_at_ms: i64,
-    /// How many live instances the limits below were divided among when they were built.
-    share: u64,
+    /// This instance's part of the limits below when they were built.
+    share: Share,
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<DefaultDirectRateLimiter>,
     pub concurrency: Option<Arc<Semaphore>>,
@@ -128,16 +128,27 @@ fn per_minute(n: Option<i64>) -> Option<DefaultDirectRateLimiter> {
     Some(RateLimiter::direct(Quota::per_minute(n)))
 }
 
-/// `limit` divided among `share` instances, rounded up (a share is never zero).
-fn split(limit: Option<i64>, share: u64) -> Option<i64> {
-    let share = i64::try_from(share.max(1)).unwrap_or(1);
-    limit.map(|l| (l + share - 1) / share).map(|l| l.max(1))
+/// A per-minute `limit` divided among the live instances, rounded up (a share is never zero): together
+/// they admit the limit plus at most one per instance, within 10 % once the limit is ten per instance.
+fn split_rate(limit: Option<i64>, share: Share) -> Option<i64> {
+    let of = i64::try_from(share.of.max(1)).unwrap_or(1);
+    limit.map(|l| (l + of - 1) / of).map(|l| l.max(1))
+}
+
+/// A concurrency `limit` divided exactly: the first `limit % of` instances take one more than the rest,
+/// so the parts add up to the limit. A part may be zero (a limit of 2 over three instances): that
+/// instance refuses the key's requests as over the limit, since no slot is left for it.
+fn split_slots(limit: Option<i64>, share: Share) -> Option<usize> {
+    let limit = u64::try_from(limit?).ok()?;
+    let of = share.of.max(1);
+    let part = limit / of + u64::from(share.rank < limit % of);
+    usize::try_from(part).ok()
 }
 
 impl ClientKey {
-    /// The key a record describes, its per-minute and concurrency limits divided among `share` live
-    /// instances (each enforces its part, so together they hold the limit when load is spread evenly).
-    fn from_record(r: &ClientKeyRecord, share: u64) -> Option<Self> {
+    /// The key a record describes, its per-minute and concurrency limits divided among the live
+    /// instances by `share` (each enforces its part, so together they hold the limit).
+    fn from_record(r: &ClientKeyRecord, share: Share) -> Option<Self> {
         let mut hash = [0u8; 32];
         for (i, chunk) in r.hash.as_bytes().chunks(2).enumerate().take(32) {
             hash[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
@@ -155,12 +166,9 @@ impl ClientKey {
             revoked: r.revoked_at_ms.is_some(),
             updated_at_ms: r.updated_at_ms,
             share,
-            rpm: per_minute(split(r.rpm, share)),
-            tpm: per_minute(split(r.tpm, share)),
-            concurrency: split(r.concurrency, share)
-                .and_then(|c| usize::try_from(c).ok())
-                .filter(|c| *c > 0)
-                .map(|c| Arc::new(Semaphore::new(c))),
+            rpm: per_minute(split_rate(r.rpm, share)),
+            tpm: per_minute(split_rate(r.tpm, share)),
+            concurrency: split_slots(r.concurrency.filter(|c| *c > 0), share).map(|c| Arc::new(Semaphore::new(c))),
             budgets: Budgets {
                 usd_day: r.budget_usd_day,
                 usd_month: r.budget_usd_month,
@@ -211,8 +219,23 @@ pub struct ClientKeys {
     pub spend: SpendBook,
     /// Hashes looked up in the store and not found, with when: one query per distinct key per second.
     misses: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
-    /// Live instances sharing the store (0 until known, treated as 1): per-key limits are split by it.
-    instances: std::sync::atomic::AtomicU64,
+    /// This instance's part of per-key limits among the live instances sharing the store.
+    share: std::sync::Mutex<Share>,
+}
+
+/// Where this instance stands among the live instances sharing a store: per-key limits are split by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This instance's place, from 0, in an order every instance agrees on (their ids sorted).
+    pub rank: u64,
+    /// How many live instances there are (at least one).
+    pub of: u64,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { rank: 0, of: 1 }
+    }
 }
 
 /// Distinct unknown keys remembered; past this the oldest half is forgotten.
@@ -231,7 +254,7 @@ impl ClientKeys {
     /// Pick up keys created, revoked or rotated by the CLI; unchanged keys keep their limiter state.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
         let records = store.list_client_keys().await?;
-        let share = self.instances();
+        let share = self.share();
         let current = self.snapshot();
         let next: Vec<Arc<ClientKey>> = records
             .iter()
@@ -283,7 +306,7 @@ impl ClientKeys {
         let Ok(Some(record)) = store.find_client_key_by_hash(&hash_key(presented)).await else {
             return KeyCheck::Unknown;
         };
-        let Some(key) = ClientKey::from_record(&record, self.instances()).map(Arc::new) else {
+        let Some(key) = ClientKey::from_record(&record, self.share()).map(Arc::new) else {
             return KeyCheck::Unknown;
         };
         self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&digest);
@@ -312,16 +335,24 @@ impl ClientKeys {
         self.snapshot().iter().any(|k| k.role == role && !k.revoked && k.expires_at_ms.is_none_or(|e| e > now))
     }
 
-    /// Whether any key exists (revoked ones count: once keys are in use, the gateway stays closed).
     /// How many live instances share the limits (at least one).
     pub fn instances(&self) -> u64 {
-        self.instances.load(std::sync::atomic::Ordering::Relaxed).max(1)
+        self.share().of
     }
 
-    /// Set the number of live instances; true when it changed (the caller reloads the keys, which
-    /// rebuilds their limiters with the new share: counts so far start over).
-    pub fn set_instances(&self, live: u64) -> bool {
-        self.instances.swap(live.max(1), std::sync::atomic::Ordering::Relaxed) != live.max(1)
+    /// This instance's part of the per-key limits.
+    fn share(&self) -> Share {
+        *self.share.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Set this instance's place among the live ones (`rank` of `live`, counted from 0 in a order all
+    /// instances agree on); true when it changed (the caller reloads the keys, which rebuilds their
+    /// limiters with the new share: counts so far start over).
+    pub fn set_share(&self, rank: u64, live: u64) -> bool {
+        let live = live.max(1);
+        let next = Share { rank: rank.min(live - 1), of: live };
+        let mut share = self.share.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *share, next) != next
     }
 
     /// Whether any key has a budget (only then is spend worth sharing between instances).
@@ -631,6 +662,21 @@ pub async fn audit(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    #[test]
+    fn limits_split_over_instances_add_up() {
+        let share = |rank, of| Share { rank, of };
+        // Concurrency is split exactly: the parts add up to the limit, a part may be zero.
+        for (limit, of) in [(2, 3), (7, 3), (1, 1), (10, 4), (3, 5)] {
+            let parts: Vec<usize> = (0..of).map(|r| split_slots(Some(limit), share(r, of)).unwrap()).collect();
+            assert_eq!(parts.iter().sum::<usize>(), usize::try_from(limit).unwrap(), "{limit} over {of}: {parts:?}");
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1, "{parts:?}");
+        }
+        assert_eq!(split_slots(None, share(0, 3)), None);
+        // Rates round up: never zero, over by at most one per instance.
+        assert_eq!(split_rate(Some(30), share(2, 3)), Some(10));
+        assert_eq!(split_rate(Some(31), share(0, 3)), Some(11));
+        assert_eq!(split_rate(Some(1), share(1, 3)), Some(1));
+    }
 
     #[test]
     fn keys_are_long_random_and_hashed() {

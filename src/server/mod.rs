@@ -564,8 +564,13 @@ impl Upkeep {
                 && let Ok(instances) = pool.store().list_instances().await
             {
                 let now = crate::now_ms();
-                let live = instances.iter().filter(|i| now - i.last_seen_ms < LIVE_MS).count();
-                if keys.set_instances(u64::try_from(live).unwrap_or(1))
+                let mut live: Vec<&str> =
+                    instances.iter().filter(|i| now - i.last_seen_ms < LIVE_MS).map(|i| i.id.as_str()).collect();
+                live.sort_unstable();
+                // Not yet listed (its first heartbeat failed): count itself in, last.
+                let rank = live.iter().position(|id| *id == self.me.id).unwrap_or(live.len());
+                let of = live.len().max(rank + 1);
+                if keys.set_share(u64::try_from(rank).unwrap_or(0), u64::try_from(of).unwrap_or(1))
                     && let Err(e) = keys.reload(pool.store().as_ref()).await
                 {
                     tracing::error!(error = %e, "reloading client keys for a new share failed");
