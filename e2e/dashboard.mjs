@@ -121,6 +121,11 @@ try {
   await page.locator("#card-requests .l", { hasText: "24h" }).waitFor();
   await page.click('button[data-range="1h"]');
   await page.locator("#card-requests .l", { hasText: "1h" }).waitFor();
+  begin("overview lists the gateway's instances");
+  await page.locator("#overview-instances h2", { hasText: "Instances (1 live)" }).waitFor();
+  assert.equal(await page.locator("#overview-instances tbody tr").count(), 1);
+  const instance = await page.textContent("#overview-instances tbody tr");
+  assert.ok(instance.includes("(this one)") && instance.includes("live"), instance);
   begin("overview updates live without reload");
   const before = Number((await page.textContent("#card-requests .n")).replace(/,/g, ""));
   assert.equal(await message(userKey), 200);

@@ -14,8 +14,22 @@ use crate::store::RequestRow;
 
 /// Install the process-wide recorder (once) for counters and gauges; `None` if another recorder is
 /// already installed. Histograms are kept here (`Latency`), so the exporter holds no samples to fold.
-pub fn install() -> Option<PrometheusHandle> {
-    PrometheusBuilder::new().install_recorder().ok()
+/// With `instance` (several instances on one database) every series carries `instance="…"`, so that
+/// figures scraped from several instances can be told apart and summed.
+pub fn install(instance: Option<&str>) -> Option<PrometheusHandle> {
+    let mut builder = PrometheusBuilder::new();
+    if let Some(instance) = instance {
+        builder = builder.add_global_label("instance", instance);
+        let _ = INSTANCE.set(escape(instance));
+    }
+    builder.install_recorder().ok()
+}
+
+/// The `instance` label's value (escaped) when several instances share a database.
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -61,16 +75,19 @@ pub fn render_latency() -> String {
     for name in ["switchyard_request_duration_seconds", "switchyard_upstream_ttfb_seconds"] {
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (_, account, h) in table.iter().filter(|(n, _, _)| *n == name) {
-            let account = account.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let mut labels = format!("account=\"{}\"", escape(account));
+            if let Some(instance) = INSTANCE.get() {
+                let _ = write!(labels, ",instance=\"{instance}\"");
+            }
             let mut total = 0u64;
             for (i, bucket) in h.buckets.iter().enumerate() {
                 total += bucket.load(Ordering::Relaxed);
                 let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
-                let _ = writeln!(out, "{name}_bucket{{account=\"{account}\",le=\"{le}\"}} {total}");
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
             }
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{account=\"{account}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{account=\"{account}\"}} {total}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
         }
     }
     out

@@ -151,9 +151,18 @@ async fn changes_on_one_instance_reach_the_others() {
     assert_eq!(ids.len(), 3, "{listed}");
     for gw in &gateways {
         let address = gw.url.trim_start_matches("http://");
-        assert!(listed.as_array().unwrap().iter().any(|i| i["address"] == address), "{address} in {listed}");
+        let me = listed.as_array().unwrap().iter().find(|i| i["address"] == address);
+        let id = me.unwrap_or_else(|| panic!("{address} in {listed}"))["id"].as_str().unwrap();
+        // Every series names the instance it came from, so scrapes of several can be summed.
+        let label = format!("instance=\"{id}\"");
         let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
-        assert!(metrics.contains("switchyard_instance_info{instance=\""), "{metrics}");
+        for series in
+            ["switchyard_instance_info{", "switchyard_requests_total{", "switchyard_request_duration_seconds_count{"]
+        {
+            let line =
+                metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} in {metrics}"));
+            assert!(line.contains(&label), "{line} should carry {label}");
+        }
     }
     // Paused through one instance's data directory: all three stop routing to it.
     envs[0].ok(&["accounts", "pause", "a"]).await;
@@ -379,6 +388,17 @@ async fn a_dashboard_session_from_one_instance_works_on_another() {
     let (cookie, secret) = key_login(&gateways[0], &admin_key).await;
     let whoami = |gw: &Gateway| gw.get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", &secret);
     assert_eq!(whoami(&gateways[1]).send().await.unwrap().status(), 200, "the session works on the other instance");
+    // The dashboard's instances panel: both instances live, the answering one marked.
+    let listed = support::eventually("both instances in the admin API", Duration::from_secs(10), async || {
+        let r = gateways[1].get("/admin/api/instances").header("cookie", &cookie).header("x-csrf-token", &secret);
+        let listed: serde_json::Value = r.send().await.ok()?.json().await.ok()?;
+        let rows = listed["instances"].as_array()?.clone();
+        (rows.iter().filter(|i| i["live"] == true).count() == 2).then_some(rows)
+    })
+    .await;
+    let this: Vec<&serde_json::Value> = listed.iter().filter(|i| i["this"] == true).collect();
+    assert_eq!(this.len(), 1, "{listed:?}");
+    assert_eq!(this[0]["address"], gateways[1].url.trim_start_matches("http://"));
     let wrong = gateways[1].get("/admin/api/session").header("cookie", &cookie).header("x-csrf-token", "guess");
     assert_eq!(wrong.send().await.unwrap().status(), 401, "and still needs its secret there");
     let out = gateways[1].post("/admin/api/logout").header("cookie", &cookie).header("x-csrf-token", &secret);

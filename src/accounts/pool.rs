@@ -387,6 +387,11 @@ impl Pool {
         &self.benched
     }
 
+    /// This instance's name: its heartbeat's and its routing state's (stable across restarts).
+    pub fn instance_name(&self) -> &str {
+        &self.state_instance
+    }
+
     /// This process's name as a lease holder.
     pub fn instance(&self) -> &str {
         &self.instance

@@ -75,6 +75,7 @@ pub fn routes(admin: Shared) -> Router {
         .route("/admin/api/keys", get(list_keys).post(create_key))
         .route("/admin/api/keys/{name}/revoke", post(revoke_key))
         .route("/admin/api/audit", get(audit_log))
+        .route("/admin/api/instances", get(instances))
         .route("/admin/api/requests", get(requests))
         .route("/admin/api/stats", get(stats))
         .route_layer(axum::middleware::from_fn_with_state(admin.clone(), body_in_time))
@@ -901,4 +902,28 @@ async fn audit_log(State(admin): State<Shared>, headers: HeaderMap, Query(q): Qu
         Ok(entries) => axum::Json(entries).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// The instances serving from this store, from their heartbeats, most recently seen first
+/// (`dashboard.view`): each with `live` (a heartbeat in the last 15 s) and `this` (the one answering).
+async fn instances(State(admin): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers, Permission::DashboardView) {
+        return e.into_response();
+    }
+    let listed = match admin.pool.store().list_instances().await {
+        Ok(listed) => listed,
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let now = crate::now_ms();
+    let me = admin.pool.instance_name();
+    let rows: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|i| {
+            let mut row = serde_json::to_value(i).unwrap_or_default();
+            row["live"] = (now - i.last_seen_ms < super::LIVE_MS).into();
+            row["this"] = (i.id == me).into();
+            row
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "instances": rows, "now_ms": now })).into_response()
 }

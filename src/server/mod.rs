@@ -57,7 +57,7 @@ pub fn front(
         .method_not_allowed_fallback(method_not_allowed.clone())
         .with_state(api.clone());
     let metrics_route = Router::new().route("/metrics", get(metrics)).with_state(MetricsState {
-        handle: crate::metrics::install(),
+        handle: crate::metrics::install(web.instance.as_deref()),
         admin: admin.clone(),
         log: web.log.clone(),
     });
@@ -264,6 +264,8 @@ pub struct WebOptions {
     pub hosts: headers::Hosts,
     pub allowed_origins: Vec<String>,
     pub log: Option<Arc<crate::ledger::RequestLog>>,
+    /// This instance's name, when several share a database: every metric is labelled with it.
+    pub instance: Option<String>,
 }
 
 #[derive(Clone)]
@@ -374,6 +376,7 @@ impl Gateway {
                     },
                     allowed_origins: config.allowed_origins.clone(),
                     log: log.clone(),
+                    instance: config.database.is_some().then(|| config.instance_name()),
                 },
                 config.body_limit,
                 config.body_timeout,

@@ -184,8 +184,9 @@ async function overview(main) {
     h("button", { class: r === state.range ? "seg on" : "seg", type: "button", "data-range": r, onclick: () => { state.range = r; render(); } }, r));
   const cards = h("div", { class: "cards", id: "overview-cards" });
   const charts = h("div", { class: "charts", id: "overview-charts" });
+  const instances = h("div", { id: "overview-instances" });
   main.replaceChildren(h("div", { class: "spread" }, h("h1", {}, "Overview"), h("div", {}, rangeButtons)), cards, charts,
-    h("p", { class: "muted", id: "overview-updated" }));
+    instances, h("p", { class: "muted", id: "overview-updated" }));
 
   // The account counts and open streams are cheap and change by the second; a week's series sums every
   // request of the week, so longer ranges are fetched less often.
@@ -216,6 +217,7 @@ async function overview(main) {
         barChart("Tokens", pts, (p) => p.input_tokens + p.output_tokens, { ...opts, label: fmt.int, total: (ps) => `${fmt.int(ps.reduce((a, p) => a + p.input_tokens, 0))} in · ${fmt.int(ps.reduce((a, p) => a + p.output_tokens, 0))} out` }),
         barChart("Estimated cost", pts, (p) => p.cost_usd, { ...opts, label: fmt.usd, total: (ps) => fmt.usd(ps.reduce((a, p) => a + p.cost_usd, 0)) }),
         barChart("Error rate", pts, (p) => (p.requests ? p.errors / p.requests : 0), { ...opts, err: true, minMax: 0.01, label: fmt.pct, total: () => `${fmt.int(errors)} errors` }));
+      showInstances(instances, await api("GET", "/admin/api/instances"));
       document.getElementById("overview-updated").textContent =
         `Updated ${new Date().toLocaleTimeString()} · accounts and streams every 5 s, charts every ${seriesEvery / 1000} s`;
     } catch (e) {
@@ -224,6 +226,22 @@ async function overview(main) {
   }
   await refresh();
   every(5000, refresh);
+}
+
+// The gateway's instances (one on SQLite; each one sharing a PostgreSQL database), from their heartbeats.
+function showInstances(box, answer) {
+  const rows = answer.instances;
+  const live = rows.filter((i) => i.live).length;
+  const cols = [
+    { title: "Instance", cell: (i) => h("span", {}, h("code", {}, i.id), i.this ? h("span", { class: "muted" }, " (this one)") : "") },
+    { title: "State", cell: (i) => h("span", { class: `badge ${i.live ? "ok" : "bad"}` }, i.live ? "live" : "gone") },
+    { title: "Host", cls: "hide-sm", cell: (i) => i.host },
+    { title: "Address", cls: "hide-sm", cell: (i) => i.address },
+    { title: "Version", cell: (i) => i.version },
+    { title: "Started", cls: "hide-sm", cell: (i) => fmt.time(i.started_at_ms) },
+    { title: "Last seen", cell: (i) => fmt.ago(i.last_seen_ms) },
+  ];
+  box.replaceChildren(h("h2", {}, `Instances (${live} live)`), rows.length ? table(cols, rows) : empty("No heartbeat yet."));
 }
 
 // ---------- accounts ----------
