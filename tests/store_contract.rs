@@ -441,12 +441,28 @@ async fn sealed_values_are_replaced_together(s: Arc<dyn Store>) {
     .unwrap();
     // Access and refresh token, the TOTP secret, one payload body, one verifier.
     assert_eq!(s.count_secrets().await.unwrap(), 5);
+    let version = s.find_account("a").await.unwrap().unwrap().token_version;
+    // A re-sealed pair read at an older token version is not written over a newer one.
+    let stale = Resealed {
+        accounts: vec![SealedRow {
+            id: "1".into(),
+            access_token: Some("v3.2.stale".into()),
+            refresh_token: Some("v3.2.stale".into()),
+            api_key: None,
+            token_version: version - 1,
+        }],
+        settings: Vec::new(),
+        payloads: Vec::new(),
+    };
+    s.replace_sealed(&stale).await.unwrap();
+    assert_eq!(s.find_account("a").await.unwrap().unwrap().access_token, record("1", "a", 1).access_token);
     let resealed = Resealed {
         accounts: vec![SealedRow {
             id: "1".into(),
             access_token: Some("v3.2.a".into()),
             refresh_token: Some("v3.2.r".into()),
             api_key: None,
+            token_version: version,
         }],
         settings: vec![("admin.totp".into(), "v3.2.totp".into())],
         payloads: vec![SealedPayload { request_id: "sy_q".into(), request: Some("v3.2.q".into()), response: None }],

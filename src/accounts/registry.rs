@@ -456,6 +456,7 @@ impl Registry {
                 access_token: reseal("access_token", &r.access_token)?,
                 refresh_token: reseal("refresh_token", &r.refresh_token)?,
                 api_key: reseal("api_key", &r.api_key)?,
+                token_version: r.token_version,
             });
         }
         Ok((rows, count))

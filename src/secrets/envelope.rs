@@ -43,7 +43,8 @@ pub enum CryptoError {
 
 /// Seals and opens secrets with the data-encryption keys.
 pub struct Cipher {
-    keys: KeySet,
+    /// Replaced whole when another process rotates the keys (a key set kept in a shared database).
+    keys: std::sync::RwLock<std::sync::Arc<KeySet>>,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -59,21 +60,27 @@ fn aead(key: &Zeroizing<[u8; 32]>) -> Aes256Gcm {
 impl Cipher {
     /// A cipher with a single key (version 1).
     pub fn new(key: &Zeroizing<[u8; 32]>) -> Self {
-        Self { keys: KeySet::single(key.clone()) }
+        Self::with_keys(KeySet::single(key.clone()))
     }
 
     pub fn with_keys(keys: KeySet) -> Self {
-        Self { keys }
+        Self { keys: std::sync::RwLock::new(std::sync::Arc::new(keys)) }
     }
 
-    pub fn keys(&self) -> &KeySet {
-        &self.keys
+    pub fn keys(&self) -> std::sync::Arc<KeySet> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Seal and open with `keys` from now on.
+    pub fn replace(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keys);
     }
 
     /// Encrypt `plaintext` under the current key, bound to `aad` (e.g. `account/<id>/refresh_token`).
     pub fn seal(&self, plaintext: &str, aad: &str) -> Result<String, CryptoError> {
-        let version = self.keys.current;
-        let key = self.keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
+        let keys = self.keys();
+        let version = keys.current;
+        let key = keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
         let mut salt = [0u8; SALT_LEN];
         rand::rng().fill_bytes(&mut salt);
         let mut nonce = [0u8; NONCE_LEN];
@@ -100,7 +107,8 @@ impl Cipher {
             Some(_) => return Err(CryptoError::Malformed("unknown version")),
             None => return Err(CryptoError::Malformed("no version")),
         };
-        let key = self.keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
+        let keys = self.keys();
+        let key = keys.key(version).ok_or(CryptoError::MissingKeyVersion(version))?;
         let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed("not base64"))?;
         let (key, raw) = if format == 3 {
             if raw.len() < SALT_LEN {

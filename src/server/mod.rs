@@ -403,6 +403,7 @@ impl Gateway {
             address: listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             started_at_ms: now,
             last_seen_ms: now,
+            key_version: self.pool.registry().cipher().keys().current,
         };
         metrics::gauge!("switchyard_instance_info", "instance" => me.id.clone(), "version" => me.version.clone())
             .set(1.0);

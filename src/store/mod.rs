@@ -103,6 +103,8 @@ pub struct InstanceRecord {
     pub address: String,
     pub started_at_ms: i64,
     pub last_seen_ms: i64,
+    /// The data-key version it seals with.
+    pub key_version: u32,
 }
 
 /// One instance's routing state of one account.
@@ -130,6 +132,9 @@ pub struct SealedRow {
     pub access_token: Option<String>,
     pub refresh_token: Option<String>,
     pub api_key: Option<String>,
+    /// The `token_version` the values were read at: the row is replaced only if it still is that (a pair
+    /// a running instance wrote meanwhile is newer, and already sealed with the new key).
+    pub token_version: i64,
 }
 
 /// A kept payload's sealed bodies, for re-encryption.

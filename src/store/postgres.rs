@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_state_per_instance.sql"),
     include_str!("../../migrations/postgres/0004_instances.sql"),
     include_str!("../../migrations/postgres/0005_change_feed.sql"),
+    include_str!("../../migrations/postgres/0006_instance_key_version.sql"),
 ];
 
 /// The channel `migrations/postgres/0005_change_feed.sql` announces committed changes on.
@@ -863,14 +864,18 @@ impl SealedStore for PgStore {
                 .map_err(db)?;
         }
         for row in &sealed.accounts {
-            sqlx::query("UPDATE accounts SET access_token = $1, refresh_token = $2, api_key = $3 WHERE id = $4")
-                .bind(&row.access_token)
-                .bind(&row.refresh_token)
-                .bind(&row.api_key)
-                .bind(&row.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            sqlx::query(
+                "UPDATE accounts SET access_token = $1, refresh_token = $2, api_key = $3
+                 WHERE id = $4 AND token_version = $5",
+            )
+            .bind(&row.access_token)
+            .bind(&row.refresh_token)
+            .bind(&row.api_key)
+            .bind(&row.id)
+            .bind(row.token_version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(())
@@ -899,11 +904,11 @@ impl SealedStore for PgStore {
 impl InstanceStore for PgStore {
     async fn heartbeat(&self, i: &InstanceRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO instances (id, host, version, address, started_at_ms, last_seen_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO instances (id, host, version, address, started_at_ms, last_seen_ms, key_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT(id) DO UPDATE SET host = excluded.host, version = excluded.version,
                  address = excluded.address, started_at_ms = excluded.started_at_ms,
-                 last_seen_ms = excluded.last_seen_ms",
+                 last_seen_ms = excluded.last_seen_ms, key_version = excluded.key_version",
         )
         .bind(&i.id)
         .bind(&i.host)
@@ -911,6 +916,7 @@ impl InstanceStore for PgStore {
         .bind(&i.address)
         .bind(i.started_at_ms)
         .bind(i.last_seen_ms)
+        .bind(i64::from(i.key_version))
         .execute(&self.pool)
         .await
         .map_err(db)?;

@@ -121,6 +121,7 @@ macro_rules! row_readers {
                 address: r.try_get("address").map_err(db)?,
                 started_at_ms: r.try_get("started_at_ms").map_err(db)?,
                 last_seen_ms: r.try_get("last_seen_ms").map_err(db)?,
+                key_version: u32::try_from(r.try_get::<i64, _>("key_version").map_err(db)?).unwrap_or(0),
             })
         }
 

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_refresh_lease.sql"),
     include_str!("../../migrations/sqlite/0010_state_per_instance.sql"),
     include_str!("../../migrations/sqlite/0011_instances.sql"),
+    include_str!("../../migrations/sqlite/0012_instance_key_version.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
@@ -813,11 +814,14 @@ impl SealedStore for SqliteStore {
                 .map_err(db)?;
         }
         for row in &sealed.accounts {
-            sqlx::query("UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ?")
-                .bind(&row.access_token)
-                .bind(&row.refresh_token)
-                .bind(&row.api_key)
-                .bind(&row.id)
+            sqlx::query(
+                "UPDATE accounts SET access_token = ?, refresh_token = ?, api_key = ? WHERE id = ? AND token_version = ?",
+            )
+            .bind(&row.access_token)
+            .bind(&row.refresh_token)
+            .bind(&row.api_key)
+            .bind(&row.id)
+            .bind(row.token_version)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
@@ -850,11 +854,11 @@ impl SealedStore for SqliteStore {
 impl InstanceStore for SqliteStore {
     async fn heartbeat(&self, i: &InstanceRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO instances (id, host, version, address, started_at_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO instances (id, host, version, address, started_at_ms, last_seen_ms, key_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET host = excluded.host, version = excluded.version,
                  address = excluded.address, started_at_ms = excluded.started_at_ms,
-                 last_seen_ms = excluded.last_seen_ms",
+                 last_seen_ms = excluded.last_seen_ms, key_version = excluded.key_version",
         )
         .bind(&i.id)
         .bind(&i.host)
@@ -862,6 +866,7 @@ impl InstanceStore for SqliteStore {
         .bind(&i.address)
         .bind(i.started_at_ms)
         .bind(i.last_seen_ms)
+        .bind(i64::from(i.key_version))
         .execute(&self.pool)
         .await
         .map_err(db)?;
