@@ -663,6 +663,12 @@ impl Config {
     }
 
     /// The settings that decide where the encryption key lives.
+    /// Whether the data key is kept in the shared database, wrapped under `SWITCHYARD_PASSPHRASE`: on
+    /// PostgreSQL with a passphrase and without `SWITCHYARD_ENCRYPTION_KEY`.
+    pub fn keys_in_database(&self) -> bool {
+        self.database.is_some() && self.encryption_key.is_none() && self.passphrase.is_some()
+    }
+
     pub fn secret_settings(&self) -> SecretSettings {
         SecretSettings {
             home: self.home.clone(),

@@ -626,3 +626,94 @@ async fn a_concurrency_limit_holds_across_the_instances() {
         while r.chunk().await.unwrap().is_some() {}
     }
 }
+
+/// The data key kept in the database, wrapped under `SWITCHYARD_PASSPHRASE`: no instance holds a key of
+/// its own, one with another passphrase refuses to start, and `rotate-key` while three instances serve
+/// under load re-seals every value, every instance takes up the new key without a restart, and no
+/// request fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_key_kept_in_the_database_rotates_while_three_instances_serve() {
+    let fake = Fake::start().await;
+    let cluster = Cluster::new().await;
+    let passphrase = "correct horse battery staple";
+    let env_with = |passphrase: &str| {
+        let mut env = cluster.env(&fake);
+        env.set("SWITCHYARD_ENCRYPTION_KEY", "");
+        env.set("SWITCHYARD_PASSPHRASE", passphrase);
+        env
+    };
+    for name in ["a", "b"] {
+        let key = format!("sk-ant-api03-rotate-{name}");
+        fake.add_api_key(&key);
+        env_with(passphrase).ok(&["accounts", "add", name, "--api-key", &key]).await;
+    }
+    // Kept in the database, wrapped (no key in the clear there, no key file on the machine).
+    let db = sqlx::PgPool::connect(&cluster.url).await.unwrap();
+    let stored: String =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'store.keyset'").fetch_one(&db).await.unwrap();
+    assert!(stored.contains("argon2id") && !stored.contains("\"keys\""), "not wrapped: {stored}");
+    let mut envs = Vec::new();
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let env = env_with(passphrase);
+        gateways.push(env.serve().await);
+        assert!(!env.home().join("secret.key").exists(), "an instance made a key file of its own");
+        envs.push(env);
+    }
+    let out = env_with("another passphrase").run(&["serve", "--port", "0"], "").await;
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.lines().last().unwrap_or_default().contains("SWITCHYARD_PASSPHRASE"), "{}", out.stderr);
+
+    // Load on all three while the key rotates.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = gateways.iter().map(|g| g.url.clone()).collect();
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let url = format!("{}/v1/messages", urls[sent % urls.len()]);
+                let status = client.post(&url).json(&message_body(sent % 2 == 0)).send().await.unwrap().status();
+                if status != 200 {
+                    failed.push(status.as_u16());
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        }
+    });
+    let rotated = envs[0].ok(&["auth", "storage", "rotate-key"]).await;
+    assert!(rotated.stdout.contains("under key version 2 (was 1)"), "{}", rotated.stdout);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    assert!(
+        sent > 30 && failed.is_empty(),
+        "{} of {sent} requests failed during the rotation: {failed:?}",
+        failed.len()
+    );
+
+    // Every sealed value is under the new key, and the old key is gone from the stored set.
+    let sealed: Vec<String> = sqlx::query_scalar("SELECT api_key FROM accounts").fetch_all(&db).await.unwrap();
+    assert!(sealed.iter().all(|v| v.starts_with("v3.2.")), "{sealed:?}");
+    let keyset: String =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'store.keyset'").fetch_one(&db).await.unwrap();
+    assert_ne!(keyset, stored);
+    let listed: serde_json::Value = serde_json::from_str(&envs[1].ok(&["instances", "--json"]).await.stdout).unwrap();
+    let live: Vec<&serde_json::Value> = listed.as_array().unwrap().iter().filter(|i| i["live"] == true).collect();
+    assert_eq!(live.len(), 3, "{listed}");
+    assert!(live.iter().all(|i| i["key_version"] == 2), "{listed}");
+    // An account added now (sealed under version 2 alone) opens on every instance: they hold the new key.
+    fake.add_api_key("sk-ant-api03-rotate-c");
+    envs[2].ok(&["accounts", "add", "c", "--api-key", "sk-ant-api03-rotate-c"]).await;
+    envs[2].ok(&["accounts", "pause", "a"]).await;
+    envs[2].ok(&["accounts", "pause", "b"]).await;
+    for gw in &gateways {
+        gw.settle().await;
+        assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(fake.served_by("sk-ant-api03-rotate-c"), 3);
+    // The CLI opens with the stored key alone as well.
+    let out = envs[1].ok(&["accounts", "list"]).await;
+    assert!(out.stdout.contains('c'), "{}", out.stdout);
+}

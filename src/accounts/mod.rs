@@ -6,6 +6,7 @@ pub mod login;
 mod pool;
 mod registry;
 mod router;
+pub mod shared_keys;
 
 pub use limits::{Limits, UsageWindow};
 pub use pool::{Account, Credential, Pool};

@@ -151,6 +151,11 @@ impl Registry {
     }
 
     /// The key check re-sealed from `old` to `new` (key rotation), if there is one.
+    /// Whether data was ever written with a data key here (the sealed check value exists).
+    pub async fn has_key_check(store: &dyn Store) -> Result<bool, StoreError> {
+        Ok(store.get_setting(KEY_CHECK).await?.is_some())
+    }
+
     pub async fn resealed_key_check(
         &self,
         old: &Cipher,

@@ -152,14 +152,15 @@ pub(crate) async fn open_data(config: &Config) -> anyhow::Result<Opened> {
         eprintln!("created data directory {} (mode 0700)", config.home.display());
     }
     check_permissions(config, true)?;
-    let (keystore, keys, created) = open_keys(config, true).await?;
+    let store = connect_store(config).await?;
+    let (keystore, keys, created) = open_keys_with(config, &store, true).await?;
     if created {
         eprintln!(
             "created a new encryption key in the {}; back it up (`switchyard auth storage backup`)",
             keystore.backend()
         );
     }
-    let registry = open_store(config, keys.clone()).await?;
+    let registry = Registry::new(store, Arc::new(Cipher::with_keys(keys.clone())));
     registry.verify_data_key(true).await?;
     migrate_plaintext(config, &registry).await?;
     Ok(Opened { registry, keystore, keys })
@@ -184,8 +185,9 @@ pub(crate) async fn open_existing(config: &Config) -> anyhow::Result<Option<Open
         return Ok(None);
     }
     check_permissions(config, false)?;
-    let (keystore, keys, _) = open_keys(config, false).await?;
-    let registry = open_store(config, keys.clone()).await?;
+    let store = connect_store(config).await?;
+    let (keystore, keys, _) = open_keys_with(config, &store, false).await?;
+    let registry = Registry::new(store, Arc::new(Cipher::with_keys(keys.clone())));
     registry.verify_data_key(false).await?;
     Ok(Some(Opened { registry, keystore, keys }))
 }
@@ -196,8 +198,56 @@ async fn open_keys(config: &Config, create: bool) -> anyhow::Result<(KeyStore, K
     Ok(tokio::task::spawn_blocking(move || KeyStore::open(settings, create)).await??)
 }
 
-async fn open_store(config: &Config, keys: KeySet) -> anyhow::Result<Registry> {
-    let store: Arc<dyn crate::store::Store> = match &config.database {
+/// The data key for this configuration. On PostgreSQL with `SWITCHYARD_PASSPHRASE` (and no
+/// `SWITCHYARD_ENCRYPTION_KEY`) the key set lives in the database, wrapped: the first instance of a new
+/// database makes it, an install moved there by `store copy` publishes the key its data was written with,
+/// and every other instance takes it from there. Elsewhere: the environment, the keychain or the key file.
+async fn open_keys_with(
+    config: &Config,
+    store: &Arc<dyn crate::store::Store>,
+    create: bool,
+) -> anyhow::Result<(KeyStore, KeySet, bool)> {
+    use crate::accounts::shared_keys;
+    let Some(passphrase) = config.keys_in_database().then_some(config.passphrase.as_ref()).flatten() else {
+        return open_keys(config, create).await;
+    };
+    let keystore = KeyStore::in_database(config.secret_settings());
+    // Instances starting together race to publish the first key set; the losers take the winner's.
+    for _ in 0..3 {
+        if let Some(text) = shared_keys::read(store.as_ref()).await? {
+            return Ok((keystore, shared_keys::unwrap(text, passphrase).await?, false));
+        }
+        let has_data = Registry::has_key_check(store.as_ref()).await?;
+        anyhow::ensure!(
+            create || has_data,
+            "no data key in the database yet; start `switchyard serve` (or any command that writes) first"
+        );
+        let (keys, created) = if has_data {
+            let (_, keys, _) = open_keys(config, false).await.context(
+                "the database holds data but no key set; run the first instance where the key it was written \
+                 with is (its key file or keychain), or set SWITCHYARD_ENCRYPTION_KEY",
+            )?;
+            Registry::new(store.clone(), Arc::new(Cipher::with_keys(keys.clone())))
+                .verify_data_key(false)
+                .await
+                .context("this machine's key is not the one the database was written with")?;
+            (keys, false)
+        } else {
+            (KeySet::generate(), true)
+        };
+        if shared_keys::publish(store.as_ref(), &keys, passphrase, None).await?.is_some() {
+            if !created {
+                eprintln!("the data key is now kept in the database, wrapped under SWITCHYARD_PASSPHRASE");
+            }
+            return Ok((keystore, keys, created));
+        }
+    }
+    anyhow::bail!("could not agree on a data key with the other instances starting now; try again")
+}
+
+/// The store this configuration names: PostgreSQL, or SQLite in the data directory.
+async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    Ok(match &config.database {
         // The error names host and port already, never the password.
         Some(pg) => Arc::new(crate::store::PgStore::open(pg).await?),
         None => Arc::new(
@@ -205,8 +255,7 @@ async fn open_store(config: &Config, keys: KeySet) -> anyhow::Result<Registry> {
                 .await
                 .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
         ),
-    };
-    Ok(Registry::new(store, Arc::new(Cipher::with_keys(keys))))
+    })
 }
 
 pub(crate) async fn open_registry(config: &Config) -> anyhow::Result<(Registry, Backend)> {

@@ -11,6 +11,7 @@ use crate::access::admin::LOGIN_LINK_TTL_MS;
 use crate::accounts::{Pool, Router};
 use crate::config::Config;
 use crate::oauth::OAuthClient;
+use crate::secrets::Backend;
 use crate::server::{Gateway, ListenOptions, shutdown_signal};
 
 /// Hold `<home>/serve.lock` exclusively: one server per data directory (two would race each other's
@@ -80,8 +81,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // on another address whose keys later disappear refuses everyone instead of serving them.
     let loopback = addr.ip().to_canonical().is_loopback();
     let open_without_keys = loopback || config.allow_unauthenticated;
-    let gateway = Gateway::new(&config, pool.clone(), keys.clone(), open_without_keys, http)
+    let mut gateway = Gateway::new(&config, pool.clone(), keys.clone(), open_without_keys, http)
         .map_err(|e| anyhow::anyhow!(e.message))?;
+    if let (Backend::Database, Some(passphrase)) = (&key_source, &config.passphrase) {
+        // Nothing seen yet: the first round opens the stored key set again, so a rotation that began
+        // since the key was read above is taken up too.
+        gateway = gateway.with_key_feed(passphrase.clone(), String::new());
+    }
     let accounts = pool.snapshot().len();
     tracing::info!(%addr, accounts, key = %key_source, upstream = %config.upstream_url, "switchyard ready");
     if accounts == 0 {

@@ -184,10 +184,14 @@ async fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
 /// Add a new key, re-seal everything under it in one transaction, then retire the old key. A crash at any
 /// point leaves a key that opens every stored value.
 async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    if config.keys_in_database() {
+        return rotate_shared_key(config).await;
+    }
     // Other instances would keep sealing with the old key while this one retires it.
     anyhow::ensure!(
         config.database.is_none(),
-        "rotate-key does not support a shared PostgreSQL database yet: every instance holds the key itself"
+        "rotate-key on a shared PostgreSQL database needs the key kept in the database: set \
+         SWITCHYARD_PASSPHRASE (and not SWITCHYARD_ENCRYPTION_KEY) on every instance"
     );
     let _lock = super::serve::exclusive_lock(config)
         .context("stop `switchyard serve` on this data directory before rotating the key")?;
@@ -235,6 +239,99 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || keystore.save(&keys)).await??;
     println!(
         "re-encrypted {count} secret(s) under key version {new_version} (was {old_v}) at {}",
+        format_ms(crate::now_ms())
+    );
+    Ok(())
+}
+
+/// How long a rotation waits for every live instance to take up the new key before giving up (leaving
+/// both keys in place, which is safe: every value opens).
+const TAKE_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rotate the key set kept in a shared database while instances serve from it:
+/// 1. publish the key set with the new key added (the current one); every instance takes it up, seals
+///    with the new key from then on and says so in its heartbeat;
+/// 2. once every live instance has (after one heartbeat period at least, so that one started just before
+///    is seen), re-seal every value, each account row only over the token version it was read at (a pair
+///    an instance refreshed meanwhile is already under the new key);
+/// 3. check that everything opens with the new key alone, then publish the key set without the old key.
+///
+/// Interrupted anywhere, the stored key set opens every value; run again, it carries on from where it is.
+async fn rotate_shared_key(config: &Config) -> anyhow::Result<()> {
+    use crate::accounts::shared_keys;
+    let passphrase = config.passphrase.clone().context("SWITCHYARD_PASSPHRASE is not set")?;
+    let opened = open_data(config).await?;
+    let store = opened.registry.store().clone();
+    let text = shared_keys::read(store.as_ref()).await?.context("no data key is kept in the database")?;
+    let mut keys = shared_keys::unwrap(text.clone(), &passphrase).await?;
+    let old_v = keys.versions().into_iter().find(|v| *v != keys.current).unwrap_or(keys.current);
+    let new_version = if keys.versions().len() > 1 {
+        eprintln!("carrying on with the rotation to key version {} left unfinished", keys.current);
+        keys.current
+    } else {
+        keys.rotate()
+    };
+    let both = match shared_keys::publish(store.as_ref(), &keys, &passphrase, Some(&text)).await? {
+        Some(both) => both,
+        None => anyhow::bail!("the data key changed while this rotation started (another rotation?); try again"),
+    };
+    let published_at = crate::now_ms();
+    // Nobody seals with the old key any more once every live instance reports the new version.
+    let deadline = std::time::Instant::now() + TAKE_UP_TIMEOUT;
+    loop {
+        let now = crate::now_ms();
+        let lagging: Vec<String> = store
+            .list_instances()
+            .await?
+            .into_iter()
+            .filter(|i| now - i.last_seen_ms < crate::server::LIVE_MS)
+            .filter(|i| i.key_version != new_version || i.last_seen_ms < published_at)
+            .map(|i| i.id)
+            .collect();
+        if lagging.is_empty() && now - published_at > 6_000 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "instance(s) {} did not take up key version {new_version} within {} s (do they keep their key \
+             elsewhere?); both keys stay stored, so everything still opens: run rotate-key again",
+            lagging.join(", "),
+            TAKE_UP_TIMEOUT.as_secs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let cipher = Cipher::with_keys(keys.clone());
+    let (accounts, mut count) = opened.registry.resealed_accounts(&cipher, &cipher).await?;
+    let mut settings: Vec<(String, String)> =
+        crate::access::admin::resealed_totp(store.as_ref(), &cipher, &cipher).await?.into_iter().collect();
+    let key_check = opened.registry.resealed_key_check(&cipher, &cipher).await?;
+    count += settings.len();
+    let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, &cipher, &cipher)?;
+    count += bodies;
+    settings.extend(key_check);
+    store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
+    let mut only_new = keys.clone();
+    only_new.retire_old();
+    let only_new_cipher = Cipher::with_keys(only_new.clone());
+    let check = opened.registry.resealed_accounts(&only_new_cipher, &only_new_cipher).await;
+    let totp_ok = crate::access::admin::totp_opens(store.as_ref(), &only_new_cipher).await?;
+    let payloads_ok =
+        crate::ledger::reseal_payloads(store.list_payloads().await?, &only_new_cipher, &only_new_cipher).is_ok();
+    anyhow::ensure!(
+        check.is_ok() && totp_ok && payloads_ok,
+        "a sealed value still needs key version {old_v}; both keys stay stored: run rotate-key again"
+    );
+    // A login begun under the old key could not be finished once it is gone.
+    store.clear_pending_logins().await?;
+    anyhow::ensure!(
+        shared_keys::publish(store.as_ref(), &only_new, &passphrase, Some(&both)).await?.is_some(),
+        "the data key changed during the rotation (another rotation?); both keys stay stored"
+    );
+    let detail = format!("key version {new_version}, kept in the database");
+    super::audit_cli(store.as_ref(), "storage.rotate-key", "data key", &detail).await;
+    println!(
+        "re-encrypted {count} secret(s) under key version {new_version} (was {old_v}) at {}; every instance \
+         took it up",
         format_ms(crate::now_ms())
     );
     Ok(())

@@ -44,14 +44,21 @@ pub struct SecretSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     Environment,
+    /// The shared database, wrapped under `SWITCHYARD_PASSPHRASE` (read and written by the caller, which
+    /// holds the database; see `accounts::shared_keys`).
+    Database,
     File(PathBuf),
-    Keyring { service: String, user: String },
+    Keyring {
+        service: String,
+        user: String,
+    },
 }
 
 impl Backend {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Environment => "environment",
+            Self::Database => "database",
             Self::File(_) => "file",
             Self::Keyring { .. } => "keyring",
         }
@@ -62,6 +69,7 @@ impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Environment => f.write_str("SWITCHYARD_ENCRYPTION_KEY"),
+            Self::Database => f.write_str("database (wrapped under SWITCHYARD_PASSPHRASE)"),
             Self::File(path) => write!(f, "key file {}", path.display()),
             Self::Keyring { service, user } => write!(f, "OS keychain (service {service}, entry {user})"),
         }
@@ -76,6 +84,11 @@ pub enum KeyError {
         "the encryption key comes from SWITCHYARD_ENCRYPTION_KEY; change it there (this command manages stored keys)"
     )]
     EnvKeyInUse,
+    #[error(
+        "the encryption key is kept in the database, wrapped under SWITCHYARD_PASSPHRASE; `auth storage \
+         rotate-key` changes it there"
+    )]
+    InDatabase,
     #[error("{path}: {source}")]
     KeySet { path: String, source: KeySetError },
     #[error("cannot use key file {path}: {source}")]
@@ -183,6 +196,11 @@ impl KeyStore {
         }
     }
 
+    /// The key set lives in the shared database; the caller reads and writes it there.
+    pub fn in_database(settings: SecretSettings) -> Self {
+        Self { settings, backend: Backend::Database }
+    }
+
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
@@ -212,8 +230,10 @@ impl KeyStore {
     /// Move the keys to `to`: write, read back and compare, switch, then delete the old copy. Interrupted
     /// at any point, one complete copy stays where the next start looks.
     pub fn migrate(&mut self, keys: &KeySet, to: StoreChoice) -> Result<(), KeyError> {
-        if self.backend == Backend::Environment {
-            return Err(KeyError::EnvKeyInUse);
+        match self.backend {
+            Backend::Environment => return Err(KeyError::EnvKeyInUse),
+            Backend::Database => return Err(KeyError::InDatabase),
+            _ => {}
         }
         let target = match to {
             StoreChoice::File | StoreChoice::Auto => Backend::File(self.settings.home.join("secret.key")),
@@ -258,6 +278,9 @@ impl KeyStore {
             Backend::Environment => {
                 return Ok("the key comes from SWITCHYARD_ENCRYPTION_KEY; nothing is stored to test".into());
             }
+            Backend::Database => {
+                return Ok("the key set is kept in the database, wrapped; it opened at start".into());
+            }
             Backend::File(_) => (Backend::File(self.settings.home.join(".storage-test.key")), "key file"),
             Backend::Keyring { service, user } => {
                 (Backend::Keyring { service: service.clone(), user: format!("{user}-test") }, "OS keychain")
@@ -278,7 +301,7 @@ impl KeyStore {
 
 fn load_from(backend: &Backend, passphrase: Option<&SecretString>) -> Result<Option<KeySet>, KeyError> {
     let text = match backend {
-        Backend::Environment => return Ok(None),
+        Backend::Environment | Backend::Database => return Ok(None),
         Backend::File(path) => match std::fs::read_to_string(path) {
             Ok(text) => SecretString::from(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -298,6 +321,7 @@ fn save_to(backend: &Backend, home: &Path, keys: &KeySet, passphrase: Option<&Se
     let text = keys.to_text(passphrase).map_err(|source| KeyError::KeySet { path: backend.to_string(), source })?;
     match backend {
         Backend::Environment => Err(KeyError::EnvKeyInUse),
+        Backend::Database => Err(KeyError::InDatabase),
         Backend::File(path) => {
             super::fs::private_dir(home).map_err(|source| KeyError::Io { path: home.to_owned(), source })?;
             write_private_atomic(path, text.as_bytes()).map_err(|source| KeyError::Io { path: path.clone(), source })
@@ -310,7 +334,7 @@ fn save_to(backend: &Backend, home: &Path, keys: &KeySet, passphrase: Option<&Se
 
 fn delete_from(backend: &Backend) -> Result<(), KeyError> {
     match backend {
-        Backend::Environment => Ok(()),
+        Backend::Environment | Backend::Database => Ok(()),
         Backend::File(path) => match shred(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -309,6 +309,15 @@ pub struct Gateway {
     instance: String,
     /// The store is shared with other instances (PostgreSQL).
     shared: bool,
+    /// The data key is kept in the database: follow its rotations.
+    key_feed: Option<KeyFeed>,
+}
+
+/// The key set kept in the shared database, as this instance last took it up: a changed value is a
+/// rotation, taken up without a restart.
+pub struct KeyFeed {
+    passphrase: secrecy::SecretString,
+    seen: String,
 }
 
 impl Gateway {
@@ -356,6 +365,7 @@ impl Gateway {
         Ok(Self {
             instance: config.instance_name(),
             shared: config.database.is_some(),
+            key_feed: None,
             pool,
             keys,
             log: log.clone(),
@@ -387,6 +397,13 @@ impl Gateway {
         })
     }
 
+    /// Follow the key set kept in the database (wrapped under `passphrase`; `seen` is the stored value the
+    /// cipher holds, empty to open it again at once), so that `auth storage rotate-key` reaches this instance while it serves.
+    pub fn with_key_feed(mut self, passphrase: secrecy::SecretString, seen: String) -> Self {
+        self.key_feed = Some(KeyFeed { passphrase, seen });
+        self
+    }
+
     /// Serve on `listener` until `shutdown` resolves, keeping the pool fresh in the background. Running
     /// requests get `options.drain` to finish after the signal; streams still open then are cut.
     pub async fn run(
@@ -416,6 +433,7 @@ impl Gateway {
             me,
             shared: self.shared,
             sync_interval: self.sync_interval,
+            key_feed: self.key_feed,
         }));
         let poller = (!self.usage_poll.is_zero())
             .then(|| tokio::spawn(poll_usage(self.pool.clone(), self.usage_poll, self.oauth_beta.clone())));
@@ -452,6 +470,7 @@ struct Upkeep {
     shared: bool,
     /// How often to read the store for changes without being told of them.
     sync_interval: Duration,
+    key_feed: Option<KeyFeed>,
 }
 
 /// Why the background loop woke.
@@ -511,11 +530,12 @@ async fn upkeep(mut u: Upkeep) {
 }
 
 impl Upkeep {
-    /// Take in what changed in the store: accounts, keys, sessions, other instances' routing state.
-    async fn sync(&self) {
+    /// Take in what changed in the store: the data key, accounts, keys, sessions, other instances'
+    /// routing state.
+    async fn sync(&mut self) {
         let round = crate::now_ms();
+        let mut problem: Option<String> = self.follow_key().await.err();
         let (pool, keys, admin) = (&self.pool, &self.keys, &self.admin);
-        let mut problem: Option<String> = None;
         if let Err(e) = pool.reload().await {
             tracing::error!(error = %e, "reloading accounts failed");
             problem.get_or_insert(format!("reloading accounts failed: {e}"));
@@ -541,6 +561,38 @@ impl Upkeep {
         {
             tracing::warn!(error = %e, "reading other instances' routing state failed");
         }
+    }
+
+    /// Take up a key set rotated in the database, then say so in this instance's heartbeat at once (the
+    /// rotation waits for every instance before it re-seals anything).
+    async fn follow_key(&mut self) -> Result<(), String> {
+        let Some(feed) = &mut self.key_feed else { return Ok(()) };
+        let store = self.pool.store();
+        let text = match crate::accounts::shared_keys::read(store.as_ref()).await {
+            Ok(Some(text)) if text != feed.seen => text,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(format!("reading the data key failed: {e}")),
+        };
+        let keys = match crate::accounts::shared_keys::unwrap(text.clone(), &feed.passphrase).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take up the rotated data key; sealing with the one held");
+                return Err(e.to_string());
+            }
+        };
+        let (version, versions) = (keys.current, keys.versions());
+        let held = self.pool.registry().cipher().keys().versions();
+        self.pool.registry().cipher().replace(keys);
+        feed.seen = text;
+        self.me.key_version = version;
+        self.me.last_seen_ms = crate::now_ms();
+        if held != versions {
+            tracing::info!(version, ?versions, "took up the data key kept in the database");
+        }
+        if let Err(e) = store.heartbeat(&self.me).await {
+            tracing::warn!(error = %e, "writing this instance's heartbeat failed");
+        }
+        Ok(())
     }
 
     /// Once a second: save routing state, take in shared spend; every 5 s a heartbeat, every minute the
