@@ -46,8 +46,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let router = Router::new(strategy, 5 * 3600 * 1000);
         let pool =
             Pool::load(registry.clone(), oauth.clone(), Duration::from_secs(300), router, "local".to_owned()).await?;
-        let want =
-            Want { family: Some("sonnet".into()), affinity: Some("conversation".into()), pinned: None, allowed: None };
+        let want = Want { family: Some("sonnet".into()), affinity: Some("conversation".into()), ..Want::default() };
         let started = Instant::now();
         for _ in 0..iterations {
             let chosen = pool.candidates(&want, &[]).map_err(|e| e.message())?;

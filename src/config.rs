@@ -102,6 +102,8 @@ pub struct Config {
     pub encryption_key: Option<SecretString>,
     /// How the router picks the first account.
     pub strategy: Strategy,
+    /// What keeps a conversation on one account (`SWITCHYARD_AFFINITY`).
+    pub affinity: crate::accounts::Affinity,
     /// Session strategy: stay on one account this long at most.
     pub session_duration: Duration,
     /// Extra upstream attempts (on other accounts) after the first fails before any byte is sent.
@@ -289,6 +291,7 @@ struct RawStore {
 #[serde(default, deny_unknown_fields)]
 struct RawRouting {
     strategy: Option<String>,
+    affinity: Option<String>,
     session_duration_ms: Option<u64>,
     retry_attempts: Option<u32>,
     retry_delay_ms: Option<u64>,
@@ -469,6 +472,7 @@ impl Config {
         let margin = pick(env, "SWITCHYARD_REFRESH_MARGIN_SECS", raw.oauth.refresh_margin_secs)?;
         let token_timeout = pick(env, "SWITCHYARD_TOKEN_TIMEOUT_SECS", raw.oauth.token_timeout_secs)?;
         let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
+        let affinity: Option<String> = pick(env, "SWITCHYARD_AFFINITY", raw.routing.affinity)?;
         let session_ms = pick(env, "SWITCHYARD_SESSION_DURATION_MS", raw.routing.session_duration_ms)?;
         let retry_attempts = pick(env, "SWITCHYARD_RETRY_ATTEMPTS", raw.routing.retry_attempts)?;
         let retry_delay_ms = pick(env, "SWITCHYARD_RETRY_DELAY_MS", raw.routing.retry_delay_ms)?;
@@ -588,6 +592,10 @@ impl Config {
             Some(s) => s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_LB_STRATEGY", message })?,
             None => Strategy::Session,
         };
+        let affinity = match affinity {
+            Some(s) => s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_AFFINITY", message })?,
+            None => crate::accounts::Affinity::default(),
+        };
         let secret_store = match secret_store {
             Some(s) => {
                 s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_SECRET_STORE", message })?
@@ -622,6 +630,7 @@ impl Config {
             log_format,
             log_file,
             strategy,
+            affinity,
             session_duration: Duration::from_millis(session_ms.unwrap_or(defaults::SESSION_DURATION_MS)),
             retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
@@ -726,6 +735,7 @@ fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
 /// for, so an error names where the bad value really came from.
 const FILE_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_LB_STRATEGY", "routing.strategy"),
+    ("SWITCHYARD_AFFINITY", "routing.affinity"),
     ("SWITCHYARD_RETRY_BACKOFF", "routing.retry_backoff"),
     ("SWITCHYARD_SECRET_STORE", "secrets.store"),
     ("SWITCHYARD_IDENTITY", "upstream.identity"),

@@ -422,3 +422,59 @@ async fn usage_and_plan_are_polled_for_oauth_accounts() {
     assert!(list.contains("5h 37%") && list.contains("(max (default_claude_max_20x))"), "{list}");
     assert!(fake.lock().usage_calls >= 2, "polled again after the 429");
 }
+
+/// A session's subagents (`x-claude-code-agent-id`) spread over the accounts while each agent's
+/// conversation sticks to one; with `SWITCHYARD_AFFINITY=session` they all share the parent's account.
+#[tokio::test(flavor = "multi_thread")]
+async fn subagents_of_one_session_spread_while_each_agent_sticks() {
+    for (affinity, spread) in [("session+agent", true), ("session", false)] {
+        let fake = Fake::start().await;
+        let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_AFFINITY", affinity)]).await;
+        let send_as = async |agent: Option<&str>| {
+            let mut r = gw.post("/v1/messages").header("x-claude-code-session-id", "parent-session");
+            if let Some(agent) = agent {
+                r = r.header("x-claude-code-agent-id", agent);
+            }
+            assert_eq!(r.json(&message_body(false)).send().await.unwrap().status(), 200);
+            sequence(&fake, fake.requests().len() - 1)[0].clone()
+        };
+        let parent = send_as(None).await;
+        let mut homes = std::collections::HashMap::new();
+        for round in 0..3 {
+            for agent in ["explore-1", "explore-2", "explore-3", "explore-4"] {
+                let served = send_as(Some(agent)).await;
+                let home = homes.entry(agent).or_insert_with(|| served.clone());
+                assert_eq!(*home, served, "{affinity}: agent {agent} moved in round {round}");
+            }
+            assert_eq!(send_as(None).await, parent, "{affinity}: the parent moved");
+        }
+        let used: std::collections::HashSet<&String> = homes.values().collect();
+        if spread {
+            assert!(used.len() >= 2, "{affinity}: four subagents all on {used:?}");
+        } else {
+            assert_eq!(used.into_iter().collect::<Vec<_>>(), [&parent], "{affinity}: subagents left the parent");
+        }
+    }
+}
+
+/// `metadata.user_id` alone keeps a conversation together, as Claude Code's JSON string and as an older
+/// client's plain string.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_id_as_json_or_plain_string_sticks() {
+    let fake = Fake::start().await;
+    let (_env, gw) = gateway(&fake, &ABC, &[("SWITCHYARD_LB_STRATEGY", "round-robin")]).await;
+    for user_id in [
+        r#"{"device_id":"dev","account_uuid":"acc","session_id":"0b5e55ed-0000-4000-8000-000000000001"}"#,
+        "user_abc123_account_acc_session_0b5e55ed-0000-4000-8000-000000000002",
+    ] {
+        let mut body = message_body(false);
+        body["metadata"] = serde_json::json!({ "user_id": user_id });
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            ok(&gw, &body).await;
+            seen.insert(sequence(&fake, fake.requests().len() - 1)[0].clone());
+            ok(&gw, &message_body(false)).await;
+        }
+        assert_eq!(seen.len(), 1, "{user_id} moved: {seen:?}");
+    }
+}

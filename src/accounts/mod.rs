@@ -11,7 +11,7 @@ pub mod shared_keys;
 pub use limits::{Limits, UsageWindow};
 pub use pool::{Account, Credential, Pool};
 pub use registry::{AccountView, NewOAuth, PlainAccount, Registry};
-pub use router::{Router, Strategy, Unavailable, Want};
+pub use router::{Affinity, Router, Strategy, Unavailable, Want};
 
 use crate::oauth::OAuthError;
 use crate::secrets::CryptoError;

@@ -36,13 +36,68 @@ impl FromStr for Strategy {
     }
 }
 
+/// What keeps a conversation on one account (`SWITCHYARD_AFFINITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Affinity {
+    /// Client key, session and agent: each agent's conversation sticks, a session's subagents spread.
+    #[default]
+    SessionAgent,
+    /// Client key and session: a session's subagents share the parent's account.
+    Session,
+    /// No stickiness: every request follows the strategy.
+    Off,
+}
+
+impl FromStr for Affinity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace(' ', "").as_str() {
+            "session+agent" | "session-agent" | "agent" => Ok(Self::SessionAgent),
+            "session" => Ok(Self::Session),
+            "off" | "none" => Ok(Self::Off),
+            other => Err(format!("unknown affinity {other:?}: expected session+agent, session or off")),
+        }
+    }
+}
+
+impl Affinity {
+    /// The affinity key of a request (a digest: the client's strings may be any length, the map lives
+    /// for hours), and whether it belongs to a subagent (whose first request spreads rather than joining
+    /// the account the strategy sticks to). `None` without a session, or with affinity off.
+    pub fn key(self, client_key: Option<&str>, session: Option<&str>, agent: Option<&str>) -> Option<(String, bool)> {
+        use sha2::Digest;
+        let session = session?;
+        let agent = match self {
+            Self::Off => return None,
+            Self::Session => None,
+            Self::SessionAgent => agent,
+        };
+        let mut digest = sha2::Sha256::new();
+        // Length-prefixed parts: ("ab", "c") and ("a", "bc") never collide.
+        for part in [client_key.unwrap_or(""), session, agent.unwrap_or("")] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part.as_bytes());
+        }
+        let digest = digest.finalize();
+        let mut key = String::with_capacity(32);
+        for b in &digest[..16] {
+            use std::fmt::Write;
+            let _ = write!(key, "{b:02x}");
+        }
+        Some((key, agent.is_some()))
+    }
+}
+
 /// What a request asks of the router.
 #[derive(Debug, Clone, Default)]
 pub struct Want {
     /// Model family of the request (`opus`, …), for model-scoped limits.
     pub family: Option<String>,
-    /// Conversation key (`metadata.user_id`, or Claude Code's session id).
+    /// Conversation key (see [`Affinity::key`]).
     pub affinity: Option<String>,
+    /// The conversation is a subagent's: a new one goes to the next account in turn instead of the one
+    /// the session strategy sticks to, so a fan-out spreads (each agent then sticks).
+    pub spread: bool,
     /// `x-switchyard-account`: only this account.
     pub pinned: Option<String>,
     /// The client key may use only these accounts.
@@ -218,6 +273,9 @@ impl Router {
         let best = available[0].preference();
         let group = available.iter().take_while(|a| a.preference() == best).count();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        if want.spread {
+            return usize::try_from(n % group as u64).unwrap_or(0);
+        }
         match self.strategy {
             Strategy::Session => {
                 let session = lock(&self.session).clone();
@@ -279,7 +337,8 @@ impl Router {
             }
             map.insert(key.clone(), (account.id.clone(), now_ms));
         }
-        if self.strategy == Strategy::Session {
+        // A subagent's account is its own: the next new conversation still goes where the session was.
+        if self.strategy == Strategy::Session && !want.spread {
             let mut session = lock(&self.session);
             if session.as_ref().is_none_or(|(id, _)| id != &account.id) {
                 *session = Some((account.id.clone(), now_ms));
@@ -323,6 +382,24 @@ fn unavailable(refused: &[(&Arc<Account>, Unusable)]) -> Unavailable {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn affinity_keys_separate_keys_sessions_and_agents() {
+        let key = |mode: Affinity, k: Option<&str>, s: Option<&str>, a: Option<&str>| mode.key(k, s, a);
+        let both = Affinity::SessionAgent;
+        let base = key(both, Some("k1"), Some("s1"), None).unwrap();
+        assert!(!base.1, "no agent: not a subagent");
+        assert_ne!(key(both, Some("k2"), Some("s1"), None).unwrap().0, base.0, "another client key");
+        assert_ne!(key(both, Some("k1"), Some("s2"), None).unwrap().0, base.0, "another session");
+        let agent = key(both, Some("k1"), Some("s1"), Some("a1")).unwrap();
+        assert!(agent.1 && agent.0 != base.0, "a subagent has its own conversation");
+        assert_ne!(key(both, Some("k1s"), Some("1"), None).unwrap().0, base.0, "parts never run together");
+        assert_eq!(key(Affinity::Session, Some("k1"), Some("s1"), Some("a1")).unwrap(), base, "agent ignored");
+        assert_eq!(key(Affinity::Off, Some("k1"), Some("s1"), None), None);
+        assert_eq!(key(both, Some("k1"), None, Some("a1")), None, "no session, no affinity");
+        assert_eq!("session+agent".parse(), Ok(Affinity::SessionAgent));
+        assert!("sideways".parse::<Affinity>().is_err());
+    }
 
     #[test]
     fn strategy_names() {

@@ -47,6 +47,32 @@ fn expect_object(bytes: &[u8]) -> Result<(), BodyError> {
 }
 
 impl Peek {
+    /// The conversation's session from `metadata.user_id`: current Claude Code sends a JSON string
+    /// `{"device_id":…,"account_uuid":…,"session_id":…}`, older versions `user_…_session_<uuid>`, SDK users
+    /// whatever they choose (then the whole string is the session).
+    pub fn session(&self) -> Option<&str> {
+        let user_id = self.user_id.as_deref()?;
+        if user_id.trim_start().starts_with('{') {
+            #[derive(serde::Deserialize)]
+            struct UserId<'a> {
+                #[serde(borrow)]
+                session_id: Option<std::borrow::Cow<'a, str>>,
+            }
+            if let Ok(UserId { session_id: Some(session) }) = serde_json::from_str::<UserId<'_>>(user_id)
+                && !session.is_empty()
+                && let Some(start) = user_id.find(session.as_ref())
+            {
+                // Borrowed from the string itself when it holds no escapes (a session id never does).
+                return Some(&user_id[start..start + session.len()]);
+            }
+            return Some(user_id);
+        }
+        match user_id.rsplit_once("_session_") {
+            Some((_, session)) if !session.is_empty() => Some(session),
+            _ => Some(user_id),
+        }
+    }
+
     /// Read a request body; it must be a JSON object.
     pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
         expect_object(bytes)?;
@@ -147,6 +173,18 @@ mod tests {
 
     fn system_of(body: &[u8]) -> serde_json::Value {
         serde_json::from_slice::<serde_json::Value>(body).unwrap()["system"].clone()
+    }
+
+    #[test]
+    fn the_session_is_read_from_every_shape_of_user_id() {
+        let peek = |user_id: &str| Peek { user_id: Some(user_id.to_owned()), ..Peek::default() };
+        let json = peek(r#"{"device_id":"d1","account_uuid":"a1","session_id":"5e55-10n"}"#);
+        assert_eq!(json.session(), Some("5e55-10n"));
+        assert_eq!(peek("user_abc_account_a1_session_5e55-10n").session(), Some("5e55-10n"));
+        assert_eq!(peek("alice@example.com").session(), Some("alice@example.com"));
+        // JSON without a session: the whole string still keeps one user together.
+        assert_eq!(peek(r#"{"device_id":"d1"}"#).session(), Some(r#"{"device_id":"d1"}"#));
+        assert_eq!(Peek::default().session(), None);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct Forwarder {
     upstream_host: String,
     identity: IdentityMode,
     identity_prompt: String,
+    affinity: crate::accounts::Affinity,
     oauth_beta: String,
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
@@ -230,6 +231,7 @@ impl Forwarder {
                 config.upstream_url.port_or_known_default().unwrap_or(0)
             ),
             identity: config.identity,
+            affinity: config.affinity,
             identity_prompt: config.identity_prompt.clone(),
             oauth_beta: config.oauth_beta.clone(),
             anthropic_version: HeaderValue::from_str(&config.anthropic_version)
@@ -295,11 +297,19 @@ impl Forwarder {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        trace.row.model = peek.model.map(|m| crate::ledger::prefix_at_most(&m, MODEL_MAX).to_owned());
+        trace.row.model = peek.model.as_deref().map(|m| crate::ledger::prefix_at_most(m, MODEL_MAX).to_owned());
+        // One conversation per (client key, session, agent): each agent's prompt cache stays on one account.
+        let session = header("x-claude-code-session-id");
+        let agent = header("x-claude-code-agent-id");
+        let affinity = self.affinity.key(
+            req.caller.as_ref().map(|k| k.id.as_str()),
+            session.as_deref().or_else(|| peek.session()),
+            agent.as_deref(),
+        );
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
-            // Kept as a digest: the client's string may be any length, the map lives for hours.
-            affinity: peek.user_id.or_else(|| header("x-claude-code-session-id")).map(|key| affinity_key(&key)),
+            spread: affinity.as_ref().is_some_and(|(_, subagent)| *subagent),
+            affinity: affinity.map(|(key, _)| key),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
         };
@@ -566,18 +576,6 @@ impl Forwarder {
         *request.headers_mut() = headers;
         Ok(request)
     }
-}
-
-/// A conversation's affinity key: 128 bits of SHA-256 of the client's session identity, in hex.
-fn affinity_key(identity: &str) -> String {
-    use sha2::Digest;
-    use std::fmt::Write;
-    let digest = sha2::Sha256::digest(identity.as_bytes());
-    let mut key = String::with_capacity(32);
-    for b in &digest[..16] {
-        let _ = write!(key, "{b:02x}");
-    }
-    key
 }
 
 /// Longest model name kept (in the log and for routing); Anthropic's are under 64 characters.
