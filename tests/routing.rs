@@ -478,3 +478,45 @@ async fn user_id_as_json_or_plain_string_sticks() {
         assert_eq!(seen.len(), 1, "{user_id} moved: {seen:?}");
     }
 }
+
+/// A 429 saying the account lacks an entitlement (extra usage or credits for long context) is no rate
+/// limit: the account stays active and first in line, the request is served by another account; when
+/// none can serve it, the client gets the upstream error unchanged, logged as `entitlement`.
+#[tokio::test(flavor = "multi_thread")]
+async fn entitlement_429s_fail_over_without_benching() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC[..2], &[]).await;
+    env.ok(&["accounts", "set", "b", "--priority", "1"]).await;
+    gw.settle().await;
+    let message = "Extra usage is required for long context requests.";
+    let entitlement = || Script::Status {
+        status: 429,
+        body: serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":message}}),
+        headers: vec![("anthropic-ratelimit-unified-status".into(), "allowed".into())],
+    };
+    for round in 1..=3 {
+        fake.push_for("key-a", entitlement());
+        ok(&gw, &message_body(false)).await;
+        // a is asked first every time: it was never benched.
+        assert_eq!((fake.served_by("key-a"), fake.served_by("key-b")), (round, round));
+    }
+    eventually(&env, "a", |a| a["status"] == "active" && a["failed_attempts"] == 3).await;
+    // Neither account has the entitlement: the upstream's answer, unchanged.
+    fake.push_for("key-a", entitlement());
+    fake.push_for("key-b", entitlement());
+    let r = send(&gw, &message_body(false)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["anthropic-ratelimit-unified-status"], "allowed");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["message"], message, "{body}");
+    let logged = support::eventually("the refused request in the log", Duration::from_secs(5), async || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&env.ok(&["requests", "--status", "429", "--json"]).await.stdout).ok()?;
+        rows.as_array()?.first().cloned()
+    })
+    .await;
+    assert_eq!(logged["error_type"], "entitlement", "{logged}");
+    for name in ["a", "b"] {
+        eventually(&env, name, |a| a["status"] == "active").await;
+    }
+}

@@ -7,7 +7,7 @@ mod ratelimit;
 
 pub use headers::{forward_request_header, merge_beta, named_by_connection, pass_back_response_header};
 pub use identity::{IdentityMode, MessageBody, Peek, carries_identity};
-pub use ratelimit::{RateLimitInfo, Verdict, Window, classify, model_family, parse_timestamp_ms};
+pub use ratelimit::{RateLimitInfo, Verdict, Window, classify, is_entitlement_error, model_family, parse_timestamp_ms};
 
 /// Sentences that open a Claude Code or Agent SDK system prompt.
 pub const KNOWN_IDENTITIES: [&str; 2] = [

@@ -135,6 +135,34 @@ pub enum Verdict {
     RequestScoped,
 }
 
+/// Phrases of a 429 that is about what the account may use, not how much: a subscription without extra
+/// usage or credits asking for long context. Another account (with the entitlement) may serve it.
+const ENTITLEMENT_PHRASES: &[&str] = &[
+    "extra usage is required",
+    "usage credits are required",
+    "credits are required for",
+    "is not available on your plan",
+    "requires extra usage",
+];
+
+/// Whether an error answer's body says the account lacks an entitlement (see [`ENTITLEMENT_PHRASES`]).
+/// Reads only `error.message` of Anthropic's error JSON; anything else is not an entitlement error.
+pub fn is_entitlement_error(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<Detail>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        message: Option<String>,
+    }
+    let Ok(Answer { error: Some(Detail { message: Some(message) }) }) = serde_json::from_slice::<Answer>(body) else {
+        return false;
+    };
+    let message = message.to_ascii_lowercase();
+    ENTITLEMENT_PHRASES.iter().any(|p| message.contains(p))
+}
+
 /// Decide what `status` plus `info` say about the account.
 pub fn classify(status: u16, info: &RateLimitInfo) -> Verdict {
     let unified_hard = info.unified_status.as_deref().is_some_and(is_hard);
@@ -191,6 +219,19 @@ mod tests {
             h.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn entitlement_errors_are_told_from_rate_limits() {
+        let body =
+            |m: &str| serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":m}}).to_string();
+        assert!(is_entitlement_error(body("Extra usage is required for long context requests.").as_bytes()));
+        assert!(is_entitlement_error(body("Usage credits are required for long context requests.").as_bytes()));
+        assert!(!is_entitlement_error(
+            body("Number of request tokens has exceeded your per-minute rate limit").as_bytes()
+        ));
+        assert!(!is_entitlement_error(b"not json"));
+        assert!(!is_entitlement_error(br#"{"error":{"type":"rate_limit_error"}}"#));
     }
 
     #[test]

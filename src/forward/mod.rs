@@ -82,7 +82,13 @@ enum SendFailure {
 
 /// The last failed attempt, answered to the client when nothing better comes.
 enum Failure {
-    Upstream { response: hyper::Response<Incoming>, transient: bool, account: String },
+    Upstream {
+        response: hyper::Response<UpstreamBody>,
+        transient: bool,
+        account: String,
+        /// Logged instead of the body's error type (`entitlement`).
+        error_type: Option<&'static str>,
+    },
     Gateway(ApiError),
 }
 
@@ -97,8 +103,9 @@ impl Failure {
 
     fn into_answer(self, forwarder: &Forwarder, trace: &mut Trace) -> Result<Response, ApiError> {
         match self {
-            Self::Upstream { response, account, .. } => {
+            Self::Upstream { response, account, error_type, .. } => {
                 let info = RateLimitInfo::parse(response.headers());
+                trace.row.error_type = error_type.map(str::to_owned);
                 let recorder = forwarder.recorder(trace, Some(&account), &response, &info);
                 Ok(stream_back(response, None, recorder, forwarder.idle_timeout))
             }
@@ -413,7 +420,22 @@ impl Forwarder {
             };
             let status = response.status();
             let info = RateLimitInfo::parse(response.headers());
-            let verdict = account.observe(status.as_u16(), &info, family);
+            // A 429 is read before deciding (it is small): one that says the account lacks an entitlement
+            // (extra usage or credits for long context) is no rate limit, and must not bench the account.
+            let (response, entitlement) = if status == StatusCode::TOO_MANY_REQUESTS {
+                let (parts, body) = response.into_parts();
+                let bytes = read_error_body(body, deadline).await;
+                let entitlement = crate::anthropic::is_entitlement_error(&bytes)
+                    && !matches!(
+                        crate::anthropic::classify(429, &info),
+                        Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. }
+                    );
+                (hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes))), entitlement)
+            } else {
+                (response.map(UpstreamBody::Live), false)
+            };
+            // An entitlement answer still carries the account's windows: take those in as from any answer.
+            let verdict = account.observe(if entitlement { 200 } else { status.as_u16() }, &info, family);
             let fail_over = match status.as_u16() {
                 429 | 500 | 502 | 503 | 504 | 529 => true,
                 // The account's credential is refused even after a refresh: another account may do.
@@ -424,13 +446,16 @@ impl Forwarder {
                 log_answer(req, &account, status, started, attempts);
                 account.attempt_failed();
                 tried.push(account.id.clone());
-                reasons.push(format!("{} answered {}", account.name, status.as_u16()));
+                let why = if entitlement { " (not entitled)" } else { "" };
+                reasons.push(format!("{} answered {}{why}", account.name, status.as_u16()));
+                let error_type = entitlement.then_some("entitlement");
                 if attempts >= self.retry.max_attempts {
+                    trace.row.error_type = error_type.map(str::to_owned);
                     let recorder = self.recorder(trace, Some(&account.name), &response, &info);
                     return Ok(stream_back(response, None, recorder, self.idle_timeout));
                 }
                 let transient = !matches!(status.as_u16(), 401 | 403 | 429);
-                last = Some(Failure::Upstream { response, transient, account: account.name.clone() });
+                last = Some(Failure::Upstream { response, transient, account: account.name.clone(), error_type });
                 // A limit is the account's, not Anthropic's: the next account needs no pause.
                 if (transient || matches!(verdict, Verdict::RequestScoped))
                     && !self.back_off(&mut delay, deadline).await
@@ -449,11 +474,11 @@ impl Forwarder {
     }
 
     /// What records this request once its answer has streamed out, if request logging is on.
-    fn recorder(
+    fn recorder<B>(
         &self,
         trace: &mut Trace,
         account: Option<&str>,
-        response: &hyper::Response<Incoming>,
+        response: &hyper::Response<B>,
         info: &RateLimitInfo,
     ) -> Option<Recorder> {
         let log = self.log.clone()?;
@@ -695,7 +720,8 @@ impl Recorder {
         } else if !self.completed {
             Some("client_disconnected".to_owned())
         } else {
-            usage.error_type
+            // A type the failover loop gave the answer (`entitlement`) says more than the body's.
+            self.row.error_type.take().or(usage.error_type)
         };
         self.row.duration_ms = millis(self.started.elapsed());
         let raw = match self.payload.take() {
@@ -710,8 +736,34 @@ impl Recorder {
 
 /// The answer's body on its way to the client: forwarded frame by frame, read in passing for usage and
 /// errors, and recorded when it ends or is dropped.
+/// An upstream answer's body: still arriving, or read already (an error answer the failover loop had to
+/// look into before deciding), replayed to the client unchanged.
+enum UpstreamBody {
+    Live(Incoming),
+    Read(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self {
+            Self::Live(inner) => std::pin::Pin::new(inner).poll_frame(cx),
+            Self::Read(bytes) => std::task::Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Live(inner) => inner.size_hint(),
+            Self::Read(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 struct Tapped {
-    inner: Incoming,
+    inner: UpstreamBody,
     is_sse: bool,
     ended: bool,
     account: Option<Arc<Account>>,
@@ -809,7 +861,7 @@ impl HttpBody for Tapped {
         if this.ended {
             return Poll::Ready(None);
         }
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+        match this.inner.poll_frame(cx) {
             Poll::Pending => {
                 if this.idle.expired(cx) {
                     let why = format!("the upstream sent nothing for {}s", this.idle.limit.as_secs());
@@ -855,11 +907,32 @@ impl Drop for Tapped {
     }
 }
 
+/// Largest error answer read before the failover loop decides; more is not an error message.
+const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// Read a (small) error answer whole, within the request's first-byte budget; whatever arrived when it
+/// ends, breaks or grows past the cap is what the client gets.
+async fn read_error_body(mut body: Incoming, deadline: tokio::time::Instant) -> Bytes {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            if let Some(bytes) = frame.data_ref() {
+                out.extend_from_slice(&bytes[..bytes.len().min(ERROR_BODY_CAP - out.len())]);
+                if out.len() >= ERROR_BODY_CAP {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    Bytes::from(out)
+}
+
 /// Hand the upstream answer to the client as it arrives: status, headers and each chunk unchanged.
 /// A stream that breaks after the first byte ends with an SSE `error` event instead of silently stopping;
 /// either that or an upstream `error` event counts as a failure of `account`.
 fn stream_back(
-    upstream: hyper::Response<Incoming>,
+    upstream: hyper::Response<UpstreamBody>,
     account: Option<Arc<Account>>,
     recorder: Option<Recorder>,
     idle_limit: Duration,
