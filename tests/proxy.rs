@@ -390,3 +390,66 @@ async fn pinning_an_unknown_account_is_a_404() {
     assert!(message.contains("no account named \"ghost\"") && message.contains("x-switchyard-account"), "{message}");
     assert!(fake.requests().is_empty());
 }
+
+/// What today's clients send passes through untouched: a `system` turn inside `messages`, server tools,
+/// `context_management`, `thinking`, unknown fields and blocks. For an OAuth account the one edit is the
+/// identity spliced in front of the client's own system blocks; every other byte is the client's.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_bodies_change_by_the_identity_alone() {
+    let fake = Fake::start().await;
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let raw = concat!(
+        "{\"model\":\"claude-fake\", \"max_tokens\": 64,\n",
+        "\"system\": [{\"text\":\"Be terse.\",\"type\":\"text\",\"cache_control\":{\"type\":\"ephemeral\"}}],\n",
+        "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"system\",\"content\":\"mid-conversation note\"},",
+        "{\"role\":\"user\",\"content\":[{\"type\":\"future_block_2027\",\"payload\":{\"x\":1.50}}]}],",
+        "\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"},{\"type\":\"web_fetch_20250910\",\"name\":\"web_fetch\"}],",
+        "\"context_management\":{\"edits\":[{\"type\":\"clear_tool_uses_20250919\"}]},",
+        "\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":1024},\"unknown_field\":[1,2,{\"deep\":true}]}"
+    );
+    let r = gw
+        .post("/v1/messages")
+        .header("content-type", "application/json")
+        .header(
+            "anthropic-beta",
+            "mid-conversation-system-2026-04-07, context-management-2025-06-27,mid-conversation-system-2026-04-07",
+        )
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = fake.last_request();
+    let identity =
+        serde_json::json!({"type":"text","text":"You are Claude Code, Anthropic's official CLI for Claude."});
+    let expected = raw.replace("\"system\": [{\"text\"", &format!("\"system\": [{identity},{{\"text\""));
+    assert_eq!(std::str::from_utf8(&seen.body).unwrap(), expected, "only the identity may be new");
+    // The client's betas in their order, each once, the OAuth beta added once at the end.
+    assert_eq!(
+        seen.header("anthropic-beta").as_deref(),
+        Some("mid-conversation-system-2026-04-07,context-management-2025-06-27,oauth-2025-04-20")
+    );
+}
+
+/// An API-key account never receives the OAuth beta, even when the client (logged in to Claude Code)
+/// sends it; the other betas keep their order.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_oauth_beta_never_goes_with_an_api_key() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    fake.add_api_key("sk-ant-api03-beta");
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-beta"]).await;
+    let gw = env.serve().await;
+    let r = gw
+        .post("/v1/messages")
+        .header("anthropic-beta", "claude-code-20250219,oauth-2025-04-20,interleaved-thinking-2025-05-14")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        fake.last_request().header("anthropic-beta").as_deref(),
+        Some("claude-code-20250219,interleaved-thinking-2025-05-14")
+    );
+}

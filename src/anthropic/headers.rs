@@ -74,11 +74,19 @@ pub fn pass_back_response_header(name: &str) -> bool {
 
 /// The client's comma-separated `anthropic-beta` list with `required` added once.
 pub fn merge_beta(client: Option<&str>, required: &str) -> String {
-    let mut flags: Vec<&str> = client.unwrap_or("").split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
-    if !flags.contains(&required) {
-        flags.push(required);
+    beta_list(client, Some(required), None).unwrap_or_default()
+}
+
+/// The `anthropic-beta` list to send: the client's flags in their order, each once, then `add` unless
+/// already there, without `remove` (the OAuth beta never goes with an API key). `None` when empty.
+pub fn beta_list(client: Option<&str>, add: Option<&str>, remove: Option<&str>) -> Option<String> {
+    let mut flags: Vec<&str> = Vec::new();
+    for flag in client.unwrap_or("").split(',').map(str::trim).chain(add) {
+        if !flag.is_empty() && Some(flag) != remove && !flags.contains(&flag) {
+            flags.push(flag);
+        }
     }
-    flags.join(",")
+    (!flags.is_empty()).then(|| flags.join(","))
 }
 
 #[cfg(test)]
@@ -90,6 +98,10 @@ mod tests {
         assert_eq!(merge_beta(None, "oauth-2025-04-20"), "oauth-2025-04-20");
         assert_eq!(merge_beta(Some("a, b"), "oauth-2025-04-20"), "a,b,oauth-2025-04-20");
         assert_eq!(merge_beta(Some("oauth-2025-04-20,a"), "oauth-2025-04-20"), "oauth-2025-04-20,a");
+        assert_eq!(merge_beta(Some("b, a,b ,a"), "o"), "b,a,o", "the client's order, each once");
+        assert_eq!(beta_list(Some("x,oauth-2025-04-20,y"), None, Some("oauth-2025-04-20")).as_deref(), Some("x,y"));
+        assert_eq!(beta_list(Some("oauth-2025-04-20"), None, Some("oauth-2025-04-20")), None);
+        assert_eq!(beta_list(Some(" , "), None, None), None);
     }
 
     #[test]

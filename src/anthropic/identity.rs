@@ -93,6 +93,7 @@ impl Peek {
 /// borrowed from the body rather than copied (a long conversation is most of the body).
 #[derive(Debug)]
 pub struct MessageBody<'a> {
+    bytes: &'a [u8],
     fields: IndexMap<String, &'a RawValue>,
 }
 
@@ -108,7 +109,47 @@ impl<'a> MessageBody<'a> {
         expect_object(bytes)?;
         let fields: IndexMap<String, &'a RawValue> =
             serde_json::from_slice(bytes).map_err(|e| BodyError::Json(e.to_string()))?;
-        Ok(Self { fields })
+        Ok(Self { bytes, fields })
+    }
+
+    /// A top-level value's bytes, exactly as the client wrote them.
+    pub fn raw(&self, key: &str) -> Option<&'a str> {
+        self.fields.get(key).map(|raw| raw.get())
+    }
+
+    /// The body with the top-level `key` set to the JSON text `value`, every other byte as the client sent
+    /// it (a prompt-cache prefix depends on them): an existing value is replaced where it stands, a new
+    /// key goes first.
+    pub fn with_field(&self, key: &str, value: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + value.len() + key.len() + 4);
+        match self.fields.get(key).and_then(|raw| self.span(raw)) {
+            Some((start, end)) => {
+                out.extend_from_slice(&self.bytes[..start]);
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(&self.bytes[end..]);
+            }
+            None => {
+                // After the opening brace (the body is an object, so it is there).
+                let open = self.bytes.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
+                out.extend_from_slice(&self.bytes[..open]);
+                out.push(b'"');
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(value.as_bytes());
+                if !self.fields.is_empty() {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.bytes[open..]);
+            }
+        }
+        out
+    }
+
+    /// Where a borrowed value lies in the body (it always does: values are borrowed from it).
+    fn span(&self, raw: &RawValue) -> Option<(usize, usize)> {
+        let start = (raw.get().as_ptr() as usize).checked_sub(self.bytes.as_ptr() as usize)?;
+        let end = start + raw.get().len();
+        (end <= self.bytes.len()).then_some((start, end))
     }
 
     /// The body with `identity` first in `system`, or `None` when it needs no change: the request already
@@ -126,25 +167,19 @@ impl<'a> MessageBody<'a> {
         if system.as_ref().is_some_and(|s| carries_identity(s, identity)) {
             return None;
         }
-        let block = serde_json::json!({ "type": "text", "text": identity });
+        // Only the identity is new; the client's own system text and blocks keep their bytes.
+        let block = serde_json::json!({ "type": "text", "text": identity }).to_string();
+        let raw = self.raw("system").map(str::trim);
         let new_system = match system {
-            None | Some(serde_json::Value::Null) => serde_json::json!([block]),
-            Some(serde_json::Value::String(s)) if s.is_empty() => serde_json::json!([block]),
-            Some(serde_json::Value::String(s)) => {
-                serde_json::json!([block, { "type": "text", "text": s }])
-            }
-            Some(serde_json::Value::Array(mut blocks)) => {
-                blocks.insert(0, block);
-                serde_json::Value::Array(blocks)
-            }
+            None | Some(serde_json::Value::Null) => format!("[{block}]"),
+            Some(serde_json::Value::String(s)) if s.is_empty() => format!("[{block}]"),
+            Some(serde_json::Value::String(_)) => format!(r#"[{block},{{"type":"text","text":{}}}]"#, raw?),
+            Some(serde_json::Value::Array(blocks)) if blocks.is_empty() => format!("[{block}]"),
+            Some(serde_json::Value::Array(_)) => format!("[{block},{}", raw?.strip_prefix('[')?.trim_start()),
             // Anything else is the client's error to hear from the upstream, untouched.
             Some(_) => return None,
         };
-        let raw = serde_json::value::to_raw_value(&new_system).ok()?;
-        let mut fields = self.fields.clone();
-        // An existing key keeps its place; a new one goes last.
-        fields.insert("system".to_owned(), &raw);
-        serde_json::to_vec(&fields).ok()
+        Some(self.with_field("system", &new_system))
     }
 }
 
@@ -194,6 +229,30 @@ mod tests {
         assert_eq!(system_of(&out), serde_json::json!([{"type":"text","text":ID},{"type":"text","text":"Be brief."}]));
         // Field order and the other values are kept byte for byte.
         assert!(String::from_utf8(out).unwrap().starts_with(r#"{"model":"m","system":"#));
+    }
+
+    #[test]
+    fn only_the_identity_is_new_every_other_byte_is_the_clients() {
+        let id_block = serde_json::json!({"type":"text","text":ID}).to_string();
+        // Blocks with keys out of order and odd spacing: kept exactly, the identity spliced in before them.
+        let list = "{ \"model\" : \"m\",\n \"system\": [ {\"text\":\"x\", \"type\":\"text\"} ],\"messages\":[] }";
+        let out = String::from_utf8(MessageBody::parse(list.as_bytes()).unwrap().with_identity(ID).unwrap()).unwrap();
+        assert_eq!(out, list.replace("[ {", &format!("[{id_block},{{")));
+        // A string system keeps its exact escapes.
+        let string = r#"{"system":"caf\u00e9\n","messages":[]}"#;
+        let out = String::from_utf8(MessageBody::parse(string.as_bytes()).unwrap().with_identity(ID).unwrap()).unwrap();
+        assert_eq!(out, format!(r#"{{"system":[{id_block},{{"type":"text","text":"caf\u00e9\n"}}],"messages":[]}}"#));
+        // No system: one is put first, the rest follows untouched.
+        let none = r#"{"messages":[{"role":"user","content":"hi"}],"zeta":1}"#;
+        let out = String::from_utf8(MessageBody::parse(none.as_bytes()).unwrap().with_identity(ID).unwrap()).unwrap();
+        assert_eq!(out, format!(r#"{{"system":[{id_block}],"messages":[{{"role":"user","content":"hi"}}],"zeta":1}}"#));
+        // Any field replaced in place.
+        let body = MessageBody::parse(br#"{"model": "opus" ,"max_tokens":5}"#).unwrap();
+        assert_eq!(
+            body.with_field("model", r#""claude-opus-4-5""#),
+            br#"{"model": "claude-opus-4-5" ,"max_tokens":5}"#
+        );
+        assert_eq!(MessageBody::parse(b"{}").unwrap().with_field("a", "1"), b"{\"a\":1}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod headers;
 mod identity;
 mod ratelimit;
 
-pub use headers::{forward_request_header, merge_beta, named_by_connection, pass_back_response_header};
+pub use headers::{beta_list, forward_request_header, merge_beta, named_by_connection, pass_back_response_header};
 pub use identity::{IdentityMode, MessageBody, Peek, carries_identity};
 pub use ratelimit::{RateLimitInfo, Verdict, Window, classify, is_entitlement_error, model_family, parse_timestamp_ms};
 

@@ -573,7 +573,8 @@ impl Forwarder {
         match credential {
             Credential::ApiKey(key) => {
                 headers.insert(HeaderName::from_static("x-api-key"), header_value(key.expose_secret())?);
-                if let Some(beta) = client_beta {
+                // A client logged in to Claude Code sends the OAuth beta; an API key must not carry it.
+                if let Some(beta) = crate::anthropic::beta_list(client_beta.as_deref(), None, Some(&self.oauth_beta)) {
                     headers.insert(HeaderName::from_static("anthropic-beta"), header_value(&beta)?);
                 }
             }
