@@ -172,6 +172,8 @@ pub struct Config {
     pub payload_retention: Duration,
     /// `[prices.<model substring>]` from the config file, before the built-in estimates.
     pub prices: Vec<(String, crate::ledger::Price)>,
+    /// `[models.aliases]`: names clients may use, and the model each stands for.
+    pub model_aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.
@@ -193,6 +195,7 @@ pub struct Overrides {
 struct RawFile {
     alerts: RawAlerts,
     prices: std::collections::BTreeMap<String, crate::ledger::Price>,
+    models: RawModels,
     requests: RawRequests,
     secrets: RawSecrets,
     server: RawServer,
@@ -201,6 +204,13 @@ struct RawFile {
     upstream: RawUpstream,
     oauth: RawOAuth,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawModels {
+    /// `opus = "claude-opus-4-5"`: a name clients may use for a model.
+    aliases: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,7 +417,7 @@ impl Config {
         flags: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
         home: PathBuf,
-        raw: RawFile,
+        mut raw: RawFile,
     ) -> Result<Self, ConfigError> {
         let host = flags.host.clone().or(pick(env, "SWITCHYARD_HOST", raw.server.host)?);
         let port = flags.port.or(pick(env, "SWITCHYARD_PORT", raw.server.port)?);
@@ -587,6 +597,23 @@ impl Config {
         if body_limit == 0 {
             return Err(ConfigError::Invalid { name: "SWITCHYARD_BODY_LIMIT", message: "must be above 0".into() });
         }
+        let model_aliases = std::mem::take(&mut raw.models.aliases);
+        {
+            use crate::forward::models::{MAX_ALIASES, MAX_NAME};
+            let invalid = |message: String| ConfigError::Invalid { name: "models.aliases", message };
+            if model_aliases.len() > MAX_ALIASES {
+                return Err(invalid(format!("{} aliases; at most {MAX_ALIASES}", model_aliases.len())));
+            }
+            for (alias, model) in &model_aliases {
+                for name in [alias, model] {
+                    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+                        return Err(invalid(format!(
+                            "{alias:?} = {model:?}: names must be 1 to {MAX_NAME} characters without control characters"
+                        )));
+                    }
+                }
+            }
+        }
         let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
         let strategy = match strategy {
             Some(s) => s.parse().map_err(|message| ConfigError::Invalid { name: "SWITCHYARD_LB_STRATEGY", message })?,
@@ -656,6 +683,7 @@ impl Config {
             log_queue: log_queue.unwrap_or(10_000).max(1),
             retention: Duration::from_secs(retention_days.unwrap_or(30).saturating_mul(86_400)),
             prices: raw.prices.into_iter().collect(),
+            model_aliases,
             alert_webhook,
             alert_utilization,
             payloads,

@@ -453,3 +453,49 @@ async fn the_oauth_beta_never_goes_with_an_api_key() {
         Some("claude-code-20250219,interleaved-thinking-2025-05-14")
     );
 }
+
+/// `[models.aliases]` and the `[1m]` suffix are resolved before routing: the body's `model` is replaced
+/// where it stands (every other byte kept), the suffix becomes the long-context beta, unknown models pass
+/// through, and `/v1/models` lists the aliases beside the upstream's models.
+#[tokio::test(flavor = "multi_thread")]
+async fn model_aliases_and_the_long_context_suffix() {
+    let fake = Fake::start().await;
+    let mut env = Env::new(&fake);
+    fake.add_api_key("sk-ant-api03-alias");
+    env.ok(&["accounts", "add", "k", "--api-key", "sk-ant-api03-alias"]).await;
+    let config = env.home().join("aliases.toml");
+    std::fs::write(&config, "[models.aliases]\nopus = \"claude-opus-4-5\"\nbig = \"claude-sonnet-4-5[1m]\"\n").unwrap();
+    env.set("SWITCHYARD_CONFIG", config.to_str().unwrap());
+    let gw = env.serve().await;
+    let send = async |model: &str| {
+        let raw = format!(r#"{{"model": "{model}" ,"max_tokens":8,"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let r = gw.post("/v1/messages").header("anthropic-beta", "b1").header("content-type", "application/json");
+        let r = r.body(raw.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{model}: {}", r.text().await.unwrap_or_default());
+        let seen = fake.last_request();
+        (raw, std::str::from_utf8(&seen.body).unwrap().to_owned(), seen.header("anthropic-beta").unwrap_or_default())
+    };
+    let (raw, seen, beta) = send("opus").await;
+    assert_eq!((seen, beta.as_str()), (raw.replace("\"opus\"", "\"claude-opus-4-5\""), "b1"));
+    let (raw, seen, beta) = send("big").await;
+    assert_eq!((seen, beta.as_str()), (raw.replace("\"big\"", "\"claude-sonnet-4-5\""), "b1,context-1m-2025-08-07"));
+    let (raw, seen, beta) = send("claude-haiku-4-5[1m]").await;
+    assert_eq!((seen, beta.as_str()), (raw.replace("[1m]", ""), "b1,context-1m-2025-08-07"));
+    let (raw, seen, beta) = send("claude-unknown-9").await;
+    assert_eq!((seen, beta.as_str()), (raw, "b1"), "unknown models pass through untouched");
+
+    let list: serde_json::Value = gw.get("/v1/models").send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["claude-fake", "big", "opus"], "{list}");
+    assert_eq!(gw.get("/v1/models/opus").send().await.unwrap().status(), 200);
+    assert_eq!(fake.last_request().path_and_query, "/v1/models/claude-opus-4-5");
+    // The log keeps the name the upstream answered for.
+    let rows = support::eventually("the aliased request in the log", std::time::Duration::from_secs(5), async || {
+        let rows: serde_json::Value = serde_json::from_str(&env.ok(&["requests", "--json"]).await.stdout).ok()?;
+        let models: Vec<String> =
+            rows.as_array()?.iter().filter_map(|r| r["model"].as_str().map(str::to_owned)).collect();
+        (models.len() >= 4).then_some(models)
+    })
+    .await;
+    assert!(rows.contains(&"claude-opus-4-5".to_owned()) && !rows.contains(&"opus".to_owned()), "{rows:?}");
+}

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::ledger::{PayloadPolicy, Pricing, RawPayload, RequestLog, SseTap, Usage, json_usage};
 use crate::store::RequestRow;
 
+pub mod models;
 pub mod tls;
 
 /// A client request, already read and size-checked by the server.
@@ -51,6 +52,7 @@ pub struct Forwarder {
     identity: IdentityMode,
     identity_prompt: String,
     affinity: crate::accounts::Affinity,
+    models: models::Models,
     oauth_beta: String,
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
@@ -239,6 +241,7 @@ impl Forwarder {
             ),
             identity: config.identity,
             affinity: config.affinity,
+            models: models::Models::new(config.model_aliases.clone()),
             identity_prompt: config.identity_prompt.clone(),
             oauth_beta: config.oauth_beta.clone(),
             anthropic_version: HeaderValue::from_str(&config.anthropic_version)
@@ -258,7 +261,8 @@ impl Forwarder {
 
     /// Forward `req` through the first account that can take it, failing over to the next on a limit, an
     /// overload, a server error or a connection failure — all before the first byte reaches the client.
-    pub async fn forward(&self, req: Inbound) -> Result<Response, ApiError> {
+    pub async fn forward(&self, mut req: Inbound) -> Result<Response, ApiError> {
+        self.resolve_model(&mut req);
         let mut trace = Trace::new(&req);
         let req_body = req.body.clone();
         // Every log line of this request carries its id (the same id as in the request log).
@@ -424,13 +428,15 @@ impl Forwarder {
             // (extra usage or credits for long context) is no rate limit, and must not bench the account.
             let (response, entitlement) = if status == StatusCode::TOO_MANY_REQUESTS {
                 let (parts, body) = response.into_parts();
-                let bytes = read_error_body(body, deadline).await;
+                let bytes = read_body(body, ERROR_BODY_CAP, deadline).await;
                 let entitlement = crate::anthropic::is_entitlement_error(&bytes)
                     && !matches!(
                         crate::anthropic::classify(429, &info),
                         Verdict::AccountLimited { .. } | Verdict::ModelLimited { .. }
                     );
                 (hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes))), entitlement)
+            } else if status.is_success() && self.lists_models(req) {
+                (self.with_aliases(response, deadline).await, false)
             } else {
                 (response.map(UpstreamBody::Live), false)
             };
@@ -471,6 +477,79 @@ impl Forwarder {
             let recorder = self.recorder(trace, Some(&account.name), &response, &info);
             return Ok(stream_back(response, Some(account), recorder, self.idle_timeout));
         }
+    }
+
+    /// An Anthropic model list (`GET /v1/models`) while aliases are configured.
+    fn lists_models(&self, req: &Inbound) -> bool {
+        req.method == Method::GET
+            && req.path_and_query.split('?').next() == Some("/v1/models")
+            && !self.models.aliases().is_empty()
+    }
+
+    /// The upstream's model list with the aliases after its own models (`id` the alias, `display_name`
+    /// saying what it stands for). A list that does not read as one goes back as it came.
+    async fn with_aliases(
+        &self,
+        response: hyper::Response<Incoming>,
+        deadline: tokio::time::Instant,
+    ) -> hyper::Response<UpstreamBody> {
+        let (mut parts, body) = response.into_parts();
+        let bytes = read_body(body, MODEL_LIST_CAP, deadline).await;
+        let listed = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|mut list| {
+            let data = list.get_mut("data")?.as_array_mut()?;
+            for (alias, model) in self.models.aliases() {
+                data.push(serde_json::json!({
+                    "type": "model",
+                    "id": alias,
+                    "display_name": format!("{alias} (alias of {model})"),
+                    "created_at": "1970-01-01T00:00:00Z",
+                }));
+            }
+            serde_json::to_vec(&list).ok()
+        });
+        // The length changes (hyper sets the new one from the body).
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        let body = listed.map_or(bytes, Bytes::from);
+        hyper::Response::from_parts(parts, UpstreamBody::Read(Some(body)))
+    }
+
+    /// Apply `[models.aliases]` and the `[1m]` suffix before anything else sees the request: the body's
+    /// `model` is replaced where it stands (every other byte kept) and the long-context beta added, as if
+    /// the client had sent them; `/v1/models/{alias}` asks for the model the alias stands for.
+    fn resolve_model(&self, req: &mut Inbound) {
+        if req.method == Method::GET {
+            if let Some(name) = req.path_and_query.strip_prefix("/v1/models/")
+                && let Some(resolved) = self.models.resolve(name.split('?').next().unwrap_or(name))
+            {
+                let query = name.find('?').map_or("", |i| &name[i..]);
+                req.path_and_query = format!("/v1/models/{}{query}", resolved.model);
+            }
+            return;
+        }
+        if req.method != Method::POST || !self.models.may_rewrite(&req.body) {
+            return;
+        }
+        let Some(model) = Peek::parse(&req.body).ok().and_then(|p| p.model) else { return };
+        let Some(resolved) = self.models.resolve(&model) else { return };
+        let Ok(body) = MessageBody::parse(&req.body) else { return };
+        let Ok(name) = serde_json::to_string(&resolved.model) else { return };
+        req.body = Bytes::from(body.with_field("model", &name));
+        if resolved.long_context {
+            let client: Vec<&str> =
+                req.headers.get_all("anthropic-beta").iter().filter_map(|v| v.to_str().ok()).collect();
+            let client = (!client.is_empty()).then(|| client.join(","));
+            if let Some(beta) = crate::anthropic::beta_list(client.as_deref(), Some(models::LONG_CONTEXT_BETA), None)
+                && let Ok(value) = HeaderValue::from_str(&beta)
+            {
+                req.headers.insert(HeaderName::from_static("anthropic-beta"), value);
+            }
+        }
+        tracing::info!(
+            requested = %crate::ledger::prefix_at_most(&model, MODEL_MAX),
+            model = %resolved.model,
+            long_context = resolved.long_context,
+            "model name resolved"
+        );
     }
 
     /// What records this request once its answer has streamed out, if request logging is on.
@@ -911,15 +990,18 @@ impl Drop for Tapped {
 /// Largest error answer read before the failover loop decides; more is not an error message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 
-/// Read a (small) error answer whole, within the request's first-byte budget; whatever arrived when it
-/// ends, breaks or grows past the cap is what the client gets.
-async fn read_error_body(mut body: Incoming, deadline: tokio::time::Instant) -> Bytes {
+/// Largest model list read to add the aliases to.
+const MODEL_LIST_CAP: usize = 4 * 1024 * 1024;
+
+/// Read a (small) answer whole, within the request's first-byte budget; whatever arrived when it ends,
+/// breaks or grows past `cap` is what the client gets.
+async fn read_body(mut body: Incoming, cap: usize, deadline: tokio::time::Instant) -> Bytes {
     let mut out = Vec::new();
     let read = async {
         while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
             if let Some(bytes) = frame.data_ref() {
-                out.extend_from_slice(&bytes[..bytes.len().min(ERROR_BODY_CAP - out.len())]);
-                if out.len() >= ERROR_BODY_CAP {
+                out.extend_from_slice(&bytes[..bytes.len().min(cap - out.len())]);
+                if out.len() >= cap {
                     break;
                 }
             }
