@@ -102,6 +102,10 @@ pub struct Config {
     pub encryption_key: Option<SecretString>,
     /// How the router picks the first account.
     pub strategy: Strategy,
+    /// How long identical `count_tokens` requests of one key are answered from memory; zero: never.
+    pub count_tokens_cache: Duration,
+    /// Whether `count_tokens` requests count against a key's requests and tokens per minute.
+    pub count_tokens_in_limits: bool,
     /// What keeps a conversation on one account (`SWITCHYARD_AFFINITY`).
     pub affinity: crate::accounts::Affinity,
     /// Session strategy: stay on one account this long at most.
@@ -302,6 +306,8 @@ struct RawStore {
 struct RawRouting {
     strategy: Option<String>,
     affinity: Option<String>,
+    count_tokens_cache_secs: Option<u64>,
+    count_tokens_in_limits: Option<bool>,
     session_duration_ms: Option<u64>,
     retry_attempts: Option<u32>,
     retry_delay_ms: Option<u64>,
@@ -483,6 +489,8 @@ impl Config {
         let token_timeout = pick(env, "SWITCHYARD_TOKEN_TIMEOUT_SECS", raw.oauth.token_timeout_secs)?;
         let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
         let affinity: Option<String> = pick(env, "SWITCHYARD_AFFINITY", raw.routing.affinity)?;
+        let count_cache = pick(env, "SWITCHYARD_COUNT_TOKENS_CACHE_SECS", raw.routing.count_tokens_cache_secs)?;
+        let count_limits = pick(env, "SWITCHYARD_COUNT_TOKENS_IN_LIMITS", raw.routing.count_tokens_in_limits)?;
         let session_ms = pick(env, "SWITCHYARD_SESSION_DURATION_MS", raw.routing.session_duration_ms)?;
         let retry_attempts = pick(env, "SWITCHYARD_RETRY_ATTEMPTS", raw.routing.retry_attempts)?;
         let retry_delay_ms = pick(env, "SWITCHYARD_RETRY_DELAY_MS", raw.routing.retry_delay_ms)?;
@@ -658,6 +666,8 @@ impl Config {
             log_file,
             strategy,
             affinity,
+            count_tokens_cache: Duration::from_secs(count_cache.unwrap_or(5).min(3600)),
+            count_tokens_in_limits: count_limits.unwrap_or(false),
             session_duration: Duration::from_millis(session_ms.unwrap_or(defaults::SESSION_DURATION_MS)),
             retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),

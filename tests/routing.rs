@@ -520,3 +520,50 @@ async fn entitlement_429s_fail_over_without_benching() {
         eventually(&env, name, |a| a["status"] == "active").await;
     }
 }
+
+/// `count_tokens` floods: identical bodies from one key within the cache window are answered from memory,
+/// token counts do not count against the key's requests per minute, and they go to any account rather
+/// than the conversation's.
+#[tokio::test(flavor = "multi_thread")]
+async fn count_tokens_floods_are_cached_exempt_and_not_sticky() {
+    let fake = Fake::start().await;
+    let (env, gw) = gateway(&fake, &ABC, &[]).await;
+    let key = env.ok(&["keys", "create", "editor", "--rpm", "3"]).await.stdout.trim().to_owned();
+    gw.settle().await;
+    let count = async |body: &serde_json::Value| {
+        let r = gw
+            .post("/v1/messages/count_tokens")
+            .header("x-api-key", &key)
+            .header("x-claude-code-session-id", "editor-session")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let hit = r.headers().get("x-switchyard-cache").is_some();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer["input_tokens"], 42);
+        hit
+    };
+    let counted = |fake: &Fake| fake.requests().iter().filter(|r| r.path_and_query.contains("count_tokens")).count();
+    // The same body twenty times: the upstream is asked once, and the key's rpm of 3 is not touched.
+    let same = message_body(false);
+    assert!(!count(&same).await, "the first is asked upstream");
+    let hits = futures_util::future::join_all((0..19).map(|_| count(&same))).await;
+    assert_eq!((counted(&fake), hits.iter().filter(|h| **h).count()), (1, 19));
+    // Six different bodies: each asked upstream, spread over the accounts though they share a session.
+    let before = fake.requests().len();
+    for i in 0..6 {
+        let mut body = message_body(false);
+        body["messages"][0]["content"] = format!("draft {i}").into();
+        assert!(!count(&body).await);
+    }
+    let used: std::collections::HashSet<String> = sequence(&fake, before).into_iter().collect();
+    assert!(used.len() >= 2, "token counts stuck to {used:?}");
+    // Messages still count: three admitted, the fourth over the limit.
+    let send = || gw.post("/v1/messages").header("x-api-key", &key).json(&message_body(false)).send();
+    for _ in 0..3 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    assert_eq!(send().await.unwrap().status(), 429);
+}

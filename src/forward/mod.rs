@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::ledger::{PayloadPolicy, Pricing, RawPayload, RequestLog, SseTap, Usage, json_usage};
 use crate::store::RequestRow;
 
+pub mod count_cache;
 pub mod models;
 pub mod tls;
 
@@ -53,6 +54,8 @@ pub struct Forwarder {
     identity_prompt: String,
     affinity: crate::accounts::Affinity,
     models: models::Models,
+    /// Recent `count_tokens` answers (`SWITCHYARD_COUNT_TOKENS_CACHE_SECS`), when on.
+    count_cache: Option<count_cache::CountCache>,
     oauth_beta: String,
     anthropic_version: HeaderValue,
     first_byte_timeout: Duration,
@@ -242,6 +245,7 @@ impl Forwarder {
             identity: config.identity,
             affinity: config.affinity,
             models: models::Models::new(config.model_aliases.clone()),
+            count_cache: count_cache::CountCache::new(config.count_tokens_cache),
             identity_prompt: config.identity_prompt.clone(),
             oauth_beta: config.oauth_beta.clone(),
             anthropic_version: HeaderValue::from_str(&config.anthropic_version)
@@ -264,6 +268,22 @@ impl Forwarder {
     pub async fn forward(&self, mut req: Inbound) -> Result<Response, ApiError> {
         self.resolve_model(&mut req);
         let mut trace = Trace::new(&req);
+        if let Some(cache) = &self.count_cache
+            && req.method == Method::POST
+            && is_count_tokens(&req.path_and_query)
+        {
+            let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+            let key = count_cache::CountCache::key(
+                req.caller.as_ref().map(|k| k.id.as_str()),
+                &req.path_and_query,
+                &[header("anthropic-version"), header("anthropic-beta")],
+                &req.body,
+            );
+            if let Some(answer) = cache.get(&key) {
+                return Ok(self.cached_count(trace, answer));
+            }
+            trace.count_key = Some(key);
+        }
         let req_body = req.body.clone();
         // Every log line of this request carries its id (the same id as in the request log).
         let span = tracing::info_span!("request", id = %trace.row.id);
@@ -317,9 +337,12 @@ impl Forwarder {
             session.as_deref().or_else(|| peek.session()),
             agent.as_deref(),
         );
+        // A token count belongs to no conversation: any available account, and the session stays put.
+        let counting = is_count_tokens(&req.path_and_query);
+        let affinity = affinity.filter(|_| !counting);
         let want = Want {
             family: trace.row.model.as_deref().map(model_family),
-            spread: affinity.as_ref().is_some_and(|(_, subagent)| *subagent),
+            spread: counting || affinity.as_ref().is_some_and(|(_, subagent)| *subagent),
             affinity: affinity.map(|(key, _)| key),
             pinned: header("x-switchyard-account"),
             allowed: req.caller.as_ref().and_then(|k| k.accounts.clone()),
@@ -437,6 +460,8 @@ impl Forwarder {
                 (hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes))), entitlement)
             } else if status.is_success() && self.lists_models(req) {
                 (self.with_aliases(response, deadline).await, false)
+            } else if let (true, Some(key)) = (status == StatusCode::OK, trace.count_key) {
+                (self.kept_count(key, response, deadline).await, false)
             } else {
                 (response.map(UpstreamBody::Live), false)
             };
@@ -477,6 +502,36 @@ impl Forwarder {
             let recorder = self.recorder(trace, Some(&account.name), &response, &info);
             return Ok(stream_back(response, Some(account), recorder, self.idle_timeout));
         }
+    }
+
+    /// A `count_tokens` answer from the cache: logged like any request, with no account.
+    fn cached_count(&self, mut trace: Trace, answer: Bytes) -> Response {
+        if let Some(log) = &self.log {
+            let mut row = std::mem::take(&mut trace.row);
+            row.status = 200;
+            row.ttfb_ms = Some(millis(trace.started.elapsed()));
+            row.duration_ms = millis(trace.started.elapsed());
+            log.record_with(row, None);
+        }
+        let mut response = Response::new(Body::from(answer));
+        response.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(HeaderName::from_static("x-switchyard-cache"), HeaderValue::from_static("hit"));
+        response
+    }
+
+    /// A successful `count_tokens` answer, kept for the next identical request.
+    async fn kept_count(
+        &self,
+        key: [u8; 32],
+        response: hyper::Response<Incoming>,
+        deadline: tokio::time::Instant,
+    ) -> hyper::Response<UpstreamBody> {
+        let (parts, body) = response.into_parts();
+        let bytes = read_body(body, count_cache::MAX_ANSWER + 1, deadline).await;
+        if let Some(cache) = &self.count_cache {
+            cache.put(key, bytes.clone());
+        }
+        hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes)))
     }
 
     /// An Anthropic model list (`GET /v1/models`) while aliases are configured.
@@ -720,6 +775,8 @@ struct Trace {
     last: Option<Arc<Account>>,
     /// An account's answer was passed on as a success or a final error, and counted there.
     answered: bool,
+    /// A `count_tokens` request's key in the answer cache.
+    count_key: Option<[u8; 32]>,
 }
 
 impl Trace {
@@ -732,7 +789,7 @@ impl Trace {
             path: crate::ledger::bounded_path(req.path_and_query.split('?').next().unwrap_or("")),
             ..RequestRow::default()
         };
-        Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false }
+        Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false, count_key: None }
     }
 
     fn tried(&mut self, account: &Arc<Account>, attempts: u32) {
@@ -989,6 +1046,11 @@ impl Drop for Tapped {
 
 /// Largest error answer read before the failover loop decides; more is not an error message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// `POST /v1/messages/count_tokens` (with or without a query).
+pub fn is_count_tokens(path_and_query: &str) -> bool {
+    path_and_query.split('?').next() == Some("/v1/messages/count_tokens")
+}
 
 /// Largest model list read to add the aliases to.
 const MODEL_LIST_CAP: usize = 4 * 1024 * 1024;

@@ -26,6 +26,8 @@ pub struct Guard {
     /// No keys configured and the operator allowed that (loopback, or `--allow-unauthenticated`).
     pub open_without_keys: bool,
     failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// `count_tokens` requests count against a key's per-minute limits (`SWITCHYARD_COUNT_TOKENS_IN_LIMITS`).
+    count_tokens_in_limits: bool,
 }
 
 impl Guard {
@@ -37,7 +39,19 @@ impl Guard {
         failures_per_minute: u32,
     ) -> Self {
         let quota = Quota::per_minute(NonZeroU32::new(failures_per_minute).unwrap_or(NonZeroU32::MIN));
-        Self { keys, store, log, open_without_keys, failures: RateLimiter::keyed(quota) }
+        Self { keys, store, log, open_without_keys, failures: RateLimiter::keyed(quota), count_tokens_in_limits: false }
+    }
+
+    /// Count `count_tokens` requests against keys' requests and tokens per minute (they are not, by default:
+    /// editors send dozens a second, and they spend nothing).
+    pub fn with_count_tokens_in_limits(mut self, counted: bool) -> Self {
+        self.count_tokens_in_limits = counted;
+        self
+    }
+
+    /// Whether a request to `path` counts against a key's per-minute limits.
+    pub fn counts_per_minute(&self, path: &str) -> bool {
+        self.count_tokens_in_limits || !crate::forward::is_count_tokens(path)
     }
 
     /// Record a refused request and answer it.
@@ -134,7 +148,9 @@ impl Guard {
             let error = ApiError::client_limited(format!("API key {:?} is over its {budget}", key.name), wait);
             return Err(self.deny(req, Some(&key.name), error));
         }
-        if let Err(wait) = key.check_rpm() {
+        if self.counts_per_minute(req.path)
+            && let Err(wait) = key.check_rpm()
+        {
             let error =
                 ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait);
             return Err(self.deny(req, Some(&key.name), error));

@@ -155,7 +155,9 @@ impl Api {
                 return ApiError::request_timeout(message).into_response();
             }
         };
-        if let Some(key) = &admitted.key {
+        if let Some(key) = &admitted.key
+            && self.guard.counts_per_minute(parts.uri.path())
+        {
             // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
             let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
             if let Err(wait) = key.check_tpm(estimate) {
@@ -344,13 +346,16 @@ impl Gateway {
         let log = Some(crate::ledger::RequestLog::start(store, config.log_queue, Some(keys.clone()), payloads.clone()));
         let pricing = Arc::new(crate::ledger::Pricing::new(config.prices.clone()));
         let forwarder = Arc::new(Forwarder::new(config, http, pool.clone(), log.clone(), pricing, payloads)?);
-        let guard = Arc::new(Guard::new(
-            keys.clone(),
-            pool.store().clone(),
-            log.clone(),
-            open_without_keys,
-            config.auth_failures_per_minute,
-        ));
+        let guard = Arc::new(
+            Guard::new(
+                keys.clone(),
+                pool.store().clone(),
+                log.clone(),
+                open_without_keys,
+                config.auth_failures_per_minute,
+            )
+            .with_count_tokens_in_limits(config.count_tokens_in_limits),
+        );
         let admin = Arc::new(Admin {
             pool: pool.clone(),
             keys: keys.clone(),
