@@ -34,6 +34,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         redirect_uri: url.clone(),
         scopes: vec![],
         api_base: url,
+        account_user_agent: "bench".into(),
     };
     let oauth = OAuthClient::new(reqwest::Client::new(), oauth_config);
     let iterations: u32 = 200_000;

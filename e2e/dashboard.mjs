@@ -143,6 +143,12 @@ try {
   await page.locator('[data-action="pause"][data-account="alpha"]').waitFor();
   await page.locator('[data-action="pause"][data-account="beta"]').waitFor();
 
+  begin("every usage window is shown, past 100 % too");
+  const alphaRow = page.locator('tr:has([data-account="alpha"])');
+  await alphaRow.locator('[data-window="7d_oi"]').waitFor();
+  assert.match(await alphaRow.locator('[data-window="7d_oi"]').textContent(), /104 %/);
+  assert.match(await alphaRow.locator('[data-unified="fallback-percentage"]').textContent(), /0\.5/);
+
   begin("a rate-limited account shows a live countdown to its reset");
   const limited = page.locator('tr:has([data-account="delta"])');
   assert.equal(await limited.locator("[data-status]").textContent(), "rate-limited");

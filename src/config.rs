@@ -39,6 +39,9 @@ pub mod defaults {
     pub const RETRY_DELAY_MS: u64 = 1000;
     pub const RETRY_BACKOFF: f64 = 2.0;
     pub const USAGE_POLL_SECS: u64 = 300;
+    pub const USAGE_POLL_MIN_SECS: u64 = 180;
+    /// What the usage endpoint expects of its callers.
+    pub const ACCOUNT_USER_AGENT: &str = "claude-code/2.1.332";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +268,7 @@ struct RawOAuth {
     scopes: Option<String>,
     refresh_margin_secs: Option<u64>,
     token_timeout_secs: Option<u64>,
+    account_user_agent: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -485,6 +489,8 @@ impl Config {
         let token = pick(env, "SWITCHYARD_OAUTH_TOKEN_URL", raw.oauth.token_url)?;
         let redirect = pick(env, "SWITCHYARD_OAUTH_REDIRECT_URI", raw.oauth.redirect_uri)?;
         let scopes: Option<String> = pick(env, "SWITCHYARD_OAUTH_SCOPES", raw.oauth.scopes)?;
+        let account_agent: Option<String> = pick(env, "SWITCHYARD_ACCOUNT_USER_AGENT", raw.oauth.account_user_agent)?
+            .filter(|a| !a.trim().is_empty() && a.len() <= 200 && a.chars().all(|c| c.is_ascii_graphic() || c == ' '));
         let margin = pick(env, "SWITCHYARD_REFRESH_MARGIN_SECS", raw.oauth.refresh_margin_secs)?;
         let token_timeout = pick(env, "SWITCHYARD_TOKEN_TIMEOUT_SECS", raw.oauth.token_timeout_secs)?;
         let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
@@ -593,6 +599,7 @@ impl Config {
             )?,
             scopes: scopes.split_whitespace().map(str::to_owned).collect(),
             api_base: upstream_url.clone(),
+            account_user_agent: account_agent.unwrap_or_else(|| defaults::ACCOUNT_USER_AGENT.to_owned()),
         };
         let mut pins = crate::forward::tls::HostPins::default();
         if let Some(host) = upstream_url.host_str() {
@@ -672,7 +679,11 @@ impl Config {
             retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),
             retry_backoff,
-            usage_poll: secs(usage_poll, defaults::USAGE_POLL_SECS),
+            // The usage endpoint is rate-limited itself: never more often than every 180 s per account.
+            usage_poll: match secs(usage_poll, defaults::USAGE_POLL_SECS) {
+                off if off.is_zero() => off,
+                every => every.max(Duration::from_secs(defaults::USAGE_POLL_MIN_SECS)),
+            },
             sync_interval: Duration::from_millis(sync_ms.unwrap_or(1000).clamp(100, 600_000)),
             auth_failures_per_minute: auth_failures.unwrap_or(30).max(1),
             tls_cert,

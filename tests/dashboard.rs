@@ -38,6 +38,21 @@ async fn dashboard_end_to_end_in_chromium() {
     // delta's first answer is a 429 that benches it for an hour: the pages show it rate-limited with a
     // countdown, and the requests it failed over from show two accounts tried.
     fake.push_for("sk-ant-api03-delta-secret", Script::limited(support::fake::now_secs() + 3600));
+    // alpha's first answer reports a model-scoped week past its limit (1.04 is 104 %) and a fallback.
+    fake.push_for(
+        "sk-ant-api03-alpha-secret",
+        Script::Status {
+            status: 200,
+            body: serde_json::json!({"id":"msg_w","type":"message","role":"assistant","model":"claude-fake",
+                "content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn",
+                "usage":{"input_tokens":3,"output_tokens":1}}),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "allowed".into()),
+                ("anthropic-ratelimit-unified-7d_oi-utilization".into(), "1.04".into()),
+                ("anthropic-ratelimit-unified-fallback-percentage".into(), "0.5".into()),
+            ],
+        },
+    );
     // zeta's refresh token was already spent: its first turn marks it needs-login ("Log in again").
     env.ok(&["accounts", "import", "zeta", "--refresh-token", "sk-ant-ort01-spent"]).await;
     let gw = env.serve().await;

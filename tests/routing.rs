@@ -407,20 +407,47 @@ async fn mid_stream_errors_reach_the_client_and_count_as_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_and_plan_are_polled_for_oauth_accounts() {
     let fake = Fake::start().await;
-    fake.lock().usage_script.push_back(429);
-    let mut env = Env::new(&fake);
+    let env = Env::new(&fake);
     let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
     env.import_oauth("max", &rt, &at, &(now_secs() * 1000 + 3_600_000).to_string()).await;
-    env.set("SWITCHYARD_USAGE_POLL_SECS", "1");
-    let _gw = env.serve().await;
-    let max = eventually(&env, "max", |a| a["five_hour"]["utilization"].is_f64()).await;
+    let gw = env.serve().await;
+    // The first poll comes at start; every window of `limits[]` is kept, the model-scoped ones too.
+    let max = eventually(&env, "max", |a| a["windows"]["7d:opus"]["utilization"].is_f64()).await;
     assert_eq!(max["plan"], "max (default_claude_max_20x)");
     assert!((max["five_hour"]["utilization"].as_f64().unwrap() - 0.37).abs() < 1e-9);
     assert_eq!(max["five_hour"]["resets_at_ms"], 1_893_474_000_000u64);
     assert!((max["seven_day"]["utilization"].as_f64().unwrap() - 0.125).abs() < 1e-9);
+    assert!((max["windows"]["7d:opus"]["utilization"].as_f64().unwrap() - 1.04).abs() < 1e-9, "{max}");
+    assert!(max["windows"]["7d:fable"].is_object(), "{max}");
+    assert_eq!((max["spend"]["used"].as_f64(), max["spend"]["limit"].as_f64()), (Some(22.76), Some(50.0)));
+    assert_eq!(max["spend"]["currency"], "USD");
     let list = env.ok(&["accounts", "list"]).await.stdout;
     assert!(list.contains("5h 37%") && list.contains("(max (default_claude_max_20x))"), "{list}");
-    assert!(fake.lock().usage_calls >= 2, "polled again after the 429");
+    assert!(list.contains("7d:opus 104%") && list.contains("extra usage on: 22.76 of 50.00 USD"), "{list}");
+    assert!(fake.lock().usage_agents.iter().all(|a| a.starts_with("claude-code/")), "{:?}", fake.lock().usage_agents);
+    // The windows on /metrics.
+    let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("switchyard_account_utilization{") && l.contains("7d:opus"));
+    assert!(line.is_some_and(|l| l.contains("account=\"max\"") && l.ends_with(" 1.04")), "{metrics}");
+}
+
+/// A token without the `user:profile` scope: the usage endpoint's 403 turns polling off for that account
+/// with a visible reason instead of an error loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_usage_403_for_a_missing_scope_turns_polling_off_visibly() {
+    let fake = Fake::start().await;
+    fake.lock().usage_script.push_back(403);
+    let env = Env::new(&fake);
+    let (rt, at) = (fake.issue_refresh_token(), fake.issue_access_token());
+    env.import_oauth("narrow", &rt, &at, &(now_secs() * 1000 + 3_600_000).to_string()).await;
+    let gw = env.serve().await;
+    let narrow = eventually(&env, "narrow", |a| a["usage_off"].is_string()).await;
+    assert!(narrow["usage_off"].as_str().unwrap().contains("user:profile"), "{narrow}");
+    assert_eq!(narrow["status"], "active", "the account still serves");
+    let list = env.ok(&["accounts", "list"]).await.stdout;
+    assert!(list.contains("usage polling off"), "{list}");
+    assert_eq!(gw.post("/v1/messages").json(&message_body(false)).send().await.unwrap().status(), 200);
+    assert_eq!(fake.lock().usage_calls, 1);
 }
 
 /// A session's subagents (`x-claude-code-agent-id`) spread over the accounts while each agent's

@@ -17,6 +17,20 @@ const MAX_COOLDOWN_MS: i64 = 60_000;
 /// Window for "recent requests", the least-used tie-breaker.
 const RECENT_WINDOW_MS: i64 = 5 * 60 * 1000;
 
+/// Extra usage spent, in major units of `currency`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    pub used: f64,
+    pub limit: Option<f64>,
+    pub currency: Option<String>,
+    /// Fraction of the limit used (may exceed 1).
+    pub utilization: Option<f64>,
+    pub enabled: bool,
+}
+
+/// Most windows and unified extras kept per account (both come from outside).
+const MAX_KEPT: usize = 24;
+
 /// Utilization of one window, as a fraction (0..1, may exceed 1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageWindow {
@@ -38,6 +52,16 @@ pub struct Limits {
     pub warning: bool,
     pub five_hour: Option<UsageWindow>,
     pub seven_day: Option<UsageWindow>,
+    /// Every usage window by name (`5h`, `7d`, `7d:opus`, `7d_oi`, …), from the usage endpoint and the
+    /// rate-limit headers.
+    pub windows: BTreeMap<String, UsageWindow>,
+    /// Extra usage bought with money, from the usage endpoint.
+    pub spend: Option<Spend>,
+    /// The unified headers that are not windows: `fallback-percentage`, `overage-*`,
+    /// `*-surpassed-threshold` (as last sent).
+    pub unified: BTreeMap<String, String>,
+    /// Why the usage endpoint is no longer polled for this account (a token without `user:profile`).
+    pub usage_off: Option<String>,
     /// Requests whose answer came from this account (a failed request counts at the last account tried).
     pub requests: u64,
     pub failures: u64,
@@ -80,6 +104,48 @@ impl Limits {
         if self.seven_day.is_none() {
             self.seven_day = other.seven_day;
         }
+        for (name, window) in &other.windows {
+            if self.windows.len() < MAX_KEPT || self.windows.contains_key(name) {
+                self.windows.entry(name.clone()).or_insert(*window);
+            }
+        }
+        if self.spend.is_none() {
+            self.spend.clone_from(&other.spend);
+        }
+        if self.unified.is_empty() {
+            self.unified.clone_from(&other.unified);
+        }
+        if self.usage_off.is_none() {
+            self.usage_off.clone_from(&other.usage_off);
+        }
+    }
+
+    /// Take in a usage report: every window (percent → fraction) and the spend.
+    pub fn take_usage(&mut self, report: &crate::oauth::UsageReport) {
+        for (name, percent, resets_at) in report.windows() {
+            let window = UsageWindow {
+                utilization: percent / 100.0,
+                resets_at_ms: resets_at.as_deref().and_then(crate::anthropic::parse_timestamp_ms),
+            };
+            match name.as_str() {
+                "5h" => self.five_hour = Some(window),
+                "7d" => self.seven_day = Some(window),
+                _ => {}
+            }
+            if self.windows.len() < MAX_KEPT || self.windows.contains_key(&name) {
+                self.windows.insert(name, window);
+            }
+        }
+        if let Some(spend) = &report.spend {
+            let used = spend.used.as_ref();
+            self.spend = Some(Spend {
+                used: used.and_then(crate::oauth::Money::amount).unwrap_or(0.0),
+                limit: spend.limit.as_ref().and_then(crate::oauth::Money::amount),
+                currency: used.and_then(|m| m.currency.clone()).map(|c| c.chars().take(8).collect()),
+                utilization: spend.percent.filter(|p| p.is_finite()).map(|p| p / 100.0),
+                enabled: spend.enabled.unwrap_or(false),
+            });
+        }
     }
 
     /// The account as all instances together saw it: counters summed, benches shared, the latest use.
@@ -105,6 +171,17 @@ impl Limits {
             {
                 *slot = Some(UsageWindow { utilization, resets_at_ms: w.reset.map(|s| s.saturating_mul(1000)) });
             }
+        }
+        for (name, w) in &info.windows {
+            if let Some(utilization) = w.utilization.filter(|u| u.is_finite())
+                && (self.windows.len() < MAX_KEPT || self.windows.contains_key(name))
+            {
+                let window = UsageWindow { utilization, resets_at_ms: w.reset.map(|s| s.saturating_mul(1000)) };
+                self.windows.insert(name.clone(), window);
+            }
+        }
+        if !info.extras.is_empty() {
+            self.unified = info.extras.iter().take(MAX_KEPT).map(|(k, v)| (k.clone(), v.clone())).collect();
         }
         let verdict = classify(status, info);
         match &verdict {

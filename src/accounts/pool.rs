@@ -204,20 +204,22 @@ impl Account {
         self.change_limits(|l| l.failures += 1);
     }
 
-    /// Store the latest usage poll: utilization as fractions, resets in epoch ms.
-    pub fn set_usage(
-        &self,
-        five_hour: Option<super::limits::UsageWindow>,
-        seven_day: Option<super::limits::UsageWindow>,
-    ) {
+    /// Take in a usage poll's answer: every window and the spend.
+    pub fn take_usage(&self, report: &crate::oauth::UsageReport) {
         self.change_limits(|l| {
-            if five_hour.is_some() {
-                l.five_hour = five_hour;
-            }
-            if seven_day.is_some() {
-                l.seven_day = seven_day;
-            }
+            l.take_usage(report);
+            l.usage_off = None;
         });
+    }
+
+    /// Stop polling the usage endpoint for this account, saying why (shown with the account).
+    pub fn usage_off(&self, why: String) {
+        self.change_limits(|l| l.usage_off = Some(why));
+    }
+
+    /// Whether the usage endpoint was turned off for this account.
+    pub fn usage_is_off(&self) -> bool {
+        self.limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).usage_off.is_some()
     }
 
     pub fn set_plan(&self, plan: &str) {

@@ -75,6 +75,14 @@ pub struct AccountView {
     pub weight: i64,
     pub five_hour: Option<UsageWindow>,
     pub seven_day: Option<UsageWindow>,
+    /// Every usage window by name (`5h`, `7d`, `7d:opus`, `7d_oi`, …).
+    pub windows: BTreeMap<String, UsageWindow>,
+    /// Extra usage spent (from the usage endpoint).
+    pub spend: Option<super::limits::Spend>,
+    /// Unified rate-limit headers beyond the windows (`fallback-percentage`, `overage-*`, …).
+    pub unified: BTreeMap<String, String>,
+    /// Why the usage endpoint is not polled for this account.
+    pub usage_off: Option<String>,
     /// Requests answered from this account; a failed request counts at the last account it tried.
     pub requests: u64,
     pub failures: u64,
@@ -345,6 +353,10 @@ impl Registry {
             weight: r.weight,
             five_hour: limits.five_hour,
             seven_day: limits.seven_day,
+            windows: limits.windows.clone(),
+            spend: limits.spend.clone(),
+            unified: limits.unified.clone(),
+            usage_off: limits.usage_off.clone(),
             requests: limits.requests,
             failures: limits.failures,
             attempts: limits.attempts,

@@ -41,6 +41,9 @@ pub struct RateLimitInfo {
     pub retry_after: Option<i64>,
     /// API-key limits: the earliest reset (unix seconds) of a counter that is exhausted.
     pub api_key_exhausted_until: Option<i64>,
+    /// Unified headers that are not a window's status, reset or utilization: `fallback-percentage`,
+    /// `overage-*`, `*-surpassed-threshold`, … (name after `anthropic-ratelimit-unified-`, value cut).
+    pub extras: BTreeMap<String, String>,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -76,7 +79,16 @@ impl RateLimitInfo {
                 "status" => info.unified_status = Some(value.to_owned()),
                 "reset" => info.unified_reset = value.parse().ok(),
                 "representative-claim" => info.representative_claim = Some(value.to_owned()),
-                "overage-disabled-reason" => info.overage_disabled_reason = Some(value.to_owned()),
+                "overage-disabled-reason" => {
+                    info.overage_disabled_reason = Some(value.to_owned());
+                    info.extras.insert(rest.to_owned(), value.chars().take(64).collect());
+                }
+                _ if rest.starts_with("fallback")
+                    || rest.starts_with("overage")
+                    || rest.ends_with("surpassed-threshold") =>
+                {
+                    info.extras.insert(rest.to_owned(), value.chars().take(64).collect());
+                }
                 _ => {
                     for (suffix, field) in [("-status", 0), ("-reset", 1), ("-utilization", 2)] {
                         if let Some(window) = rest.strip_suffix(suffix) {

@@ -159,6 +159,29 @@ pub(super) fn print_table(views: &[AccountView]) {
             v.last_used_ms.map(format_ms).unwrap_or_else(|| "never".to_owned()),
             v.credential
         );
+        // Every other window the account reports (model-scoped weeks, …), extra usage, overage state.
+        let others: Vec<String> = v
+            .windows
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "5h" | "7d"))
+            .map(|(name, w)| format!("{name} {}", percent(Some(*w))))
+            .collect();
+        if !others.is_empty() {
+            println!("    {}", others.join("  "));
+        }
+        if let Some(spend) = &v.spend {
+            let currency = spend.currency.as_deref().unwrap_or("");
+            let limit = spend.limit.map(|l| format!(" of {l:.2}")).unwrap_or_default();
+            let state = if spend.enabled { "on" } else { "off" };
+            println!("    extra usage {state}: {:.2}{limit} {currency}", spend.used);
+        }
+        if !v.unified.is_empty() {
+            let unified: Vec<String> = v.unified.iter().map(|(k, val)| format!("{k}={val}")).collect();
+            println!("    {}", unified.join("  "));
+        }
+        if let Some(why) = &v.usage_off {
+            println!("    {why}");
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct OAuthConfig {
     pub scopes: Vec<String>,
     /// API base; `create_api_key` hangs off it.
     pub api_base: Url,
+    /// `User-Agent` of usage and profile calls: the usage endpoint answers 429 at once to others.
+    pub account_user_agent: String,
 }
 
 /// A PKCE verifier and its S256 challenge.
@@ -296,13 +298,129 @@ impl OAuthClient {
     }
 }
 
-/// `GET /api/oauth/usage`: utilization per window, in percent.
+/// `GET /api/oauth/usage`: utilization per window, in percent. The current shape is `limits[]` (every
+/// window, model-scoped ones included) and `spend`; the fixed fields are the older shape, still read.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct UsageReport {
     #[serde(default)]
     pub five_hour: Option<UsageEntry>,
     #[serde(default)]
     pub seven_day: Option<UsageEntry>,
+    #[serde(default)]
+    pub seven_day_opus: Option<UsageEntry>,
+    #[serde(default)]
+    pub seven_day_sonnet: Option<UsageEntry>,
+    #[serde(default)]
+    pub limits: Option<Vec<UsageLimit>>,
+    #[serde(default)]
+    pub spend: Option<UsageSpend>,
+}
+
+/// One entry of `limits[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageLimit {
+    /// `session`, `weekly_all`, `weekly_scoped`, or a kind yet to come.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Percent, 0–100 (may exceed 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub resets_at: Option<String>,
+    #[serde(default)]
+    pub scope: Option<UsageScope>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageScope {
+    #[serde(default)]
+    pub model: Option<UsageModel>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageModel {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `spend`: extra usage bought with money, amounts in minor units (2276 with exponent 2 is 22.76).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageSpend {
+    #[serde(default)]
+    pub used: Option<Money>,
+    #[serde(default)]
+    pub limit: Option<Money>,
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Money {
+    #[serde(default)]
+    pub amount_minor: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub exponent: Option<u32>,
+}
+
+impl Money {
+    /// The amount in major units (22.76), when it reads.
+    pub fn amount(&self) -> Option<f64> {
+        let exponent = i32::try_from(self.exponent.unwrap_or(2).min(6)).unwrap_or(2);
+        self.amount_minor.map(|minor| minor as f64 / 10f64.powi(exponent))
+    }
+}
+
+/// Most windows taken from one answer, and the longest window name.
+const MAX_WINDOWS: usize = 16;
+const MAX_WINDOW_NAME: usize = 48;
+
+impl UsageReport {
+    /// Every window as (name, percent, resets_at): `5h` (the session), `7d` (the week), `7d:<model>`
+    /// (a week scoped to a model family), others by their kind. From `limits[]` when the answer has it,
+    /// else from the fixed fields. Bounded in count and name length (the answer comes from outside).
+    pub fn windows(&self) -> Vec<(String, f64, Option<String>)> {
+        let mut out = Vec::new();
+        match &self.limits {
+            Some(limits) if !limits.is_empty() => {
+                for limit in limits.iter().take(MAX_WINDOWS) {
+                    let Some(percent) = limit.percent.filter(|p| p.is_finite()) else { continue };
+                    let model = limit.scope.as_ref().and_then(|s| s.model.as_ref());
+                    let model = model.and_then(|m| m.display_name.clone().or_else(|| m.id.clone()));
+                    let name = match (limit.kind.as_deref(), model) {
+                        (Some("session"), _) => "5h".to_owned(),
+                        (Some("weekly_all"), _) => "7d".to_owned(),
+                        (_, Some(model)) => format!("7d:{}", model.to_ascii_lowercase()),
+                        (Some(kind), None) => kind.to_owned(),
+                        (None, None) => continue,
+                    };
+                    let name: String = name.chars().filter(|c| !c.is_control()).take(MAX_WINDOW_NAME).collect();
+                    out.push((name, percent, limit.resets_at.clone()));
+                }
+            }
+            _ => {
+                let fixed = [
+                    ("5h", &self.five_hour),
+                    ("7d", &self.seven_day),
+                    ("7d:opus", &self.seven_day_opus),
+                    ("7d:sonnet", &self.seven_day_sonnet),
+                ];
+                for (name, entry) in fixed {
+                    if let Some(e) = entry
+                        && let Some(percent) = e.utilization.filter(|p| p.is_finite())
+                    {
+                        out.push((name.to_owned(), percent, e.resets_at.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +498,7 @@ impl OAuthClient {
             .get(url)
             .bearer_auth(access_token.expose_secret())
             .header("anthropic-beta", beta)
+            .header(reqwest::header::USER_AGENT, &self.cfg.account_user_agent)
             .send()
             .await
             .map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
@@ -387,13 +506,32 @@ impl OAuthClient {
         if status.as_u16() == 429 {
             return Err(OAuthError::RateLimited { retry_after: None });
         }
-        let bytes = response.bytes().await.map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))?;
+        let bytes = capped_body(response, ACCOUNT_ANSWER_CAP).await?;
         if !status.is_success() {
             let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
             return Err(OAuthError::Rejected { status: status.as_u16(), message: sanitize(&text) });
         }
         serde_json::from_slice(&bytes).map_err(|e| OAuthError::BadResponse(e.to_string()))
     }
+}
+
+/// Largest usage or profile answer read (they are a few KiB).
+const ACCOUNT_ANSWER_CAP: usize = 1024 * 1024;
+
+/// An answer's body, refused past `cap` bytes (the server is outside our control).
+async fn capped_body(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, OAuthError> {
+    let too_large = || OAuthError::BadResponse(format!("the answer is larger than {cap} bytes"));
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| OAuthError::Transport(sanitize(&without_url(e))))? {
+        if out.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// reqwest errors print their URL; ours carry no secrets in URLs, but keep messages short and uniform.
@@ -444,7 +582,27 @@ mod tests {
             redirect_uri: Url::parse("https://console.example/oauth/code/callback").unwrap(),
             scopes: vec!["user:inference".into(), "user:profile".into()],
             api_base: Url::parse("https://api.example").unwrap(),
+            account_user_agent: "claude-code/test".into(),
         }
+    }
+
+    #[test]
+    fn every_usage_window_is_read_from_either_shape() {
+        let now: UsageReport = serde_json::from_str(include_str!("../../tests/fixtures/usage-2026.json")).unwrap();
+        let names: Vec<(String, f64)> = now.windows().into_iter().map(|(n, p, _)| (n, p)).collect();
+        assert_eq!(
+            names,
+            [("5h".into(), 37.0), ("7d".into(), 12.5), ("7d:opus".into(), 104.0), ("7d:fable".into(), 3.0)]
+        );
+        let spend = now.spend.unwrap();
+        assert_eq!((spend.used.unwrap().amount(), spend.limit.unwrap().amount()), (Some(22.76), Some(50.0)));
+        let old: UsageReport = serde_json::from_str(include_str!("../../tests/fixtures/usage-2025.json")).unwrap();
+        let names: Vec<String> = old.windows().into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names, ["5h", "7d", "7d:opus"]);
+        // Hostile answers stay bounded.
+        let many = serde_json::json!({"limits": (0..100).map(|i| serde_json::json!({"kind": format!("k{i}"), "percent": 1.0})).collect::<Vec<_>>()});
+        let many: UsageReport = serde_json::from_value(many).unwrap();
+        assert_eq!(many.windows().len(), MAX_WINDOWS);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use guard::Guard;
 pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 
 use crate::access::ClientKeys;
-use crate::accounts::{Pool, UsageWindow};
+use crate::accounts::Pool;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{Forwarder, Inbound};
@@ -283,7 +283,15 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
         return ApiError::unauthorized("metrics need a key or session with dashboard.view").into_response();
     }
     let now = crate::now_ms();
-    let limited = state.admin.pool.snapshot().iter().filter(|a| a.unusable(None, now).is_some()).count();
+    let accounts = state.admin.pool.snapshot();
+    let limited = accounts.iter().filter(|a| a.unusable(None, now).is_some()).count();
+    for account in &accounts {
+        // Bounded: at most 24 windows per account are kept.
+        for (window, w) in account.limits().windows {
+            metrics::gauge!("switchyard_account_utilization", "account" => account.name.clone(), "window" => window)
+                .set(w.utilization);
+        }
+    }
     crate::metrics::scrape_gauges(limited, state.log.as_ref().map_or(0, |l| l.dropped()));
     match &state.handle {
         Some(handle) => {
@@ -673,7 +681,7 @@ async fn poll_usage(pool: Arc<Pool>, interval: Duration, beta: String) {
         for account in pool.snapshot() {
             let now = crate::now_ms();
             let Some(token) = account.access_token() else { continue };
-            if !account.usage_due(now) {
+            if !account.usage_due(now) || account.usage_is_off() {
                 continue;
             }
             if account.plan().is_none() {
@@ -688,15 +696,18 @@ async fn poll_usage(pool: Arc<Pool>, interval: Duration, beta: String) {
             }
             match pool.oauth().usage(&token, &beta).await {
                 Ok(report) => {
-                    let window = |e: Option<crate::oauth::UsageEntry>| {
-                        e.and_then(|e| {
-                            let utilization = e.utilization? / 100.0;
-                            let resets_at_ms = e.resets_at.as_deref().and_then(crate::anthropic::parse_timestamp_ms);
-                            Some(UsageWindow { utilization, resets_at_ms })
-                        })
-                    };
-                    account.set_usage(window(report.five_hour), window(report.seven_day));
+                    account.take_usage(&report);
                     account.schedule_usage(interval, false);
+                }
+                // A token without the scope the endpoint needs will not get it by asking again.
+                Err(crate::oauth::OAuthError::Rejected { status: 403, message }) => {
+                    let why = if message.contains("user:profile") || message.contains("scope") {
+                        "usage polling off: the token lacks the user:profile scope (log in again to grant it)"
+                    } else {
+                        "usage polling off: the usage endpoint refused this account (403)"
+                    };
+                    tracing::warn!(account = %account.name, "{why}");
+                    account.usage_off(why.to_owned());
                 }
                 Err(e) => {
                     let backoff = matches!(e, crate::oauth::OAuthError::RateLimited { .. });

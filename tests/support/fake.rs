@@ -130,6 +130,8 @@ pub struct Inner {
     /// Token requests received, counted as they arrive (before any delay), answered or not.
     pub token_requests_started: usize,
     pub usage_script: VecDeque<u16>,
+    /// The `User-Agent` of each usage call.
+    pub usage_agents: Vec<String>,
     pub profile_calls: usize,
     pub requests: Vec<Recorded>,
     /// When set, each SSE event after the first waits for a permit.
@@ -574,15 +576,16 @@ async fn usage(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if !oauth_bearer_ok(&inner, &headers) {
         return anthropic_error(401, "authentication_error", "bad token");
     }
+    inner.usage_agents.push(headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned());
     if let Some(status) = inner.usage_script.pop_front() {
-        return anthropic_error(status, "rate_limit_error", "slow down");
+        return match status {
+            403 => anthropic_error(403, "permission_error", "OAuth token does not meet scope requirement user:profile"),
+            status => anthropic_error(status, "rate_limit_error", "slow down"),
+        };
     }
-    axum::Json(serde_json::json!({
-        "five_hour": {"utilization": 37.0, "resets_at": "2030-01-01T05:00:00.000000+00:00"},
-        "seven_day": {"utilization": 12.5, "resets_at": "2030-01-07T00:00:00Z"},
-        "seven_day_opus": null,
-    }))
-    .into_response()
+    // The 2026 shape (limits[] and spend) beside the older fixed fields, as the endpoint answers.
+    let body: serde_json::Value = serde_json::from_str(include_str!("../fixtures/usage-2026.json")).unwrap();
+    axum::Json(body).into_response()
 }
 
 async fn profile(State(inner): State<Shared>, headers: HeaderMap) -> Response {

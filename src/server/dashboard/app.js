@@ -248,11 +248,25 @@ function showInstances(box, answer) {
 
 function meter(window) {
   if (!window || window.utilization === null || window.utilization === undefined) return h("span", { class: "muted" }, "—");
-  const u = window.utilization > 1 ? window.utilization / 100 : window.utilization;
+  // A fraction, which may exceed 1 (an account past its limit): 1.04 is 104 %.
+  const u = window.utilization;
   const bar = h("span");
   bar.style.width = `${Math.min(100, Math.max(0, u * 100)).toFixed(0)}%`;
   const title = window.resets_at_ms ? `resets ${fmt.time(window.resets_at_ms)}` : "";
   return h("span", { title }, h("span", { class: u >= 0.95 ? "meter full" : u >= 0.75 ? "meter high" : "meter" }, bar), ` ${(u * 100).toFixed(0)} %`);
+}
+
+// Every window beyond 5 h and 7 d (model-scoped weeks, …), extra usage, and why usage is not polled.
+function otherLimits(a) {
+  const parts = Object.entries(a.windows || {}).filter(([name]) => name !== "5h" && name !== "7d")
+    .map(([name, w]) => h("div", { class: "window", "data-window": name }, h("span", { class: "muted" }, `${name} `), meter(w)));
+  if (a.spend) {
+    const limit = a.spend.limit != null ? ` of ${a.spend.limit.toFixed(2)}` : "";
+    parts.push(h("div", { class: "muted", "data-spend": "" }, `extra usage ${a.spend.enabled ? "on" : "off"}: ${a.spend.used.toFixed(2)}${limit} ${a.spend.currency || ""}`));
+  }
+  for (const [name, value] of Object.entries(a.unified || {})) parts.push(h("div", { class: "muted", "data-unified": name }, `${name}: ${value}`));
+  if (a.usage_off) parts.push(h("div", { class: "muted", "data-usage-off": "" }, a.usage_off));
+  return parts.length ? h("div", {}, parts) : h("span", { class: "muted" }, "—");
 }
 
 function statusBadge(a) {
@@ -284,6 +298,7 @@ async function accounts(main) {
       { title: "Status", cell: statusBadge },
       { title: "5 h", cell: (a) => meter(a.five_hour) },
       { title: "7 d", cell: (a) => meter(a.seven_day) },
+      { title: "Other limits", cls: "hide-sm", cell: otherLimits },
       { title: "Requests", cls: "hide-sm", cell: (a) => `${fmt.int(a.requests)}${a.failures ? ` (${fmt.int(a.failures)} failed)` : ""}` },
       { title: "Attempts", cls: "hide-sm", cell: (a) => `${fmt.int(a.attempts)}${a.failed_attempts ? ` (${fmt.int(a.failed_attempts)} failed)` : ""}` },
       { title: "Last used", cls: "hide-sm", cell: (a) => fmt.ago(a.last_used_ms) },
