@@ -121,6 +121,8 @@ try {
   await page.locator("#card-requests .l", { hasText: "24h" }).waitFor();
   await page.click('button[data-range="1h"]');
   await page.locator("#card-requests .l", { hasText: "1h" }).waitFor();
+  begin("overview shows the prompt cache");
+  await page.locator("#card-cache .l", { hasText: "prompt cache hit" }).waitFor();
   begin("overview lists the gateway's instances");
   await page.locator("#overview-instances h2", { hasText: "Instances (1 live)" }).waitFor();
   assert.equal(await page.locator("#overview-instances tbody tr").count(), 1);

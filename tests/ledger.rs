@@ -397,3 +397,54 @@ async fn client_strings_do_not_grow_metrics_or_memory() {
     let grown = rss().saturating_sub(before);
     assert!(grown < 64, "300 requests with 100 KB session ids grew the server by {grown} MiB");
 }
+
+/// Prompt-cache tokens are counted per account, key and model, priced at the cache prices, and the
+/// cache hit ratio is in `stats` and on `/metrics` (as token counts by kind).
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_cache_tokens_are_counted_priced_and_rated() {
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    fake.add_api_key("sk-ant-api03-cache");
+    env.ok(&["accounts", "add", "c", "--api-key", "sk-ant-api03-cache"]).await;
+    let key = env.ok(&["keys", "create", "cached", "--role", "admin"]).await.stdout.trim().to_owned();
+    fake.push_for(
+        "sk-ant-api03-cache",
+        Script::Status {
+            status: 200,
+            body: serde_json::json!({"id":"msg_c","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+                "content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn",
+                "usage":{"input_tokens":100,"output_tokens":10,"cache_read_input_tokens":300,"cache_creation_input_tokens":100}}),
+            headers: vec![],
+        },
+    );
+    let gw = env.serve().await;
+    let mut body = message_body(false);
+    body["model"] = "claude-sonnet-4-5".into();
+    let r = gw.post("/v1/messages").header("x-api-key", &key).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let expected = (100.0 * 3.0 + 10.0 * 15.0 + 300.0 * 0.3 + 100.0 * 3.75) / 1e6;
+    for by in ["account", "key", "model"] {
+        let stats = support::eventually("the request in the stats", std::time::Duration::from_secs(5), async || {
+            let stats: serde_json::Value =
+                serde_json::from_str(&env.ok(&["stats", "--by", by, "--json"]).await.stdout).ok()?;
+            let group = stats.as_object()?.values().next()?.clone();
+            (group["requests"] == 1).then_some(group)
+        })
+        .await;
+        assert_eq!(
+            (stats["cache_read_tokens"].as_i64(), stats["cache_creation_tokens"].as_i64()),
+            (Some(300), Some(100))
+        );
+        assert!((stats["cache_hit_ratio"].as_f64().unwrap() - 0.6).abs() < 1e-9, "{by}: {stats}");
+        assert!((stats["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{by}: {stats}");
+    }
+    assert!(env.ok(&["stats"]).await.stdout.contains("(cache hit 60%)"));
+    let metrics = gw.get("/metrics").header("x-api-key", &key).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_tokens_total{")
+            && l.contains("kind=\"cache_read\"")
+            && l.ends_with(" 300")),
+        "{metrics}"
+    );
+}

@@ -79,13 +79,15 @@ pub async fn stats(config: &Config, since: &str, by: &str, json: bool) -> anyhow
     }
     for (name, g) in &groups {
         println!(
-            "{name:<24} {} requests, {:.1}% errors, in {} out {} cache-read {} cache-write {}, ${:.4}, p50 {} ms, p95 {} ms",
+            "{name:<24} {} requests, {:.1}% errors, in {} out {} cache-read {} cache-write {} (cache hit {:.0}%), ${:.4}, \
+             p50 {} ms, p95 {} ms",
             g.requests,
             g.error_rate * 100.0,
             g.input_tokens,
             g.output_tokens,
             g.cache_read_tokens,
             g.cache_creation_tokens,
+            g.cache_hit_ratio * 100.0,
             g.cost_usd,
             g.p50_ms,
             g.p95_ms

@@ -242,6 +242,9 @@ pub struct Group {
     pub output_tokens: i64,
     pub cache_read_tokens: i64,
     pub cache_creation_tokens: i64,
+    /// Share of prompt tokens read from the prompt cache: cache reads over all input (fresh, read and
+    /// written); 0 without input.
+    pub cache_hit_ratio: f64,
     pub cost_usd: f64,
     pub error_rate: f64,
     pub p50_ms: i64,
@@ -267,6 +270,10 @@ pub async fn stats(
                 output_tokens: g.output_tokens,
                 cache_read_tokens: g.cache_read_tokens,
                 cache_creation_tokens: g.cache_creation_tokens,
+                cache_hit_ratio: {
+                    let prompt = g.input_tokens + g.cache_read_tokens + g.cache_creation_tokens;
+                    if prompt > 0 { g.cache_read_tokens as f64 / prompt as f64 } else { 0.0 }
+                },
                 cost_usd: g.cost_usd,
                 error_rate: if g.requests > 0 { g.errors as f64 / g.requests as f64 } else { 0.0 },
                 p50_ms: g.p50_ms,

@@ -191,12 +191,15 @@ async function overview(main) {
   // The account counts and open streams are cheap and change by the second; a week's series sums every
   // request of the week, so longer ranges are fetched less often.
   const seriesEvery = { "1h": 5000, "24h": 30000, "7d": 60000 }[state.range];
-  let series = null, seriesAt = 0;
+  let series = null, seriesAt = 0, cache = null;
   async function refresh() {
     try {
       const due = !series || Date.now() - seriesAt >= seriesEvery - 500;
-      const [ov, fresh] = await Promise.all([api("GET", "/admin/api/overview"), due ? api("GET", `/admin/api/series?range=${state.range}`) : null]);
+      const [ov, fresh, totals] = await Promise.all([api("GET", "/admin/api/overview"),
+        due ? api("GET", `/admin/api/series?range=${state.range}`) : null,
+        due ? api("GET", `/admin/api/stats?since=${state.range}&by=all`) : null]);
       if (fresh) { series = fresh; seriesAt = Date.now(); }
+      if (totals) cache = Object.values(totals)[0] || null;
       const pts = series.points;
       const sum = (f) => pts.reduce((a, p) => a + f(p), 0);
       const requests = sum((p) => p.requests), errors = sum((p) => p.errors);
@@ -209,7 +212,9 @@ async function overview(main) {
         card(fmt.int(requests), `requests (${state.range})`, "card-requests"),
         card(fmt.int(sum((p) => p.input_tokens + p.output_tokens)), `tokens (${state.range})`),
         card(fmt.usd(sum((p) => p.cost_usd)), `estimated cost (${state.range})`),
-        card(requests ? fmt.pct(errors / requests) : "—", "error rate"));
+        card(requests ? fmt.pct(errors / requests) : "—", "error rate"),
+        card(cache && (cache.cache_read_tokens + cache.cache_creation_tokens) ? fmt.pct(cache.cache_hit_ratio) : "—",
+          cache ? `prompt cache hit (${fmt.int(cache.cache_read_tokens)} read, ${fmt.int(cache.cache_creation_tokens)} written)` : "prompt cache hit", "card-cache"));
       const perMin = series.bucket_ms / 60000;
       const opts = { sinceMs: series.since_ms, nowMs: series.now_ms, bucketMs: series.bucket_ms };
       charts.replaceChildren(
