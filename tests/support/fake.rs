@@ -80,6 +80,8 @@ pub enum Script {
     SseError,
     /// Stream this text as one text delta per piece.
     Text(Vec<String>),
+    /// Stream `tool_use` blocks (name, input) and stop for them, as a model calling tools does.
+    ToolUse(Vec<(String, serde_json::Value)>),
 }
 
 impl Script {
@@ -488,6 +490,25 @@ async fn messages(State(inner): State<Shared>, method: Method, uri: Uri, headers
         Some(Script::Delay(d)) => tokio::time::sleep(d).await,
         Some(Script::BreakStream) => break_stream = true,
         Some(Script::SseError) => sse_error = true,
+        Some(Script::ToolUse(calls)) => {
+            let mut blocks = Vec::new();
+            for (i, (name, input)) in calls.iter().enumerate() {
+                let start = serde_json::json!({"type":"content_block_start","index":i,
+                    "content_block":{"type":"tool_use","id":format!("toolu_fake_{n}_{i}"),"name":name,"input":{}}});
+                let delta = serde_json::json!({"type":"content_block_delta","index":i,
+                    "delta":{"type":"input_json_delta","partial_json":input.to_string()}});
+                let stop = serde_json::json!({"type":"content_block_stop","index":i});
+                blocks.push(Bytes::from(format!("event: content_block_start\ndata: {start}\n\n")));
+                blocks.push(Bytes::from(format!("event: content_block_delta\ndata: {delta}\n\n")));
+                blocks.push(Bytes::from(format!("event: content_block_stop\ndata: {stop}\n\n")));
+            }
+            let end = serde_json::json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},
+                "usage":{"output_tokens":5}});
+            events = vec![events[0].clone()];
+            events.extend(blocks);
+            events.push(Bytes::from(format!("event: message_delta\ndata: {end}\n\n")));
+            events.push(Bytes::from_static(SSE_EVENTS[6].as_bytes()));
+        }
         Some(Script::Text(pieces)) => {
             let deltas = pieces.iter().map(|text| {
                 let delta = serde_json::json!({"type": "content_block_delta", "index": 0,
