@@ -210,9 +210,9 @@ pub fn classify(status: u16, info: &RateLimitInfo) -> Verdict {
     Verdict::Allowed { warning }
 }
 
-/// The model family a limit applies to: `opus`, `sonnet`, `haiku`, or the model name itself.
+/// The model family a limit applies to: `opus`, `sonnet`, `haiku`, `fable`, or the model name itself.
 pub fn model_family(model: &str) -> String {
-    for family in ["opus", "sonnet", "haiku"] {
+    for family in ["opus", "sonnet", "haiku", "fable"] {
         if model.contains(family) {
             return family.to_owned();
         }
