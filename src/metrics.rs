@@ -127,10 +127,13 @@ impl Handles {
 struct Cache {
     key: String,
     handles: HashMap<String, Handles>,
+    /// Tokens per client key and kind (key names are the operator's, so their number is bounded).
+    keys: HashMap<String, [Counter; 4]>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache { key: String::new(), handles: HashMap::new() });
+    static CACHE: RefCell<Cache> =
+        RefCell::new(Cache { key: String::new(), handles: HashMap::new(), keys: HashMap::new() });
 }
 
 /// Distinct model labels at most; later models are counted under `other`. The model is the client's
@@ -175,9 +178,28 @@ pub fn request(row: &RequestRow) {
             }
             cache.handles.insert(cache.key.clone(), Handles::new(account, model, row.status));
         }
+        let counts = [row.input_tokens, row.output_tokens, row.cache_read_tokens, row.cache_creation_tokens];
+        if let Some(key) = row.client_key.as_deref()
+            && counts.iter().any(|n| *n > 0)
+        {
+            if !cache.keys.contains_key(key) {
+                if cache.keys.len() >= 4096 {
+                    cache.keys.clear();
+                }
+                let counters = TOKEN_KINDS
+                    .map(|kind| counter!("switchyard_key_tokens_total", "key" => key.to_owned(), "kind" => kind));
+                cache.keys.insert(key.to_owned(), counters);
+            }
+            if let Some(counters) = cache.keys.get(key) {
+                for (counter, n) in counters.iter().zip(counts) {
+                    if n > 0 {
+                        counter.increment(u64::try_from(n).unwrap_or(0));
+                    }
+                }
+            }
+        }
         let Some(h) = cache.handles.get(cache.key.as_str()) else { return };
         h.requests.increment(1);
-        let counts = [row.input_tokens, row.output_tokens, row.cache_read_tokens, row.cache_creation_tokens];
         for (counter, n) in h.tokens.iter().zip(counts) {
             if n > 0 {
                 counter.increment(u64::try_from(n).unwrap_or(0));

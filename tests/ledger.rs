@@ -447,4 +447,11 @@ async fn prompt_cache_tokens_are_counted_priced_and_rated() {
             && l.ends_with(" 300")),
         "{metrics}"
     );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_key_tokens_total{")
+            && l.contains("key=\"cached\"")
+            && l.contains("kind=\"cache_creation\"")
+            && l.ends_with(" 100")),
+        "{metrics}"
+    );
 }
