@@ -85,6 +85,41 @@ enum SendFailure {
     Broken(ApiError),
 }
 
+/// Who caused a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Anthropic's load or a server error: not the account's fault, the same account may be asked again.
+    Upstream,
+    /// The account's limits, credential or entitlement: another account may serve, this one not now.
+    Account,
+}
+
+/// What an upstream answer means for the request, decided here alone: the failover loop reads this
+/// instead of lists of statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The client's answer: a success, or the client's own error (400, 404, 413, …).
+    Answer,
+    /// Try another account; `pause` first when waiting may help (Anthropic is loaded, or a 429 that
+    /// named no window: a limit that is the account's needs no pause before the next account).
+    FailOver { cause: Cause, pause: bool },
+}
+
+impl Outcome {
+    fn of(status: StatusCode, verdict: &Verdict, entitlement: bool) -> Self {
+        match status.as_u16() {
+            500 | 502 | 503 | 504 | 529 => Outcome::FailOver { cause: Cause::Upstream, pause: true },
+            429 => Outcome::FailOver {
+                cause: Cause::Account,
+                pause: !entitlement && matches!(verdict, Verdict::RequestScoped),
+            },
+            // The credential is refused even after a refresh: another account may do.
+            401 | 403 => Outcome::FailOver { cause: Cause::Account, pause: false },
+            _ => Outcome::Answer,
+        }
+    }
+}
+
 /// The last failed attempt, answered to the client when nothing better comes.
 enum Failure {
     Upstream {
@@ -467,13 +502,7 @@ impl Forwarder {
             };
             // An entitlement answer still carries the account's windows: take those in as from any answer.
             let verdict = account.observe(if entitlement { 200 } else { status.as_u16() }, &info, family);
-            let fail_over = match status.as_u16() {
-                429 | 500 | 502 | 503 | 504 | 529 => true,
-                // The account's credential is refused even after a refresh: another account may do.
-                401 | 403 => true,
-                _ => false,
-            };
-            if fail_over {
+            if let Outcome::FailOver { cause, pause } = Outcome::of(status, &verdict, entitlement) {
                 log_answer(req, &account, status, started, attempts);
                 account.attempt_failed();
                 tried.push(account.id.clone());
@@ -485,12 +514,9 @@ impl Forwarder {
                     let recorder = self.recorder(trace, Some(&account.name), &response, &info);
                     return Ok(stream_back(response, None, recorder, self.idle_timeout));
                 }
-                let transient = !matches!(status.as_u16(), 401 | 403 | 429);
+                let transient = cause == Cause::Upstream;
                 last = Some(Failure::Upstream { response, transient, account: account.name.clone(), error_type });
-                // A limit is the account's, not Anthropic's: the next account needs no pause.
-                if (transient || matches!(verdict, Verdict::RequestScoped))
-                    && !self.back_off(&mut delay, deadline).await
-                {
+                if pause && !self.back_off(&mut delay, deadline).await {
                     return last.map_or_else(|| Err(self.timed_out()), |f| f.into_answer(self, trace));
                 }
                 continue;
@@ -1117,4 +1143,28 @@ fn stream_back(
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_in_one_place() {
+        let allowed = Verdict::Allowed { warning: false };
+        let of = |status: u16, verdict: &Verdict, entitlement: bool| {
+            Outcome::of(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), verdict, entitlement)
+        };
+        for status in [200, 400, 404, 413] {
+            assert_eq!(of(status, &allowed, false), Outcome::Answer, "{status}");
+        }
+        for status in [500, 502, 503, 504, 529] {
+            assert_eq!(of(status, &allowed, false), Outcome::FailOver { cause: Cause::Upstream, pause: true });
+        }
+        let limited = Verdict::AccountLimited { until: None };
+        assert_eq!(of(429, &limited, false), Outcome::FailOver { cause: Cause::Account, pause: false });
+        assert_eq!(of(429, &Verdict::RequestScoped, false), Outcome::FailOver { cause: Cause::Account, pause: true });
+        assert_eq!(of(429, &allowed, true), Outcome::FailOver { cause: Cause::Account, pause: false }, "entitlement");
+        assert_eq!(of(401, &allowed, false), Outcome::FailOver { cause: Cause::Account, pause: false });
+    }
 }
