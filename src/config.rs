@@ -111,6 +111,8 @@ pub struct Config {
     pub count_tokens_in_limits: bool,
     /// What keeps a conversation on one account (`SWITCHYARD_AFFINITY`).
     pub affinity: crate::accounts::Affinity,
+    /// `max_tokens` of an OpenAI-dialect request that names none (Anthropic requires one).
+    pub openai_max_tokens: u64,
     /// Session strategy: stay on one account this long at most.
     pub session_duration: Duration,
     /// Extra upstream attempts (on other accounts) after the first fails before any byte is sent.
@@ -311,6 +313,7 @@ struct RawRouting {
     strategy: Option<String>,
     affinity: Option<String>,
     count_tokens_cache_secs: Option<u64>,
+    openai_max_tokens: Option<u64>,
     count_tokens_in_limits: Option<bool>,
     session_duration_ms: Option<u64>,
     retry_attempts: Option<u32>,
@@ -496,6 +499,7 @@ impl Config {
         let strategy: Option<String> = pick(env, "SWITCHYARD_LB_STRATEGY", raw.routing.strategy)?;
         let affinity: Option<String> = pick(env, "SWITCHYARD_AFFINITY", raw.routing.affinity)?;
         let count_cache = pick(env, "SWITCHYARD_COUNT_TOKENS_CACHE_SECS", raw.routing.count_tokens_cache_secs)?;
+        let openai_max_tokens = pick(env, "SWITCHYARD_OPENAI_MAX_TOKENS", raw.routing.openai_max_tokens)?;
         let count_limits = pick(env, "SWITCHYARD_COUNT_TOKENS_IN_LIMITS", raw.routing.count_tokens_in_limits)?;
         let session_ms = pick(env, "SWITCHYARD_SESSION_DURATION_MS", raw.routing.session_duration_ms)?;
         let retry_attempts = pick(env, "SWITCHYARD_RETRY_ATTEMPTS", raw.routing.retry_attempts)?;
@@ -675,6 +679,7 @@ impl Config {
             affinity,
             count_tokens_cache: Duration::from_secs(count_cache.unwrap_or(5).min(3600)),
             count_tokens_in_limits: count_limits.unwrap_or(false),
+            openai_max_tokens: openai_max_tokens.unwrap_or(4096).clamp(1, 1_000_000),
             session_duration: Duration::from_millis(session_ms.unwrap_or(defaults::SESSION_DURATION_MS)),
             retry_attempts: retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
             retry_delay: Duration::from_millis(retry_delay_ms.unwrap_or(defaults::RETRY_DELAY_MS)),

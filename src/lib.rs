@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod anthropic;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod forward;
 pub mod ledger;

@@ -233,3 +233,104 @@ async fn recorded_client_requests_replay_byte_for_byte() {
         }
     }
 }
+
+/// The official `openai` Python client (3.x, from PyPI) on Claude accounts through `/v1/chat/completions`:
+/// plain and streaming chat with usage in the final chunk, a tool-call round trip (JSON and streamed), an
+/// image, JSON mode, `models.list()`, a 429 raised as `RateLimitError`, a cut stream raised as an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_python_client_speaks_chat_completions() {
+    let python = clients().join(".venv/bin/python");
+    let ready = std::process::Command::new(&python).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    if !ready {
+        println!("skipped: the openai package is missing from clients/.venv (scripts/test installs it from PyPI)");
+        return;
+    }
+    let fake = Fake::start().await;
+    let env = Env::new(&fake);
+    fake.add_api_key("sk-ant-api03-openai");
+    env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-openai"]).await;
+    let key = env.ok(&["keys", "create", "editor"]).await.stdout.trim().to_owned();
+    let gw = env.serve().await;
+    let run = async |script: &str| {
+        let prelude = "import os, json, openai\nclient = openai.OpenAI(base_url=os.environ['BASE_URL'] + '/v1', api_key=os.environ['KEY'], max_retries=0)\n";
+        let out = tokio::process::Command::new(&python)
+            .args(["-c", &format!("{prelude}{script}")])
+            .env_clear()
+            .env("BASE_URL", &gw.url)
+            .env("KEY", &key)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("the client ran too long").unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{script}\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout.trim().to_owned()
+    };
+    let weather = serde_json::json!({"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}});
+
+    // Plain chat: the answer, a finish reason and usage.
+    let out = run("r = client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'system','content':'Be brief.'},{'role':'user','content':'hi'}])\nprint(json.dumps([r.choices[0].message.content, r.choices[0].finish_reason, r.usage.prompt_tokens, r.usage.completion_tokens, r.object]))").await;
+    assert_eq!(out, r#"["Hello", "stop", 12, 5, "chat.completion"]"#);
+    let sent = fake.last_request().json();
+    assert_eq!((sent["system"].as_str(), sent["max_tokens"].as_u64()), (Some("Be brief."), Some(4096)), "{sent}");
+
+    // Streaming, usage in the final chunk.
+    let out = run("s = client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'user','content':'hi'}], stream=True, stream_options={'include_usage': True})\nparts, usage = [], None\nfor c in s:\n    if c.choices and c.choices[0].delta.content: parts.append(c.choices[0].delta.content)\n    if c.usage: usage = c.usage.completion_tokens\nprint(json.dumps([''.join(parts), usage]))").await;
+    assert_eq!(out, r#"["Hello", 5]"#);
+
+    // A tool call (JSON), then its result sent back: one user turn with a tool_result.
+    fake.push_for(
+        "sk-ant-api03-openai",
+        Script::Status {
+            status: 200,
+            body: serde_json::json!({"id":"msg_t","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+                "content":[{"type":"tool_use","id":"toolu_1","name":"weather","input":{"city":"Oslo"}}],
+                "stop_reason":"tool_use","usage":{"input_tokens":20,"output_tokens":8}}),
+            headers: vec![],
+        },
+    );
+    let script = format!(
+        "tools=[{weather}]\nmsgs=[{{'role':'user','content':'Weather in Oslo?'}}]\nr = client.chat.completions.create(model='claude-sonnet-4-5', messages=msgs, tools=tools)\ncall = r.choices[0].message.tool_calls[0]\nmsgs.append(r.choices[0].message.model_dump(exclude_none=True))\nmsgs.append({{'role':'tool','tool_call_id':call.id,'content':'4 C'}})\nr2 = client.chat.completions.create(model='claude-sonnet-4-5', messages=msgs, tools=tools)\nprint(json.dumps([r.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments), r2.choices[0].message.content]))"
+    );
+    assert_eq!(run(&script).await, r#"["tool_calls", "weather", {"city": "Oslo"}, "Hello"]"#);
+    let sent = fake.last_request().json();
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use", "{sent}");
+    assert_eq!(
+        sent["messages"][2]["content"][0],
+        serde_json::json!({"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":"4 C"}]})
+    );
+
+    // A streamed tool call: argument fragments under one stable index.
+    fake.push_for(
+        "sk-ant-api03-openai",
+        Script::ToolUse(vec![("weather".into(), serde_json::json!({"city":"Bergen"}))]),
+    );
+    let script = format!(
+        "s = client.chat.completions.create(model='claude-sonnet-4-5', messages=[{{'role':'user','content':'Weather?'}}], tools=[{weather}], stream=True)\nargs, name, finish = '', None, None\nfor c in s:\n    d = c.choices[0].delta if c.choices else None\n    if d and d.tool_calls:\n        name = d.tool_calls[0].function.name or name\n        args += d.tool_calls[0].function.arguments or ''\n    if c.choices and c.choices[0].finish_reason: finish = c.choices[0].finish_reason\nprint(json.dumps([name, json.loads(args), finish]))"
+    );
+    assert_eq!(run(&script).await, r#"["weather", {"city": "Bergen"}, "tool_calls"]"#);
+
+    // An image (data URL) and JSON mode reach the upstream as Anthropic shapes.
+    run("client.chat.completions.create(model='claude-sonnet-4-5', response_format={'type':'json_object'}, messages=[{'role':'user','content':[{'type':'text','text':'What?'},{'type':'image_url','image_url':{'url':'data:image/png;base64,iVBORw0KGgo='}}]}])").await;
+    let sent = fake.last_request().json();
+    assert_eq!(
+        sent["messages"][0]["content"][1]["source"],
+        serde_json::json!({"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="})
+    );
+    assert!(sent["system"].as_str().unwrap().contains("JSON object"), "{sent}");
+
+    // The model list in OpenAI's shape.
+    assert_eq!(run("print(json.dumps([m.id for m in client.models.list()]))").await, r#"["claude-fake"]"#);
+
+    // A cut stream is an error the client raises, not a silent end.
+    fake.push_for("sk-ant-api03-openai", Script::BreakStream);
+    let out = run("try:\n    for c in client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'user','content':'hi'}], stream=True): pass\n    print('no error')\nexcept openai.APIError as e:\n    print('error')").await;
+    assert_eq!(out, "error");
+
+    // Every account limited: the client's RateLimitError, with the upstream's message.
+    fake.push_for("sk-ant-api03-openai", Script::limited(support::fake::now_secs() + 3600));
+    let out = run("try:\n    client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'user','content':'hi'}])\nexcept openai.RateLimitError as e:\n    print(json.dumps([e.status_code, e.body['type']]))").await;
+    assert_eq!(out, r#"[429, "rate_limit_error"]"#);
+    // n > 1: a clear 400.
+    let out = run("try:\n    client.chat.completions.create(model='claude-sonnet-4-5', n=2, messages=[{'role':'user','content':'hi'}])\nexcept openai.BadRequestError as e:\n    print(e.body['message'])").await;
+    assert!(out.contains("n > 1"), "{out}");
+}

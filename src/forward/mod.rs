@@ -41,6 +41,8 @@ pub struct Inbound {
     pub body: Bytes,
     /// The client key that sent it, when keys are in use.
     pub caller: Option<Arc<crate::access::ClientKey>>,
+    /// The client's dialect (`anthropic`, `openai`): the body is an Anthropic request either way.
+    pub dialect: &'static str,
 }
 
 #[derive(Debug)]

@@ -28,8 +28,10 @@ pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 use crate::access::ClientKeys;
 use crate::accounts::Pool;
 use crate::config::Config;
+use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::forward::{Forwarder, Inbound};
+use axum::http::HeaderValue;
 
 /// The proxied Anthropic endpoints behind the guard, the router for `/health`, `/metrics` and the admin
 /// API, and JSON errors for everything else.
@@ -47,11 +49,20 @@ pub fn front(
     let method_not_allowed = unrouted(web.log.clone(), |method, uri| {
         ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
     });
-    let api =
-        Arc::new(Api { forwarder, guard, cors: cors.clone(), hosts: web.hosts.clone(), body_limit, body_timeout });
+    let openai = Arc::new(crate::dialect::openai::OpenAiChat::new(web.openai.clone()));
+    let api = Arc::new(Api {
+        forwarder,
+        guard,
+        cors: cors.clone(),
+        hosts: web.hosts.clone(),
+        body_limit,
+        body_timeout,
+        openai,
+    });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
+        .route("/v1/chat/completions", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
         .method_not_allowed_fallback(method_not_allowed.clone())
@@ -89,13 +100,15 @@ pub struct Api {
     hosts: headers::Hosts,
     body_limit: usize,
     body_timeout: Duration,
+    /// The OpenAI Chat Completions dialect (`/v1/chat/completions`).
+    openai: Arc<crate::dialect::openai::OpenAiChat>,
 }
 
 /// Whether `method path` is one of the proxied endpoints.
 pub fn is_api(method: &Method, path: &str) -> bool {
     let get = *method == Method::GET || *method == Method::HEAD;
     match path {
-        "/v1/messages" | "/v1/messages/count_tokens" => *method == Method::POST,
+        "/v1/messages" | "/v1/messages/count_tokens" | "/v1/chat/completions" => *method == Method::POST,
         "/v1/models" => get,
         _ => get && path.strip_prefix("/v1/models/").is_some_and(plain_model_id),
     }
@@ -133,6 +146,13 @@ impl Api {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
+        // The client's dialect decides the shape of every answer, refusals included.
+        let dialect: Option<&dyn Dialect> =
+            (parts.uri.path() == "/v1/chat/completions").then_some(self.openai.as_ref() as &dyn Dialect);
+        let refuse = |error: ApiError| match dialect {
+            Some(d) => dialect_error(d, error),
+            None => error.into_response(),
+        };
         if parts.uri.path().strip_prefix("/v1/models/").is_some_and(|id| !plain_model_id(id)) {
             return ApiError::not_found("no such model: a model id is letters, digits and - _ . : @").into_response();
         }
@@ -144,15 +164,15 @@ impl Api {
         let asking = Asking { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, ip: peer };
         let admitted = match self.guard.admit(&asking).await {
             Ok(admitted) => admitted,
-            Err(refused) => return refused.into_response(),
+            Err(refused) => return refuse(refused),
         };
         let body = match tokio::time::timeout(self.body_timeout, read_body(body, &parts.headers, self.body_limit)).await
         {
             Ok(Ok(body)) => body,
-            Ok(Err(error)) => return error.into_response(),
+            Ok(Err(error)) => return refuse(error),
             Err(_) => {
                 let message = format!("the request body did not arrive within {}s", self.body_timeout.as_secs());
-                return ApiError::request_timeout(message).into_response();
+                return refuse(ApiError::request_timeout(message));
             }
         };
         if let Some(key) = &admitted.key
@@ -162,18 +182,46 @@ impl Api {
             let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
             if let Err(wait) = key.check_tpm(estimate) {
                 let message = format!("API key {:?} is over its input-tokens-per-minute limit", key.name);
-                return ApiError::client_limited(message, wait).into_response();
+                return refuse(ApiError::client_limited(message, wait));
             }
         }
-        let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str()).to_owned();
-        let inbound =
-            Inbound { method: parts.method, path_and_query, headers: parts.headers, body, caller: admitted.key };
+        let (path_and_query, body, translated) = match dialect {
+            None => {
+                let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str()).to_owned();
+                (path, body, None)
+            }
+            Some(d) => match d.request(&body) {
+                Ok(t) => ("/v1/messages".to_owned(), Bytes::from(t.body.clone()), Some(t)),
+                Err(e) => return refuse(ApiError::invalid_request(e.message)),
+            },
+        };
+        // OpenAI clients list models without `anthropic-version`; Anthropic's always send it.
+        let openai_models = parts.method == Method::GET
+            && path_and_query.split('?').next() == Some("/v1/models")
+            && !parts.headers.contains_key("anthropic-version");
+        let mut headers = parts.headers;
+        if dialect.is_some() {
+            headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let inbound = Inbound {
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+            caller: admitted.key,
+            dialect: dialect.map_or("anthropic", |d| d.name()),
+        };
         let response = match self.forwarder.forward(inbound).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(status = error.status.as_u16(), error = %error.message, "request failed");
-                error.into_response()
+                return refuse(error);
             }
+        };
+        let response = match (dialect, &translated) {
+            (Some(d), Some(t)) => dialect_answer(d, response, t).await,
+            _ if openai_models => openai_model_list(response).await,
+            _ => response,
         };
         match admitted.slot {
             // The slot is held until the last byte of the answer (a stream may run for minutes).
@@ -184,6 +232,137 @@ impl Api {
                 }))
             }),
             None => response,
+        }
+    }
+}
+
+/// A refusal or gateway error in a dialect's shape, with its status and `retry-after`.
+fn dialect_error(dialect: &dyn Dialect, error: ApiError) -> Response {
+    let mut response =
+        Response::new(axum::body::Body::from(dialect.error(error.status.as_u16(), error.kind, &error.message)));
+    *response.status_mut() = error.status;
+    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(secs) = error.retry_after {
+        response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The upstream's answer (already recorded by the forwarder as it passes) in a dialect's shape: an error
+/// with its status and headers, a JSON answer translated whole, an event stream translated event by
+/// event as it arrives.
+async fn dialect_answer(dialect: &dyn Dialect, response: Response, request: &crate::dialect::Translated) -> Response {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let sse = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if parts.status.is_success() && sse {
+        let stream = TranslatedStream {
+            inner: body.into_data_stream(),
+            reader: crate::dialect::SseReader::default(),
+            translator: dialect.stream(request),
+            ended: false,
+        };
+        return Response::from_parts(parts, axum::body::Body::from_stream(stream));
+    }
+    let cap = if parts.status.is_success() { crate::dialect::MAX_ANSWER } else { 64 * 1024 };
+    let bytes = match http_body_util::Limited::new(body, cap).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return dialect_error(dialect, ApiError::bad_gateway("the upstream answer could not be read whole"));
+        }
+    };
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let out = if parts.status.is_success() {
+        match dialect.answer(&bytes, request) {
+            Ok(out) => out,
+            Err(e) => return dialect_error(dialect, ApiError::bad_gateway(e.message)),
+        }
+    } else {
+        let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let kind = error["error"]["type"].as_str().unwrap_or("api_error");
+        let message = error["error"]["message"].as_str().unwrap_or("the upstream refused the request");
+        dialect.error(parts.status.as_u16(), kind, message)
+    };
+    Response::from_parts(parts, axum::body::Body::from(out))
+}
+
+/// Anthropic's model list in OpenAI's shape (`{"object":"list","data":[{"id","object":"model",…}]}`); any
+/// other answer goes back as it came.
+async fn openai_model_list(response: Response) -> Response {
+    use http_body_util::BodyExt;
+    if !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(collected) = http_body_util::Limited::new(body, crate::dialect::MAX_ANSWER).collect().await else {
+        return ApiError::bad_gateway("the upstream model list could not be read whole").into_response();
+    };
+    let bytes = collected.to_bytes();
+    let Ok(list) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let data: Vec<serde_json::Value> = list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let created = m["created_at"].as_str().and_then(crate::anthropic::parse_timestamp_ms).unwrap_or(0) / 1000;
+            serde_json::json!({"id": m["id"], "object": "model", "created": created, "owned_by": "anthropic"})
+        })
+        .collect();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let out = serde_json::json!({"object": "list", "data": data});
+    Response::from_parts(parts, axum::body::Body::from(out.to_string()))
+}
+
+/// An Anthropic event stream translated chunk by chunk, unbuffered: each upstream chunk's complete
+/// events go out as soon as they arrive.
+struct TranslatedStream<S> {
+    inner: S,
+    reader: crate::dialect::SseReader,
+    translator: Box<dyn crate::dialect::StreamTranslator>,
+    ended: bool,
+}
+
+impl<S> futures_util::Stream for TranslatedStream<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let mut out = Vec::new();
+                    let translator = &mut this.translator;
+                    this.reader.feed(&chunk, |name, data| out.extend(translator.event(name, data)));
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                    }
+                }
+                Poll::Ready(end) => {
+                    this.ended = true;
+                    let out = this.translator.finish(matches!(end, Some(Err(_))));
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                    }
+                }
+            }
         }
     }
 }
@@ -268,6 +447,7 @@ pub struct WebOptions {
     pub log: Option<Arc<crate::ledger::RequestLog>>,
     /// This instance's name, when several share a database: every metric is labelled with it.
     pub instance: Option<String>,
+    pub openai: crate::dialect::openai::OpenAiSettings,
 }
 
 #[derive(Clone)]
@@ -400,6 +580,7 @@ impl Gateway {
                     allowed_origins: config.allowed_origins.clone(),
                     log: log.clone(),
                     instance: config.database.is_some().then(|| config.instance_name()),
+                    openai: crate::dialect::openai::OpenAiSettings { default_max_tokens: config.openai_max_tokens },
                 },
                 config.body_limit,
                 config.body_timeout,
