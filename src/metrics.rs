@@ -106,11 +106,11 @@ struct Handles {
 const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_creation"];
 
 impl Handles {
-    fn new(account: &str, model: &str, status: i64) -> Self {
+    fn new(account: &str, model: &str, status: i64, dialect: &str) -> Self {
         let (account, model) = (account.to_owned(), model.to_owned());
         Self {
             requests: counter!("switchyard_requests_total", "account" => account.clone(), "model" => model.clone(),
-                "status" => status.to_string()),
+                "status" => status.to_string(), "dialect" => dialect.to_owned()),
             tokens: TOKEN_KINDS.map(|kind| {
                 counter!("switchyard_tokens_total", "account" => account.clone(), "model" => model.clone(), "kind" => kind)
             }),
@@ -169,14 +169,19 @@ fn model_label(model: &str) -> &str {
 pub fn request(row: &RequestRow) {
     let account = row.account.as_deref().unwrap_or("none");
     let model = row.model.as_deref().map_or("none", model_label);
+    // Our own names only (never the client's string): `anthropic`, `openai`.
+    let dialect = match row.dialect.as_deref() {
+        Some("openai") => "openai",
+        _ => "anthropic",
+    };
     CACHE.with_borrow_mut(|cache| {
         cache.key.clear();
-        let _ = write!(cache.key, "{account}\0{model}\0{}", row.status);
+        let _ = write!(cache.key, "{account}\0{model}\0{}\0{dialect}", row.status);
         if !cache.handles.contains_key(cache.key.as_str()) {
             if cache.handles.len() >= 4096 {
                 cache.handles.clear();
             }
-            cache.handles.insert(cache.key.clone(), Handles::new(account, model, row.status));
+            cache.handles.insert(cache.key.clone(), Handles::new(account, model, row.status, dialect));
         }
         let counts = [row.input_tokens, row.output_tokens, row.cache_read_tokens, row.cache_creation_tokens];
         if let Some(key) = row.client_key.as_deref()

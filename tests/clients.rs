@@ -250,6 +250,7 @@ async fn the_openai_python_client_speaks_chat_completions() {
     fake.add_api_key("sk-ant-api03-openai");
     env.ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-openai"]).await;
     let key = env.ok(&["keys", "create", "editor"]).await.stdout.trim().to_owned();
+    let watcher = env.ok(&["keys", "create", "watcher", "--role", "viewer"]).await.stdout.trim().to_owned();
     let gw = env.serve().await;
     let run = async |script: &str| {
         let prelude = "import os, json, openai\nclient = openai.OpenAI(base_url=os.environ['BASE_URL'] + '/v1', api_key=os.environ['KEY'], max_retries=0)\n";
@@ -330,6 +331,16 @@ async fn the_openai_python_client_speaks_chat_completions() {
     fake.push_for("sk-ant-api03-openai", Script::limited(support::fake::now_secs() + 3600));
     let out = run("try:\n    client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'user','content':'hi'}])\nexcept openai.RateLimitError as e:\n    print(json.dumps([e.status_code, e.body['type']]))").await;
     assert_eq!(out, r#"[429, "rate_limit_error"]"#);
+    // The request log knows the dialect and the client's path; stats group by it.
+    let rows: serde_json::Value =
+        serde_json::from_str(&env.ok(&["requests", "--json", "--limit", "1000"]).await.stdout).unwrap();
+    let first = rows.as_array().unwrap().iter().find(|r| r["status"] == 200).unwrap();
+    assert_eq!((first["dialect"].as_str(), first["path"].as_str()), (Some("openai"), Some("/v1/chat/completions")));
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stats", "--by", "dialect", "--json"]).await.stdout).unwrap();
+    assert!(stats["openai"]["requests"].as_u64().unwrap() >= 6, "{stats}");
+    let metrics = gw.get("/metrics").header("x-api-key", &watcher).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("dialect=\"openai\""), "{metrics}");
     // n > 1: a clear 400.
     let out = run("try:\n    client.chat.completions.create(model='claude-sonnet-4-5', n=2, messages=[{'role':'user','content':'hi'}])\nexcept openai.BadRequestError as e:\n    print(e.body['message'])").await;
     assert!(out.contains("n > 1"), "{out}");

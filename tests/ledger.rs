@@ -145,7 +145,10 @@ async fn prometheus_metrics_are_exposed_and_protected() {
     // A stream's metrics are counted when it ends, just after its last byte reached the client.
     let text = support::eventually("both requests counted", Duration::from_secs(10), async || {
         let text = gw.get("/metrics").send().await.ok()?.text().await.ok()?;
-        text.contains(r#"switchyard_requests_total{account="a",model="claude-fake",status="200"} 2"#).then_some(text)
+        text.contains(
+            r#"switchyard_requests_total{account="a",model="claude-fake",status="200",dialect="anthropic"} 2"#,
+        )
+        .then_some(text)
     })
     .await;
     assert!(text.contains(r#"switchyard_tokens_total{account="a",model="claude-fake",kind="output"} 10"#), "{text}");

@@ -112,8 +112,8 @@ Examples:
         /// How far back, e.g. 1h, 24h, 30d.
         #[arg(long, default_value = "24h", value_name = "DURATION")]
         since: String,
-        /// Group by account, model or client key, or everything in one row.
-        #[arg(long, default_value = "all", value_parser = ["all", "account", "model", "key"])]
+        /// Group by account, model, client key or dialect, or everything in one row.
+        #[arg(long, default_value = "all", value_parser = ["all", "account", "model", "key", "dialect"])]
         by: String,
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -13,6 +13,14 @@ pub use sse::SseReader;
 /// Most bytes of an Anthropic JSON answer translated at once (a long answer is well under this).
 pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
+/// The path a translated dialect's clients call, for the request log (`None`: the request's own path).
+pub fn client_path(dialect: &str) -> Option<&'static str> {
+    match dialect {
+        "openai" => Some("/v1/chat/completions"),
+        _ => None,
+    }
+}
+
 /// A client's request, as the forwarder needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translated {

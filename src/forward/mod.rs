@@ -814,7 +814,11 @@ impl Trace {
             at_ms: crate::now_ms(),
             client_key: req.caller.as_ref().map(|k| k.name.clone()),
             method: req.method.to_string(),
-            path: crate::ledger::bounded_path(req.path_and_query.split('?').next().unwrap_or("")),
+            // What the client asked for (a translated request goes to `/v1/messages` upstream).
+            path: crate::ledger::bounded_path(
+                crate::dialect::client_path(req.dialect).unwrap_or(req.path_and_query.split('?').next().unwrap_or("")),
+            ),
+            dialect: Some(req.dialect.to_owned()),
             ..RequestRow::default()
         };
         Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false, count_key: None }

@@ -208,6 +208,8 @@ pub struct RequestRow {
     pub duration_ms: i64,
     pub ratelimit_status: Option<String>,
     pub cost_usd: f64,
+    /// The client's dialect (`anthropic`, `openai`); `None` in rows older than dialects.
+    pub dialect: Option<String>,
     /// Sealed, redacted request body, when payloads are kept.
     #[serde(skip)]
     pub payload_request: Option<String>,
@@ -237,6 +239,8 @@ pub enum StatsBy {
     Account,
     Model,
     Key,
+    /// The client's dialect (`anthropic`, `openai`).
+    Dialect,
     /// One group, `all`.
     All,
 }
@@ -248,6 +252,7 @@ impl StatsBy {
             "account" => Self::Account,
             "model" => Self::Model,
             "key" => Self::Key,
+            "dialect" => Self::Dialect,
             _ => Self::All,
         }
     }

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_instances.sql"),
     include_str!("../../migrations/postgres/0005_change_feed.sql"),
     include_str!("../../migrations/postgres/0006_instance_key_version.sql"),
+    include_str!("../../migrations/postgres/0007_request_dialect.sql"),
 ];
 
 /// The channel `migrations/postgres/0005_change_feed.sql` announces committed changes on.
@@ -625,11 +626,11 @@ impl RequestStore for PgStore {
         sqlx::query(
             "INSERT INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method, path, model,
                  stream, status, error_type, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
-                 ttfb_ms, duration_ms, ratelimit_status, cost_usd)
+                 ttfb_ms, duration_ms, ratelimit_status, cost_usd, dialect)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                  $7::text[], $8::text[], $9::text[], $10::boolean[], $11::bigint[], $12::text[], $13::bigint[],
                  $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[],
-                 $20::double precision[])
+                 $20::double precision[], $21::text[])
              ON CONFLICT (at_ms, id) DO UPDATE SET client_key = excluded.client_key, account = excluded.account,
                  accounts_tried = excluded.accounts_tried, attempts = excluded.attempts, method = excluded.method,
                  path = excluded.path, model = excluded.model, stream = excluded.stream, status = excluded.status,
@@ -637,7 +638,7 @@ impl RequestStore for PgStore {
                  output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
                  cache_creation_tokens = excluded.cache_creation_tokens, ttfb_ms = excluded.ttfb_ms,
                  duration_ms = excluded.duration_ms, ratelimit_status = excluded.ratelimit_status,
-                 cost_usd = excluded.cost_usd",
+                 cost_usd = excluded.cost_usd, dialect = excluded.dialect",
         )
         .bind(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
         .bind(num(|r| r.at_ms))
@@ -659,6 +660,7 @@ impl RequestStore for PgStore {
         .bind(num(|r| r.duration_ms))
         .bind(col(|r| r.ratelimit_status.clone()))
         .bind(rows.iter().map(|r| r.cost_usd).collect::<Vec<_>>())
+        .bind(col(|r| r.dialect.clone()))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -716,6 +718,7 @@ impl RequestStore for PgStore {
             StatsBy::Account => "COALESCE(account, '-')",
             StatsBy::Model => "COALESCE(model, '-')",
             StatsBy::Key => "COALESCE(client_key, '-')",
+            StatsBy::Dialect => "COALESCE(dialect, 'anthropic')",
             StatsBy::All => "'all'",
         };
         // Percentiles by nearest rank, ceil(p * n), in integers, as on SQLite.

@@ -69,6 +69,7 @@ macro_rules! row_readers {
                 ttfb_ms: r.try_get("ttfb_ms").map_err(db)?,
                 duration_ms: r.try_get("duration_ms").map_err(db)?,
                 ratelimit_status: r.try_get("ratelimit_status").map_err(db)?,
+                dialect: r.try_get("dialect").map_err(db)?,
                 cost_usd: r.try_get("cost_usd").map_err(db)?,
                 payload_request: None,
                 payload_response: None,

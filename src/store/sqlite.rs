@@ -47,17 +47,18 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0010_state_per_instance.sql"),
     include_str!("../../migrations/sqlite/0011_instances.sql"),
     include_str!("../../migrations/sqlite/0012_instance_key_version.sql"),
+    include_str!("../../migrations/sqlite/0013_request_dialect.sql"),
 ];
 
 /// The request-log inserts for 256, 16 and 1 rows, written once (the text of a 256-row statement takes
 /// longer to format than the rows take to bind).
 static INSERT_REQUESTS: std::sync::LazyLock<[String; 3]> = std::sync::LazyLock::new(|| {
     [256, 16, 1].map(|rows| {
-        let row = format!("({})", ["?"; 20].join(", "));
+        let row = format!("({})", ["?"; 21].join(", "));
         format!(
             "INSERT OR REPLACE INTO requests (id, at_ms, client_key, account, accounts_tried, attempts, method, path, \
              model, stream, status, error_type, input_tokens, output_tokens, cache_read_tokens, \
-             cache_creation_tokens, ttfb_ms, duration_ms, ratelimit_status, cost_usd) VALUES {}",
+             cache_creation_tokens, ttfb_ms, duration_ms, ratelimit_status, cost_usd, dialect) VALUES {}",
             vec![row; rows].join(", ")
         )
     })
@@ -606,7 +607,8 @@ impl RequestStore for SqliteStore {
                         .bind(r.ttfb_ms)
                         .bind(r.duration_ms)
                         .bind(&r.ratelimit_status)
-                        .bind(r.cost_usd);
+                        .bind(r.cost_usd)
+                        .bind(&r.dialect);
                 }
                 insert.execute(&mut *tx).await.map_err(db)?;
             }
@@ -657,6 +659,7 @@ impl RequestStore for SqliteStore {
             StatsBy::Account => "COALESCE(account, '-')",
             StatsBy::Model => "COALESCE(model, '-')",
             StatsBy::Key => "COALESCE(client_key, '-')",
+            StatsBy::Dialect => "COALESCE(dialect, 'anthropic')",
             StatsBy::All => "'all'",
         };
         // Percentiles by nearest rank, ceil(p * n), in integers: the rows never leave SQLite.
