@@ -172,6 +172,7 @@ pub fn request(row: &RequestRow) {
     // Our own names only (never the client's string): `anthropic`, `openai`.
     let dialect = match row.dialect.as_deref() {
         Some("openai") => "openai",
+        Some("openai-responses") => "openai-responses",
         _ => "anthropic",
     };
     CACHE.with_borrow_mut(|cache| {

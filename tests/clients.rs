@@ -236,7 +236,8 @@ async fn recorded_client_requests_replay_byte_for_byte() {
 
 /// The official `openai` Python client (3.x, from PyPI) on Claude accounts through `/v1/chat/completions`:
 /// plain and streaming chat with usage in the final chunk, a tool-call round trip (JSON and streamed), an
-/// image, JSON mode, `models.list()`, a 429 raised as `RateLimitError`, a cut stream raised as an error.
+/// image, JSON mode, `models.list()`, a 429 raised as `RateLimitError`, a cut stream raised as an error;
+/// and the Responses API (`/v1/responses`): create, a streamed function call, a refused stored conversation.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_python_client_speaks_chat_completions() {
     let python = clients().join(".venv/bin/python");
@@ -322,6 +323,25 @@ async fn the_openai_python_client_speaks_chat_completions() {
     // The model list in OpenAI's shape.
     assert_eq!(run("print(json.dumps([m.id for m in client.models.list()]))").await, r#"["claude-fake"]"#);
 
+    // The Responses API: create, a streamed function call, and a clear 400 for stored conversations.
+    let out = run("r = client.responses.create(model='claude-sonnet-4-5', instructions='Be brief.', input='hi')\nprint(json.dumps([r.output_text, r.status, r.usage.input_tokens, r.usage.output_tokens]))").await;
+    assert_eq!(out, r#"["Hello", "completed", 12, 5]"#);
+    let sent = fake.last_request().json();
+    assert_eq!(
+        (sent["system"].as_str(), sent["messages"][0]["content"][0]["text"].as_str()),
+        (Some("Be brief."), Some("hi"))
+    );
+    fake.push_for(
+        "sk-ant-api03-openai",
+        Script::ToolUse(vec![("weather".into(), serde_json::json!({"city":"Tromso"}))]),
+    );
+    let script = "tools=[{'type':'function','name':'weather','parameters':{'type':'object','properties':{'city':{'type':'string'}}}}]\nargs, kinds, final = '', [], None\nfor e in client.responses.create(model='claude-sonnet-4-5', input='Weather?', tools=tools, stream=True):\n    kinds.append(e.type)\n    if e.type == 'response.function_call_arguments.delta': args += e.delta\n    if e.type == 'response.completed': final = e.response\nprint(json.dumps([json.loads(args), kinds[0], kinds[-1], final.output[0].type, final.output[0].name]))";
+    assert_eq!(
+        run(script).await,
+        r#"[{"city": "Tromso"}, "response.created", "response.completed", "function_call", "weather"]"#
+    );
+    let out = run("try:\n    client.responses.create(model='claude-sonnet-4-5', input='hi', previous_response_id='resp_1')\nexcept openai.BadRequestError as e:\n    print(e.body['message'])").await;
+    assert!(out.contains("stores no conversations"), "{out}");
     // A cut stream is an error the client raises, not a silent end.
     fake.push_for("sk-ant-api03-openai", Script::BreakStream);
     let out = run("try:\n    for c in client.chat.completions.create(model='claude-sonnet-4-5', messages=[{'role':'user','content':'hi'}], stream=True): pass\n    print('no error')\nexcept openai.APIError as e:\n    print('error')").await;

@@ -6,6 +6,7 @@
 //! accounts, the store or the network.
 
 pub mod openai;
+pub mod responses;
 mod sse;
 
 pub use sse::SseReader;
@@ -17,6 +18,7 @@ pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
 pub fn client_path(dialect: &str) -> Option<&'static str> {
     match dialect {
         "openai" => Some("/v1/chat/completions"),
+        "openai-responses" => Some("/v1/responses"),
         _ => None,
     }
 }

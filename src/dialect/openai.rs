@@ -20,7 +20,7 @@ impl Default for OpenAiSettings {
 }
 
 /// Thinking budgets for `reasoning_effort`.
-fn thinking_budget(effort: &str) -> Option<u64> {
+pub(super) fn thinking_budget(effort: &str) -> Option<u64> {
     match effort {
         "minimal" | "low" => Some(1024),
         "medium" => Some(4096),
@@ -42,12 +42,12 @@ impl OpenAiChat {
     }
 }
 
-fn bad(message: impl Into<String>, param: &str) -> DialectError {
+pub(super) fn bad(message: impl Into<String>, param: &str) -> DialectError {
     DialectError::new(message, Some(param))
 }
 
 /// An image part (`image_url`: a data URL or an http(s) URL) as an Anthropic image block.
-fn image_block(part: &Value, param: &str) -> Result<Value, DialectError> {
+pub(super) fn image_block(part: &Value, param: &str) -> Result<Value, DialectError> {
     let url = part["image_url"]["url"].as_str().or_else(|| part["image_url"].as_str());
     let Some(url) = url else { return Err(bad("an image_url part needs image_url.url", param)) };
     if let Some(rest) = url.strip_prefix("data:") {
@@ -102,7 +102,7 @@ fn text_of(content: &Value, param: &str) -> Result<String, DialectError> {
 
 /// Append a turn, merging it into the previous one when the role repeats (Anthropic alternates roles;
 /// consecutive tool results must be one user turn).
-fn push_turn(turns: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
+pub(super) fn push_turn(turns: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
     if blocks.is_empty() {
         return;
     }
@@ -345,7 +345,7 @@ impl Dialect for OpenAiChat {
     }
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -366,7 +366,7 @@ pub fn finish_reason(stop: Option<&str>) -> Value {
 }
 
 /// Anthropic usage as OpenAI's: prompt tokens count cache reads and writes, cached ones are detailed.
-fn usage(u: &Value) -> Value {
+pub(super) fn usage(u: &Value) -> Value {
     let n = |k: &str| u[k].as_u64().unwrap_or(0);
     let cached = n("cache_read_input_tokens");
     let prompt = n("input_tokens") + cached + n("cache_creation_input_tokens");
@@ -403,7 +403,7 @@ impl ChatStream {
     }
 }
 
-fn sse(value: &Value) -> Vec<u8> {
+pub(super) fn sse(value: &Value) -> Vec<u8> {
     let mut out = b"data: ".to_vec();
     out.extend_from_slice(value.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");

@@ -50,6 +50,7 @@ pub fn front(
         ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
     });
     let openai = Arc::new(crate::dialect::openai::OpenAiChat::new(web.openai.clone()));
+    let responses = Arc::new(crate::dialect::responses::OpenAiResponses::new(web.openai.clone()));
     let api = Arc::new(Api {
         forwarder,
         guard,
@@ -58,11 +59,13 @@ pub fn front(
         body_limit,
         body_timeout,
         openai,
+        responses,
     });
     let api_routes = Router::new()
         .route("/v1/messages", post(proxy))
         .route("/v1/messages/count_tokens", post(proxy))
         .route("/v1/chat/completions", post(proxy))
+        .route("/v1/responses", post(proxy))
         .route("/v1/models", get(proxy))
         .route("/v1/models/{id}", get(proxy))
         .method_not_allowed_fallback(method_not_allowed.clone())
@@ -102,13 +105,17 @@ pub struct Api {
     body_timeout: Duration,
     /// The OpenAI Chat Completions dialect (`/v1/chat/completions`).
     openai: Arc<crate::dialect::openai::OpenAiChat>,
+    /// The OpenAI Responses dialect (`/v1/responses`).
+    responses: Arc<crate::dialect::responses::OpenAiResponses>,
 }
 
 /// Whether `method path` is one of the proxied endpoints.
 pub fn is_api(method: &Method, path: &str) -> bool {
     let get = *method == Method::GET || *method == Method::HEAD;
     match path {
-        "/v1/messages" | "/v1/messages/count_tokens" | "/v1/chat/completions" => *method == Method::POST,
+        "/v1/messages" | "/v1/messages/count_tokens" | "/v1/chat/completions" | "/v1/responses" => {
+            *method == Method::POST
+        }
         "/v1/models" => get,
         _ => get && path.strip_prefix("/v1/models/").is_some_and(plain_model_id),
     }
@@ -147,8 +154,11 @@ impl Api {
         B::Error: Into<axum::BoxError>,
     {
         // The client's dialect decides the shape of every answer, refusals included.
-        let dialect: Option<&dyn Dialect> =
-            (parts.uri.path() == "/v1/chat/completions").then_some(self.openai.as_ref() as &dyn Dialect);
+        let dialect: Option<&dyn Dialect> = match parts.uri.path() {
+            "/v1/chat/completions" => Some(self.openai.as_ref()),
+            "/v1/responses" => Some(self.responses.as_ref()),
+            _ => None,
+        };
         let refuse = |error: ApiError| match dialect {
             Some(d) => dialect_error(d, error),
             None => error.into_response(),
