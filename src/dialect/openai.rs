@@ -100,6 +100,22 @@ fn text_of(content: &Value, param: &str) -> Result<String, DialectError> {
     Ok(text.join("\n"))
 }
 
+/// Every tool call must be answered, in the user turn right after it (as both APIs require).
+pub(super) fn answered(turns: &[Value]) -> Result<(), DialectError> {
+    for (i, turn) in turns.iter().enumerate() {
+        let ids =
+            turn["content"].as_array().into_iter().flatten().filter(|b| b["type"] == "tool_use").map(|b| &b["id"]);
+        let next = turns.get(i + 1).and_then(|t| t["content"].as_array());
+        for id in ids {
+            let found = next.is_some_and(|n| n.iter().any(|b| b["type"] == "tool_result" && &b["tool_use_id"] == id));
+            if !found {
+                return Err(bad(format!("tool call {id} has no tool message answering it right after"), "messages"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Append a turn, merging it into the previous one when the role repeats (Anthropic alternates roles;
 /// consecutive tool results must be one user turn).
 pub(super) fn push_turn(turns: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
@@ -136,6 +152,8 @@ impl Dialect for OpenAiChat {
         let messages = messages.ok_or_else(|| bad("messages must be a list", "messages"))?;
         let mut system: Vec<String> = Vec::new();
         let mut turns: Vec<Value> = Vec::new();
+        // Tool calls of the latest assistant message: a tool message must answer one of them.
+        let mut calls: Vec<String> = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let param = format!("messages[{i}]");
             let content = m.get("content").unwrap_or(&Value::Null);
@@ -146,8 +164,18 @@ impl Dialect for OpenAiChat {
                         system.push(text);
                     }
                 }
-                Some("user") => push_turn(&mut turns, "user", content_blocks(content, &format!("{param}.content"))?),
+                Some("user") => {
+                    let blocks = content_blocks(content, &format!("{param}.content"))?;
+                    if !blocks.is_empty() {
+                        calls.clear();
+                    }
+                    push_turn(&mut turns, "user", blocks);
+                }
                 Some("assistant") => {
+                    // Consecutive assistant messages become one turn: their calls count together.
+                    if turns.last().is_none_or(|t| t["role"] != "assistant") {
+                        calls.clear();
+                    }
                     let mut blocks = content_blocks(content, &format!("{param}.content"))?;
                     if let Some(reasoning) = m.get("reasoning_content").and_then(Value::as_str)
                         && !reasoning.is_empty()
@@ -170,6 +198,10 @@ impl Dialect for OpenAiChat {
                         if !input.is_object() {
                             return Err(bad("function.arguments must be a JSON object", &param));
                         }
+                        if calls.iter().any(|c| c == id) {
+                            return Err(bad(format!("tool call id {id:?} is used twice"), &param));
+                        }
+                        calls.push(id.to_owned());
                         blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
                     }
                     push_turn(&mut turns, "assistant", blocks);
@@ -177,6 +209,12 @@ impl Dialect for OpenAiChat {
                 Some("tool") => {
                     let id = m.get("tool_call_id").and_then(Value::as_str);
                     let id = id.ok_or_else(|| bad("a tool message needs tool_call_id", &param))?;
+                    if !calls.iter().any(|c| c == id) {
+                        return Err(bad(
+                            format!("tool_call_id {id:?} answers no tool call of the assistant message before it"),
+                            &format!("{param}.tool_call_id"),
+                        ));
+                    }
                     let result = content_blocks(content, &format!("{param}.content"))?;
                     let block = json!({"type": "tool_result", "tool_use_id": id, "content": result});
                     push_turn(&mut turns, "user", vec![block]);
@@ -189,6 +227,7 @@ impl Dialect for OpenAiChat {
         if turns.is_empty() {
             return Err(bad("messages needs at least one user or assistant message", "messages"));
         }
+        answered(&turns)?;
         let mut out = Map::new();
         out.insert("model".into(), json!(model));
         let max_tokens = req
@@ -672,6 +711,115 @@ mod tests {
         cut.event("message_start", events[0].to_string().as_bytes());
         let end = String::from_utf8(cut.finish(true)).unwrap();
         assert!(end.contains("\"error\"") && end.ends_with("data: [DONE]\n\n"), "{end}");
+    }
+
+    /// Whether `body` is a Messages request Anthropic accepts in shape: a model, room for an answer,
+    /// alternating user/assistant turns of known blocks, tool results answering the tool calls of the turn
+    /// before.
+    fn well_formed(body: &Value) -> Result<(), String> {
+        if !body["model"].is_string() || body["max_tokens"].as_u64().unwrap_or(0) == 0 {
+            return Err("model and max_tokens".into());
+        }
+        let turns = body["messages"].as_array().ok_or("messages")?;
+        if turns.is_empty() {
+            return Err("no turns".into());
+        }
+        let mut previous: Option<&Value> = None;
+        for turn in turns {
+            let role = turn["role"].as_str().ok_or("role")?;
+            if previous.is_some_and(|p| p["role"] == role) || !matches!(role, "user" | "assistant") {
+                return Err(format!("roles do not alternate: {turns:?}"));
+            }
+            let blocks = turn["content"].as_array().filter(|b| !b.is_empty()).ok_or("empty turn")?;
+            for b in blocks {
+                match (role, b["type"].as_str()) {
+                    (_, Some("text" | "image")) => {}
+                    ("assistant", Some("tool_use")) => {
+                        if blocks.iter().filter(|c| c["type"] == "tool_use" && c["id"] == b["id"]).count() > 1 {
+                            return Err(format!("tool use id used twice: {b}"));
+                        }
+                    }
+                    ("user", Some("tool_result")) => {
+                        let answered = previous.and_then(|p| p["content"].as_array()).is_some_and(|prev| {
+                            prev.iter().any(|c| c["type"] == "tool_use" && c["id"] == b["tool_use_id"])
+                        });
+                        if !answered {
+                            return Err(format!("a tool result answers nothing: {b}"));
+                        }
+                    }
+                    other => return Err(format!("block {other:?} in a {role} turn")),
+                }
+            }
+            previous = Some(turn);
+        }
+        answered(turns).map_err(|e| e.message)
+    }
+
+    fn message() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = prop_oneof![Just(String::new()), "[a-z ]{1,12}"];
+        let content = prop_oneof![
+            text.clone().prop_map(Value::from),
+            Just(Value::Null),
+            proptest::collection::vec(
+                prop_oneof![
+                    text.clone().prop_map(|t| json!({"type": "text", "text": t})),
+                    Just(json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})),
+                    Just(json!({"type": "image_url", "image_url": {"url": "ftp://nope"}})),
+                    Just(json!({"type": "audio"})),
+                ],
+                0..3
+            )
+            .prop_map(Value::from),
+        ];
+        let call = (
+            "c[0-3]",
+            prop_oneof![
+                Just("{}".to_owned()),
+                Just("{\"a\":1}".to_owned()),
+                Just("[1]".to_owned()),
+                Just("oops".to_owned())
+            ],
+        )
+            .prop_map(|(id, args)| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": args}}));
+        prop_oneof![
+            ("system|developer|user|wizard", content.clone())
+                .prop_map(|(role, content)| json!({"role": role, "content": content})),
+            (content.clone(), proptest::collection::vec(call, 0..3))
+                .prop_map(|(content, calls)| json!({"role": "assistant", "content": content, "tool_calls": calls})),
+            ("c[0-3]", content)
+                .prop_map(|(id, content)| json!({"role": "tool", "tool_call_id": id, "content": content})),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 2000, ..proptest::test_runner::Config::default() })]
+        /// Any request is either translated into a well-formed Messages request or refused with a clear
+        /// message (naming the field), never a panic and never a malformed request upstream.
+        #[test]
+        fn any_chat_request_translates_or_is_refused_clearly(
+            messages in proptest::collection::vec(message(), 0..8),
+            n in proptest::option::of(0u64..3),
+            max_tokens in proptest::option::of(0u64..100_000),
+            effort in proptest::option::of("low|medium|high|none|weird"),
+            choice in proptest::option::of("auto|none|required|sometimes"),
+        ) {
+            let mut req = json!({"model": "claude-x", "messages": messages,
+                "tools": [{"type": "function", "function": {"name": "f"}}]});
+            if let Some(n) = n { req["n"] = json!(n); }
+            if let Some(m) = max_tokens { req["max_tokens"] = json!(m); }
+            if let Some(e) = effort { req["reasoning_effort"] = json!(e); }
+            if let Some(c) = choice { req["tool_choice"] = json!(c); }
+            match OpenAiChat::default().request(req.to_string().as_bytes()) {
+                Ok(t) => {
+                    let body: Value = serde_json::from_slice(&t.body).unwrap();
+                    if let Err(why) = well_formed(&body) {
+                        return Err(proptest::test_runner::TestCaseError::fail(format!("{why}\n{req}\n{body}")));
+                    }
+                }
+                Err(e) => proptest::prop_assert!(!e.message.is_empty()),
+            }
+        }
     }
 
     #[test]

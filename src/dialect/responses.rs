@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::openai::{OpenAiSettings, bad, image_block, now_secs, push_turn, thinking_budget};
+use super::openai::{OpenAiSettings, answered, bad, image_block, now_secs, push_turn, thinking_budget};
 use super::{Dialect, DialectError, StreamTranslator, Translated};
 
 #[derive(Debug, Clone, Default)]
@@ -156,6 +156,7 @@ impl Dialect for OpenAiResponses {
         if turns.is_empty() {
             return Err(bad("input needs at least one user or assistant message", "input"));
         }
+        answered(&turns)?;
         let mut out = Map::new();
         out.insert("model".into(), json!(model));
         let mut max_tokens =
