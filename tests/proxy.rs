@@ -499,3 +499,23 @@ async fn model_aliases_and_the_long_context_suffix() {
     .await;
     assert!(rows.contains(&"claude-opus-4-5".to_owned()) && !rows.contains(&"opus".to_owned()), "{rows:?}");
 }
+
+/// An OpenAI-dialect request on an OAuth account gets the identity and the OAuth beta exactly as a
+/// native one does; the answer comes back in OpenAI's shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_requests_on_oauth_accounts_carry_the_identity() {
+    let fake = Fake::start().await;
+    let (_env, gw) = oauth_gateway(&fake).await;
+    let body = serde_json::json!({"model": "claude-fake", "messages": [
+        {"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]});
+    let r = gw.post("/v1/chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello");
+    let seen = fake.last_request();
+    assert_eq!(seen.path_and_query, "/v1/messages");
+    assert!(seen.header("anthropic-beta").unwrap().contains("oauth-2025-04-20"));
+    let system = seen.json()["system"].clone();
+    assert_eq!(system[0]["text"], "You are Claude Code, Anthropic's official CLI for Claude.", "{system}");
+    assert_eq!(system[1]["text"], "Answer in French.");
+}
