@@ -100,6 +100,89 @@ fn text_of(content: &Value, param: &str) -> Result<String, DialectError> {
     Ok(text.join("\n"))
 }
 
+/// A request body as a JSON object, or a clear error.
+pub(super) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DialectError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(DialectError::new("the request body must be a JSON object", None)),
+        Err(e) => Err(DialectError::new(format!("the request body is not valid JSON: {e}"), None)),
+    }
+}
+
+/// A function call's `arguments` text as the object a `tool_use` block carries.
+pub(super) fn parse_arguments(arguments: Option<&str>, param: &str) -> Result<Value, DialectError> {
+    let arguments = arguments.unwrap_or("{}");
+    if arguments.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input) if input.is_object() => Ok(input),
+        _ => Err(bad("function arguments must be a JSON object", param)),
+    }
+}
+
+/// `max_tokens` and, for a reasoning effort, the thinking budget (the answer keeps room beyond it).
+pub(super) fn set_budget(out: &mut Map<String, Value>, max_tokens: u64, effort: Option<&str>) {
+    let mut max_tokens = max_tokens.max(1);
+    if let Some(budget) = effort.and_then(thinking_budget) {
+        max_tokens = max_tokens.max(budget + 1024);
+        out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+    }
+    out.insert("max_tokens".into(), json!(max_tokens));
+}
+
+/// JSON mode (`json_object`, `json_schema` with its schema): Claude has no switch for it, so the nearest
+/// faithful means is an instruction for `system`. `None` for plain text.
+pub(super) fn format_instruction(
+    kind: Option<&str>,
+    schema: &Value,
+    param: &str,
+) -> Result<Option<String>, DialectError> {
+    match kind {
+        Some("json_object") => Ok(Some("Respond with a single valid JSON object and nothing else.".into())),
+        Some("json_schema") => Ok(Some(format!(
+            "Respond with a single valid JSON value that conforms to this JSON Schema, and nothing else: {schema}"
+        ))),
+        Some("text") | None => Ok(None),
+        Some(other) => Err(bad(format!("{param} {other:?} is not supported"), param)),
+    }
+}
+
+/// A function tool (name, description, JSON Schema of its parameters) as an Anthropic tool.
+pub(super) fn tool(name: &str, description: Option<&str>, parameters: Option<&Value>) -> Value {
+    let mut t = json!({"name": name, "input_schema": parameters.cloned().unwrap_or(json!({"type": "object"}))});
+    if let Some(d) = description {
+        t["description"] = json!(d);
+    }
+    t
+}
+
+/// `tool_choice` (`auto`, `none`, `required`, or naming one function: `named` reads its name) and
+/// `parallel_tool_calls` as Anthropic's `tool_choice`.
+pub(super) fn tool_choice(
+    choice: Option<&Value>,
+    named: impl Fn(&Value) -> Option<&str>,
+    parallel: Option<bool>,
+) -> Result<Value, DialectError> {
+    let mut out = match choice {
+        None | Some(Value::Null) => json!({"type": "auto"}),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "none" => json!({"type": "none"}),
+            "required" => json!({"type": "any"}),
+            other => return Err(bad(format!("tool_choice {other:?} is not supported"), "tool_choice")),
+        },
+        Some(obj) => match named(obj) {
+            Some(name) => json!({"type": "tool", "name": name}),
+            None => return Err(bad("tool_choice needs the function's name", "tool_choice")),
+        },
+    };
+    if parallel == Some(false) && out["type"] != "none" {
+        out["disable_parallel_tool_use"] = json!(true);
+    }
+    Ok(out)
+}
+
 /// Every tool call must be answered, in the user turn right after it (as both APIs require).
 pub(super) fn answered(turns: &[Value]) -> Result<(), DialectError> {
     for (i, turn) in turns.iter().enumerate() {
@@ -138,11 +221,7 @@ impl Dialect for OpenAiChat {
     }
 
     fn request(&self, body: &[u8]) -> Result<Translated, DialectError> {
-        let req: Map<String, Value> = match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(DialectError::new("the request body must be a JSON object", None)),
-            Err(e) => return Err(DialectError::new(format!("the request body is not valid JSON: {e}"), None)),
-        };
+        let req = parse_object(body)?;
         let model = req.get("model").and_then(Value::as_str).filter(|m| !m.is_empty());
         let model = model.ok_or_else(|| bad("model is required", "model"))?.to_owned();
         if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
@@ -188,16 +267,7 @@ impl Dialect for OpenAiChat {
                         let id = call["id"].as_str().ok_or_else(|| bad("a tool call needs an id", &param))?;
                         let name = call["function"]["name"].as_str();
                         let name = name.ok_or_else(|| bad("a tool call needs function.name", &param))?;
-                        let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
-                        let input: Value = if arguments.trim().is_empty() {
-                            json!({})
-                        } else {
-                            serde_json::from_str(arguments)
-                                .map_err(|_| bad("function.arguments must be a JSON object", &param))?
-                        };
-                        if !input.is_object() {
-                            return Err(bad("function.arguments must be a JSON object", &param));
-                        }
+                        let input = parse_arguments(call["function"]["arguments"].as_str(), &param)?;
                         if calls.iter().any(|c| c == id) {
                             return Err(bad(format!("tool call id {id:?} is used twice"), &param));
                         }
@@ -230,32 +300,18 @@ impl Dialect for OpenAiChat {
         answered(&turns)?;
         let mut out = Map::new();
         out.insert("model".into(), json!(model));
-        let max_tokens = req
-            .get("max_completion_tokens")
-            .or_else(|| req.get("max_tokens"))
-            .and_then(Value::as_u64)
-            .unwrap_or(self.settings.default_max_tokens)
-            .max(1);
-        let mut max_tokens = max_tokens;
-        if let Some(effort) = req.get("reasoning_effort").and_then(Value::as_str)
-            && let Some(budget) = thinking_budget(effort)
+        let max_tokens = req.get("max_completion_tokens").or_else(|| req.get("max_tokens")).and_then(Value::as_u64);
+        set_budget(
+            &mut out,
+            max_tokens.unwrap_or(self.settings.default_max_tokens),
+            req.get("reasoning_effort").and_then(Value::as_str),
+        );
+        let format = req.get("response_format");
+        let schema = format.map_or(&Value::Null, |f| &f["json_schema"]["schema"]);
+        if let Some(instruction) =
+            format_instruction(format.and_then(|f| f["type"].as_str()), schema, "response_format")?
         {
-            // The answer must have room beyond the thinking.
-            max_tokens = max_tokens.max(budget + 1024);
-            out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
-        }
-        out.insert("max_tokens".into(), json!(max_tokens));
-        // JSON mode: Claude has no switch for it, so the nearest faithful means is an instruction.
-        match req.get("response_format").and_then(|f| f["type"].as_str()) {
-            Some("json_object") => system.push("Respond with a single valid JSON object and nothing else.".into()),
-            Some("json_schema") => {
-                let schema = req.get("response_format").map_or(&Value::Null, |f| &f["json_schema"]["schema"]);
-                system.push(format!(
-                    "Respond with a single valid JSON value that conforms to this JSON Schema, and nothing else: {schema}"
-                ));
-            }
-            Some("text") | None => {}
-            Some(other) => return Err(bad(format!("response_format {other:?} is not supported"), "response_format")),
+            system.push(instruction);
         }
         if !system.is_empty() {
             out.insert("system".into(), json!(system.join("\n\n")));
@@ -280,37 +336,18 @@ impl Dialect for OpenAiChat {
         }
         if let Some(tools) = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty()) {
             let mut list = Vec::new();
-            for (i, tool) in tools.iter().enumerate() {
+            for (i, t) in tools.iter().enumerate() {
                 let param = format!("tools[{i}]");
-                if tool["type"] != "function" {
+                if t["type"] != "function" {
                     return Err(bad("only function tools are supported", &param));
                 }
-                let f = &tool["function"];
+                let f = &t["function"];
                 let name = f["name"].as_str().ok_or_else(|| bad("a tool needs function.name", &param))?;
-                let mut t = json!({"name": name, "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object"}))});
-                if let Some(d) = f["description"].as_str() {
-                    t["description"] = json!(d);
-                }
-                list.push(t);
+                list.push(tool(name, f["description"].as_str(), f.get("parameters")));
             }
             out.insert("tools".into(), Value::Array(list));
             let parallel = req.get("parallel_tool_calls").and_then(Value::as_bool);
-            let mut choice = match req.get("tool_choice") {
-                None | Some(Value::Null) => json!({"type": "auto"}),
-                Some(Value::String(s)) => match s.as_str() {
-                    "auto" => json!({"type": "auto"}),
-                    "none" => json!({"type": "none"}),
-                    "required" => json!({"type": "any"}),
-                    other => return Err(bad(format!("tool_choice {other:?} is not supported"), "tool_choice")),
-                },
-                Some(obj) => match obj["function"]["name"].as_str() {
-                    Some(name) => json!({"type": "tool", "name": name}),
-                    None => return Err(bad("tool_choice needs function.name", "tool_choice")),
-                },
-            };
-            if parallel == Some(false) && choice["type"] != "none" {
-                choice["disable_parallel_tool_use"] = json!(true);
-            }
+            let choice = tool_choice(req.get("tool_choice"), |c| c["function"]["name"].as_str(), parallel)?;
             out.insert("tool_choice".into(), choice);
         }
         let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);

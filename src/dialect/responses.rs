@@ -5,7 +5,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::openai::{OpenAiSettings, answered, bad, image_block, now_secs, push_turn, thinking_budget};
+use super::openai::{
+    OpenAiSettings, answered, bad, format_instruction, image_block, now_secs, parse_arguments, parse_object, push_turn,
+    set_budget, tool, tool_choice,
+};
 use super::{Dialect, DialectError, StreamTranslator, Translated};
 
 #[derive(Debug, Clone, Default)]
@@ -64,11 +67,7 @@ impl Dialect for OpenAiResponses {
     }
 
     fn request(&self, body: &[u8]) -> Result<Translated, DialectError> {
-        let req: Map<String, Value> = match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(DialectError::new("the request body must be a JSON object", None)),
-            Err(e) => return Err(DialectError::new(format!("the request body is not valid JSON: {e}"), None)),
-        };
+        let req = parse_object(body)?;
         if req.get("previous_response_id").is_some_and(|v| !v.is_null()) {
             return Err(bad(
                 "previous_response_id is not supported: Switchyard stores no conversations; send the whole \
@@ -118,16 +117,7 @@ impl Dialect for OpenAiResponses {
                                 item["call_id"].as_str().ok_or_else(|| bad("a function_call needs call_id", &param))?;
                             let name =
                                 item["name"].as_str().ok_or_else(|| bad("a function_call needs name", &param))?;
-                            let arguments = item["arguments"].as_str().unwrap_or("{}");
-                            let input: Value = if arguments.trim().is_empty() {
-                                json!({})
-                            } else {
-                                serde_json::from_str(arguments)
-                                    .map_err(|_| bad("arguments must be a JSON object", &param))?
-                            };
-                            if !input.is_object() {
-                                return Err(bad("arguments must be a JSON object", &param));
-                            }
+                            let input = parse_arguments(item["arguments"].as_str(), &param)?;
                             push_turn(
                                 &mut turns,
                                 "assistant",
@@ -159,24 +149,15 @@ impl Dialect for OpenAiResponses {
         answered(&turns)?;
         let mut out = Map::new();
         out.insert("model".into(), json!(model));
-        let mut max_tokens =
-            req.get("max_output_tokens").and_then(Value::as_u64).unwrap_or(self.settings.default_max_tokens).max(1);
-        if let Some(effort) = req.get("reasoning").and_then(|r| r.get("effort")).and_then(Value::as_str)
-            && let Some(budget) = thinking_budget(effort)
-        {
-            max_tokens = max_tokens.max(budget + 1024);
-            out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
-        }
-        out.insert("max_tokens".into(), json!(max_tokens));
-        match req.get("text").and_then(|t| t.get("format")).and_then(|f| f.get("type")).and_then(Value::as_str) {
-            Some("json_object") => system.push("Respond with a single valid JSON object and nothing else.".into()),
-            Some("json_schema") => {
-                let schema = &req["text"]["format"]["schema"];
-                system.push(format!(
-                    "Respond with a single valid JSON value that conforms to this JSON Schema, and nothing else: {schema}"
-                ));
-            }
-            _ => {}
+        set_budget(
+            &mut out,
+            req.get("max_output_tokens").and_then(Value::as_u64).unwrap_or(self.settings.default_max_tokens),
+            req.get("reasoning").and_then(|r| r.get("effort")).and_then(Value::as_str),
+        );
+        let format = req.get("text").and_then(|t| t.get("format"));
+        let schema = format.map_or(&Value::Null, |f| &f["schema"]);
+        if let Some(instruction) = format_instruction(format.and_then(|f| f["type"].as_str()), schema, "text.format")? {
+            system.push(instruction);
         }
         if !system.is_empty() {
             out.insert("system".into(), json!(system.join("\n\n")));
@@ -192,36 +173,17 @@ impl Dialect for OpenAiResponses {
         }
         if let Some(tools) = req.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty()) {
             let mut list = Vec::new();
-            for (i, tool) in tools.iter().enumerate() {
+            for (i, t) in tools.iter().enumerate() {
                 let param = format!("tools[{i}]");
-                if tool["type"] != "function" {
+                if t["type"] != "function" {
                     return Err(bad("only function tools are supported", &param));
                 }
-                let name = tool["name"].as_str().ok_or_else(|| bad("a tool needs a name", &param))?;
-                let mut t = json!({"name": name, "input_schema": tool.get("parameters").cloned().unwrap_or(json!({"type": "object"}))});
-                if let Some(d) = tool["description"].as_str() {
-                    t["description"] = json!(d);
-                }
-                list.push(t);
+                let name = t["name"].as_str().ok_or_else(|| bad("a tool needs a name", &param))?;
+                list.push(tool(name, t["description"].as_str(), t.get("parameters")));
             }
             out.insert("tools".into(), Value::Array(list));
-            let mut choice = match req.get("tool_choice") {
-                None | Some(Value::Null) => json!({"type": "auto"}),
-                Some(Value::String(s)) => match s.as_str() {
-                    "auto" => json!({"type": "auto"}),
-                    "none" => json!({"type": "none"}),
-                    "required" => json!({"type": "any"}),
-                    other => return Err(bad(format!("tool_choice {other:?} is not supported"), "tool_choice")),
-                },
-                Some(obj) => match obj["name"].as_str() {
-                    Some(name) => json!({"type": "tool", "name": name}),
-                    None => return Err(bad("tool_choice needs a name", "tool_choice")),
-                },
-            };
-            if req.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) && choice["type"] != "none" {
-                choice["disable_parallel_tool_use"] = json!(true);
-            }
-            out.insert("tool_choice".into(), choice);
+            let parallel = req.get("parallel_tool_calls").and_then(Value::as_bool);
+            out.insert("tool_choice".into(), tool_choice(req.get("tool_choice"), |c| c["name"].as_str(), parallel)?);
         }
         let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
         if stream {
