@@ -467,6 +467,31 @@ struct ChatStream {
     usage: Map<String, Value>,
     finish: Option<Value>,
     done: bool,
+    /// `data: {"id":…,"model":…,"choices":[{"index":0,"delta":` of this stream, written once: a text
+    /// delta (most of a stream) is then this, the escaped text and a fixed tail, with no JSON tree built.
+    prefix: Vec<u8>,
+}
+
+/// The end of a chunk after its delta.
+const CHUNK_TAIL: &[u8] = b",\"finish_reason\":null,\"logprobs\":null}]}\n\n";
+
+/// The few fields of an Anthropic event a chunk needs, borrowed from the event's bytes.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl ChatStream {
@@ -476,6 +501,18 @@ impl ChatStream {
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         });
         sse(&chunk)
+    }
+
+    /// A text delta's chunk, from the stream's prefix.
+    fn text_chunk(&self, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + text.len() + 16 + CHUNK_TAIL.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{\"content\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, text);
+        out.push(b'}');
+        out.extend_from_slice(CHUNK_TAIL);
+        out
     }
 }
 
@@ -487,7 +524,20 @@ pub(super) fn sse(value: &Value) -> Vec<u8> {
 }
 
 impl StreamTranslator for ChatStream {
-    fn event(&mut self, _name: &str, data: &[u8]) -> Vec<u8> {
+    fn event(&mut self, name: &str, data: &[u8]) -> Vec<u8> {
+        // Events a chunk never carries are skipped by name, unread.
+        if matches!(name, "ping" | "content_block_stop") {
+            return Vec::new();
+        }
+        // The common case, a text delta, without a JSON tree.
+        if let Ok(Event { kind, delta: Some(Delta { kind: Some(delta_kind), text: Some(text) }), .. }) =
+            serde_json::from_slice::<Event<'_>>(data)
+            && kind == "content_block_delta"
+            && delta_kind == "text_delta"
+            && !self.prefix.is_empty()
+        {
+            return self.text_chunk(&text);
+        }
         let Ok(event) = serde_json::from_slice::<Value>(data) else { return Vec::new() };
         match event["type"].as_str() {
             Some("message_start") => {
@@ -500,6 +550,11 @@ impl StreamTranslator for ChatStream {
                 if let Some(u) = message["usage"].as_object() {
                     self.usage.clone_from(u);
                 }
+                let head = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model});
+                let head = head.to_string();
+                // `{…}` becomes `{…,"choices":[{"index":0,"delta":`.
+                self.prefix =
+                    format!("data: {},\"choices\":[{{\"index\":0,\"delta\":", &head[..head.len() - 1]).into_bytes();
                 self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)
             }
             Some("content_block_start") if event["content_block"]["type"] == "tool_use" => {
