@@ -480,8 +480,6 @@ const CHUNK_TAIL: &[u8] = b",\"finish_reason\":null,\"logprobs\":null}]}\n\n";
 struct Event<'a> {
     #[serde(rename = "type", borrow)]
     kind: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    index: Option<u64>,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
 }
