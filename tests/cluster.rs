@@ -48,6 +48,17 @@ async fn key_login(gw: &Gateway, key: &str) -> (String, String) {
     (cookie, secret)
 }
 
+/// Wait until every gateway counts all of them live (limits are split among the live instances).
+async fn all_live(gateways: &[Gateway]) {
+    for gw in gateways {
+        support::eventually("each instance to count every instance live", Duration::from_secs(20), async || {
+            let health: serde_json::Value = gw.get("/health").send().await.ok()?.json().await.ok()?;
+            (health["live_instances"] == gateways.len()).then_some(())
+        })
+        .await;
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -516,13 +527,7 @@ async fn a_rate_limit_is_split_among_the_live_instances() {
     cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-rpm"]).await;
     let key = cluster.env(&fake).ok(&["keys", "create", "busy", "--rpm", "30"]).await.stdout.trim().to_owned();
     let (_envs, gateways) = cluster.instances(&fake, 3).await;
-    for gw in &gateways {
-        support::eventually("each instance to count three live instances", Duration::from_secs(20), async || {
-            let health: serde_json::Value = gw.get("/health").send().await.ok()?.json().await.ok()?;
-            (health["live_instances"] == 3).then_some(())
-        })
-        .await;
-    }
+    all_live(&gateways).await;
     let sends = (0..60)
         .map(|i| gateways[i % 3].post("/v1/messages").header("x-api-key", &key).json(&message_body(false)).send());
     let admitted =
@@ -598,13 +603,7 @@ async fn a_concurrency_limit_holds_across_the_instances() {
     cluster.env(&fake).ok(&["accounts", "add", "a", "--api-key", "sk-ant-api03-slots"]).await;
     let key = cluster.env(&fake).ok(&["keys", "create", "narrow", "--concurrency", "2"]).await.stdout.trim().to_owned();
     let (_envs, gateways) = cluster.instances(&fake, 3).await;
-    for gw in &gateways {
-        support::eventually("each instance to count three live instances", Duration::from_secs(20), async || {
-            let health: serde_json::Value = gw.get("/health").send().await.ok()?.json().await.ok()?;
-            (health["live_instances"] == 3).then_some(())
-        })
-        .await;
-    }
+    all_live(&gateways).await;
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     fake.lock().sse_gate = Some(gate.clone());
     let mut open = Vec::new();
