@@ -492,6 +492,34 @@ struct Delta<'a> {
     text: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// A `message_delta` event: the stop reason and the final usage.
+#[derive(serde::Deserialize)]
+struct MessageDelta<'a> {
+    #[serde(default, borrow)]
+    delta: Option<StopDelta<'a>>,
+    #[serde(default)]
+    usage: Option<Map<String, Value>>,
+}
+
+#[derive(serde::Deserialize)]
+struct StopDelta<'a> {
+    #[serde(default, borrow)]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A `content_block_start` event's block type.
+#[derive(serde::Deserialize)]
+struct BlockStart<'a> {
+    #[serde(borrow)]
+    content_block: BlockKind<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct BlockKind<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
 impl ChatStream {
     fn chunk(&self, delta: Value, finish: Value) -> Vec<u8> {
         let chunk = json!({
@@ -499,6 +527,17 @@ impl ChatStream {
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         });
         sse(&chunk)
+    }
+
+    /// A chunk from the stream's prefix: `delta` and `finish` are JSON text.
+    fn raw_chunk(&self, delta: &str, finish: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + delta.len() + finish.len() + 48);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(delta.as_bytes());
+        out.extend_from_slice(b",\"finish_reason\":");
+        out.extend_from_slice(finish.as_bytes());
+        out.extend_from_slice(b",\"logprobs\":null}]}\n\n");
+        out
     }
 
     /// A text delta's chunk, from the stream's prefix.
@@ -523,9 +562,29 @@ pub(super) fn sse(value: &Value) -> Vec<u8> {
 
 impl StreamTranslator for ChatStream {
     fn event(&mut self, name: &str, data: &[u8]) -> Vec<u8> {
-        // Events a chunk never carries are skipped by name, unread.
-        if matches!(name, "ping" | "content_block_stop") {
-            return Vec::new();
+        // Events a chunk never carries are skipped by name, unread; the common ones are read into small
+        // borrowed structs rather than JSON trees (a tree costs more than the rest of the translation).
+        match name {
+            "ping" | "content_block_stop" => return Vec::new(),
+            "message_stop" => return self.end(),
+            "message_delta" => {
+                if let Ok(d) = serde_json::from_slice::<MessageDelta<'_>>(data) {
+                    for (k, v) in d.usage.into_iter().flatten() {
+                        self.usage.insert(k, v);
+                    }
+                    let stop = d.delta.and_then(|d| d.stop_reason);
+                    self.finish = Some(finish_reason(stop.as_deref()));
+                    return Vec::new();
+                }
+            }
+            "content_block_start" => {
+                if let Ok(b) = serde_json::from_slice::<BlockStart<'_>>(data)
+                    && b.content_block.kind != "tool_use"
+                {
+                    return Vec::new();
+                }
+            }
+            _ => {}
         }
         // The common case, a text delta, without a JSON tree.
         if let Ok(Event { kind, delta: Some(Delta { kind: Some(delta_kind), text: Some(text) }), .. }) =
@@ -553,7 +612,7 @@ impl StreamTranslator for ChatStream {
                 // `{…}` becomes `{…,"choices":[{"index":0,"delta":`.
                 self.prefix =
                     format!("data: {},\"choices\":[{{\"index\":0,\"delta\":", &head[..head.len() - 1]).into_bytes();
-                self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+                self.raw_chunk(r#"{"content":"","role":"assistant"}"#, "null")
             }
             Some("content_block_start") if event["content_block"]["type"] == "tool_use" => {
                 let block = event["index"].as_u64().unwrap_or(0);
@@ -623,7 +682,11 @@ impl ChatStream {
         }
         self.done = true;
         let finish = self.finish.take().unwrap_or_else(|| json!("stop"));
-        let mut out = self.chunk(json!({}), finish);
+        let mut out = if self.prefix.is_empty() {
+            self.chunk(json!({}), finish)
+        } else {
+            self.raw_chunk("{}", &finish.to_string())
+        };
         if self.include_usage {
             let chunk = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
