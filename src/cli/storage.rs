@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::args::StorageCommand;
 use super::{format_ms, open_data};
-use crate::accounts::PlainAccount;
+use crate::accounts::{PlainAccount, Registry};
 use crate::config::Config;
 use crate::secrets::{
     Backend, Cipher, ExposeSecret, KdfCost, SecretString, StoreChoice, loose_permissions, open_with_passphrase,
@@ -206,29 +206,12 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     let keystore = tokio::task::spawn_blocking(move || keystore.save(&keys_for_save).map(|()| keystore)).await??;
     // 2. Every sealed value (account tokens, the TOTP secret, kept payloads) re-sealed under the new key,
     //    all in one transaction.
-    let store = opened.registry.store().clone();
     let old = opened.registry.cipher().clone();
-    let new = Cipher::with_keys(keys.clone());
-    let (accounts, mut count) = opened.registry.resealed_accounts(&old, &new).await?;
-    let mut settings: Vec<(String, String)> =
-        crate::access::admin::resealed_totp(store.as_ref(), &old, &new).await?.into_iter().collect();
-    // The key check proves the new key, not the old, once this is done (it is not counted as a secret).
-    let key_check = opened.registry.resealed_key_check(&old, &new).await?;
-    count += settings.len();
-    let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, &old, &new)?;
-    count += bodies;
-    settings.extend(key_check);
-    store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
-    store.clear_pending_logins().await?;
+    let count = reseal_everything(&opened.registry, &old, &Cipher::with_keys(keys.clone())).await?;
+    opened.registry.store().clear_pending_logins().await?;
     // 3a. Nothing may still need the old key: check with the new key alone before retiring the old one.
-    let mut only_new = keys.clone();
-    only_new.retire_old();
-    let only_new = Cipher::with_keys(only_new);
-    let check = opened.registry.resealed_accounts(&only_new, &only_new).await;
-    let totp_ok = crate::access::admin::totp_opens(store.as_ref(), &only_new).await?;
-    let payloads_ok = crate::ledger::reseal_payloads(store.list_payloads().await?, &only_new, &only_new).is_ok();
     anyhow::ensure!(
-        check.is_ok() && totp_ok && payloads_ok,
+        opens_with_new_key_alone(&opened.registry, &keys).await?,
         "a sealed value still needs key version {old_version}; the old key is kept (both keys are stored)",
         old_version = old_v
     );
@@ -242,6 +225,34 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
         format_ms(crate::now_ms())
     );
     Ok(())
+}
+
+/// Re-seal every sealed value from `old` to `new` in one transaction: account tokens and keys, the TOTP
+/// secret, kept payloads, and the key check (which then proves the new key; it is not counted). Returns
+/// how many secrets were re-sealed.
+async fn reseal_everything(registry: &Registry, old: &Cipher, new: &Cipher) -> anyhow::Result<usize> {
+    let store = registry.store();
+    let (accounts, mut count) = registry.resealed_accounts(old, new).await?;
+    let mut settings: Vec<(String, String)> =
+        crate::access::admin::resealed_totp(store.as_ref(), old, new).await?.into_iter().collect();
+    count += settings.len();
+    settings.extend(registry.resealed_key_check(old, new).await?);
+    let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, old, new)?;
+    count += bodies;
+    store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
+    Ok(count)
+}
+
+/// Whether every sealed value opens with `keys` once their old versions are retired.
+async fn opens_with_new_key_alone(registry: &Registry, keys: &crate::secrets::KeySet) -> anyhow::Result<bool> {
+    let mut only_new = keys.clone();
+    only_new.retire_old();
+    let only_new = Cipher::with_keys(only_new);
+    let store = registry.store();
+    let accounts_ok = registry.resealed_accounts(&only_new, &only_new).await.is_ok();
+    let totp_ok = crate::access::admin::totp_opens(store.as_ref(), &only_new).await?;
+    let payloads_ok = crate::ledger::reseal_payloads(store.list_payloads().await?, &only_new, &only_new).is_ok();
+    Ok(accounts_ok && totp_ok && payloads_ok)
 }
 
 /// How long a rotation waits for every live instance to take up the new key before giving up (leaving
@@ -300,27 +311,15 @@ async fn rotate_shared_key(config: &Config) -> anyhow::Result<()> {
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+    // Both keys open everything, the new one seals.
     let cipher = Cipher::with_keys(keys.clone());
-    let (accounts, mut count) = opened.registry.resealed_accounts(&cipher, &cipher).await?;
-    let mut settings: Vec<(String, String)> =
-        crate::access::admin::resealed_totp(store.as_ref(), &cipher, &cipher).await?.into_iter().collect();
-    let key_check = opened.registry.resealed_key_check(&cipher, &cipher).await?;
-    count += settings.len();
-    let (payloads, bodies) = crate::ledger::reseal_payloads(store.list_payloads().await?, &cipher, &cipher)?;
-    count += bodies;
-    settings.extend(key_check);
-    store.replace_sealed(&crate::store::Resealed { accounts, settings, payloads }).await?;
-    let mut only_new = keys.clone();
-    only_new.retire_old();
-    let only_new_cipher = Cipher::with_keys(only_new.clone());
-    let check = opened.registry.resealed_accounts(&only_new_cipher, &only_new_cipher).await;
-    let totp_ok = crate::access::admin::totp_opens(store.as_ref(), &only_new_cipher).await?;
-    let payloads_ok =
-        crate::ledger::reseal_payloads(store.list_payloads().await?, &only_new_cipher, &only_new_cipher).is_ok();
+    let count = reseal_everything(&opened.registry, &cipher, &cipher).await?;
     anyhow::ensure!(
-        check.is_ok() && totp_ok && payloads_ok,
+        opens_with_new_key_alone(&opened.registry, &keys).await?,
         "a sealed value still needs key version {old_v}; both keys stay stored: run rotate-key again"
     );
+    let mut only_new = keys.clone();
+    only_new.retire_old();
     // A login begun under the old key could not be finished once it is gone.
     store.clear_pending_logins().await?;
     anyhow::ensure!(
