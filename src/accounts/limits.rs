@@ -120,6 +120,14 @@ impl Limits {
         }
     }
 
+    /// Keep a window by name: a known one is updated, a new one only while fewer than `MAX_KEPT` are kept
+    /// (names come from outside).
+    fn keep_window(&mut self, name: String, window: UsageWindow) {
+        if self.windows.len() < MAX_KEPT || self.windows.contains_key(&name) {
+            self.windows.insert(name, window);
+        }
+    }
+
     /// Take in a usage report: every window (percent → fraction) and the spend.
     pub fn take_usage(&mut self, report: &crate::oauth::UsageReport) {
         for (name, percent, resets_at) in report.windows() {
@@ -132,9 +140,7 @@ impl Limits {
                 "7d" => self.seven_day = Some(window),
                 _ => {}
             }
-            if self.windows.len() < MAX_KEPT || self.windows.contains_key(&name) {
-                self.windows.insert(name, window);
-            }
+            self.keep_window(name, window);
         }
         if let Some(spend) = &report.spend {
             let used = spend.used.as_ref();
@@ -173,11 +179,9 @@ impl Limits {
             }
         }
         for (name, w) in &info.windows {
-            if let Some(utilization) = w.utilization.filter(|u| u.is_finite())
-                && (self.windows.len() < MAX_KEPT || self.windows.contains_key(name))
-            {
+            if let Some(utilization) = w.utilization.filter(|u| u.is_finite()) {
                 let window = UsageWindow { utilization, resets_at_ms: w.reset.map(|s| s.saturating_mul(1000)) };
-                self.windows.insert(name.clone(), window);
+                self.keep_window(name.clone(), window);
             }
         }
         if !info.extras.is_empty() {
