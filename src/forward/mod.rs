@@ -303,7 +303,11 @@ impl Forwarder {
     /// Forward `req` through the first account that can take it, failing over to the next on a limit, an
     /// overload, a server error or a connection failure — all before the first byte reaches the client.
     pub async fn forward(&self, mut req: Inbound) -> Result<Response, ApiError> {
-        self.resolve_model(&mut req);
+        // Read once: model aliases and the forwarding both use it.
+        let mut peek = peek(&req);
+        if let Ok(peek) = &mut peek {
+            self.resolve_model(&mut req, peek);
+        }
         let mut trace = Trace::new(&req);
         if let Some(cache) = &self.count_cache
             && req.method == Method::POST
@@ -324,7 +328,10 @@ impl Forwarder {
         let req_body = req.body.clone();
         // Every log line of this request carries its id (the same id as in the request log).
         let span = tracing::info_span!("request", id = %trace.row.id);
-        let result = tracing::Instrument::instrument(self.forward_inner(&req, &mut trace), span).await;
+        let result = match peek {
+            Ok(peek) => tracing::Instrument::instrument(self.forward_inner(&req, peek, &mut trace), span).await,
+            Err(error) => Err(error),
+        };
         // A request that failed over to its end counts as one failed request of the last account tried
         // (each attempt counted as it failed).
         if !trace.answered
@@ -347,16 +354,8 @@ impl Forwarder {
         result
     }
 
-    async fn forward_inner(&self, req: &Inbound, trace: &mut Trace) -> Result<Response, ApiError> {
+    async fn forward_inner(&self, req: &Inbound, peek: Peek, trace: &mut Trace) -> Result<Response, ApiError> {
         let started = trace.started;
-        let peek = if req.method == Method::POST {
-            if req.body.is_empty() {
-                return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
-            }
-            Peek::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))?
-        } else {
-            Peek::default()
-        };
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -599,7 +598,7 @@ impl Forwarder {
     /// Apply `[models.aliases]` and the `[1m]` suffix before anything else sees the request: the body's
     /// `model` is replaced where it stands (every other byte kept) and the long-context beta added, as if
     /// the client had sent them; `/v1/models/{alias}` asks for the model the alias stands for.
-    fn resolve_model(&self, req: &mut Inbound) {
+    fn resolve_model(&self, req: &mut Inbound, peek: &mut Peek) {
         if req.method == Method::GET {
             if let Some(name) = req.path_and_query.strip_prefix("/v1/models/")
                 && let Some(resolved) = self.models.resolve(name.split('?').next().unwrap_or(name))
@@ -612,11 +611,12 @@ impl Forwarder {
         if req.method != Method::POST || !self.models.may_rewrite(&req.body) {
             return;
         }
-        let Some(model) = Peek::parse(&req.body).ok().and_then(|p| p.model) else { return };
+        let Some(model) = peek.model.clone() else { return };
         let Some(resolved) = self.models.resolve(&model) else { return };
         let Ok(body) = MessageBody::parse(&req.body) else { return };
         let Ok(name) = serde_json::to_string(&resolved.model) else { return };
         req.body = Bytes::from(body.with_field("model", &name));
+        peek.model = Some(resolved.model.clone());
         if resolved.long_context {
             let client: Vec<&str> =
                 req.headers.get_all("anthropic-beta").iter().filter_map(|v| v.to_str().ok()).collect();
@@ -1078,6 +1078,18 @@ impl Drop for Tapped {
 
 /// Largest error answer read before the failover loop decides; more is not an error message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// What routing and the log need from a request's body (nothing for a GET); an empty or malformed body
+/// is the client's error.
+fn peek(req: &Inbound) -> Result<Peek, ApiError> {
+    if req.method != Method::POST {
+        return Ok(Peek::default());
+    }
+    if req.body.is_empty() {
+        return Err(ApiError::invalid_request("request body is empty; expected a JSON object"));
+    }
+    Peek::parse(&req.body).map_err(|e| ApiError::invalid_request(e.to_string()))
+}
 
 /// `POST /v1/messages/count_tokens` (with or without a query).
 pub fn is_count_tokens(path_and_query: &str) -> bool {
