@@ -26,7 +26,7 @@ pub(super) fn thinking_budget(effort: &str) -> Option<u64> {
         "medium" => Some(4096),
         "high" => Some(16_384),
         "xhigh" | "max" => Some(32_768),
-        "none" => None,
+        // `none`, and anything unknown: no thinking.
         _ => None,
     }
 }
@@ -255,13 +255,8 @@ impl Dialect for OpenAiChat {
                     if turns.last().is_none_or(|t| t["role"] != "assistant") {
                         calls.clear();
                     }
+                    // `reasoning_content` is not sent back: without its signature a thinking block is refused.
                     let mut blocks = content_blocks(content, &format!("{param}.content"))?;
-                    if let Some(reasoning) = m.get("reasoning_content").and_then(Value::as_str)
-                        && !reasoning.is_empty()
-                    {
-                        // Without its signature a thinking block cannot be sent back; the text is context.
-                        let _ = reasoning;
-                    }
                     for (j, call) in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
                         let param = format!("{param}.tool_calls[{j}]");
                         let id = call["id"].as_str().ok_or_else(|| bad("a tool call needs an id", &param))?;

@@ -201,7 +201,8 @@ impl Api {
                 (path, body, None)
             }
             Some(d) => match d.request(&body) {
-                Ok(t) => ("/v1/messages".to_owned(), Bytes::from(t.body.clone()), Some(t)),
+                // The translated body moves into the request; the answer needs only the rest.
+                Ok(mut t) => ("/v1/messages".to_owned(), Bytes::from(std::mem::take(&mut t.body)), Some(t)),
                 Err(e) => return refuse(ApiError::invalid_request(e.message)),
             },
         };
