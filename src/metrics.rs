@@ -90,7 +90,50 @@ pub fn render_latency() -> String {
             let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
         }
     }
+    render_overhead(&mut out);
     out
+}
+
+/// Upper bounds (seconds) of `switchyard_overhead_seconds`: Switchyard's own time is microseconds.
+const OVERHEAD_BUCKETS: [f64; 12] =
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+
+/// Time spent in Switchyard per request, without the waits for the client and the upstream.
+struct Overhead {
+    buckets: [AtomicU64; OVERHEAD_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+static OVERHEAD: Overhead =
+    Overhead { buckets: [const { AtomicU64::new(0) }; OVERHEAD_BUCKETS.len() + 1], sum_nanos: AtomicU64::new(0) };
+
+/// A request's own time in Switchyard (from its head's arrival to its answer's head, minus waiting).
+pub fn overhead(own: std::time::Duration) {
+    let secs = own.as_secs_f64();
+    let slot = OVERHEAD_BUCKETS.partition_point(|bound| *bound < secs);
+    OVERHEAD.buckets[slot].fetch_add(1, Ordering::Relaxed);
+    OVERHEAD.sum_nanos.fetch_add(u64::try_from(own.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+fn render_overhead(out: &mut String) {
+    let name = "switchyard_overhead_seconds";
+    let labels = INSTANCE.get().map(|i| format!("instance=\"{i}\",")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time spent in Switchyard per request, without waiting for the client or the upstream"
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut total = 0u64;
+    for (i, bucket) in OVERHEAD.buckets.iter().enumerate() {
+        total += bucket.load(Ordering::Relaxed);
+        let le = OVERHEAD_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {total}");
+    }
+    let sum = OVERHEAD.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let bare = labels.trim_end_matches(',');
+    let bare = if bare.is_empty() { String::new() } else { format!("{{{bare}}}") };
+    let _ = writeln!(out, "{name}_sum{bare} {sum}");
+    let _ = writeln!(out, "{name}_count{bare} {total}");
 }
 
 /// The handles one (account, model, status) records into.

@@ -138,6 +138,8 @@ async fn prometheus_metrics_are_exposed_and_protected() {
     let fake = Fake::start().await;
     let env = two_accounts(&fake).await;
     let gw = env.serve().await;
+    // The first answer is held back by the upstream: that wait is not Switchyard's own time.
+    fake.push(Script::Delay(Duration::from_millis(400)));
     for stream in [false, true] {
         let r = gw.post("/v1/messages").json(&message_body(stream)).send().await.unwrap();
         let _ = r.text().await.unwrap();
@@ -155,6 +157,14 @@ async fn prometheus_metrics_are_exposed_and_protected() {
     assert!(text.contains("switchyard_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("switchyard_upstream_ttfb_seconds"), "{text}");
     assert!(text.contains("switchyard_open_streams 0"), "{text}");
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {text}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("switchyard_overhead_seconds_count "), 2.0, "{text}");
+    let own = value("switchyard_overhead_seconds_sum ");
+    assert!(own > 0.0 && own < 0.4, "the upstream's 400 ms are not counted as overhead: {own}");
+    assert!(text.contains(r#"switchyard_overhead_seconds_bucket{le="+Inf"} 2"#), "{text}");
     assert!(!text.contains("sk-ant-"), "no secrets in labels");
     drop(gw);
 

@@ -34,10 +34,27 @@ pub fn exclusive_lock(config: &Config) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// Each stream holds two descriptors (client and HTTP/1.1 upstream): the soft limit (often 1,024) is
+/// raised to the hard one at start, as nginx does, so the connection cap is what limits, not the kernel.
+fn raise_descriptor_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::debug!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // One server per data directory, on either backend: on PostgreSQL instances share the database, each
     // with a directory of its own (a restart then knows its predecessor's refresh leases are dead).
     let _lock = exclusive_lock(&config)?;
+    raise_descriptor_limit();
     let opened = super::open_data(&config).await?;
     if opened.keystore.unprotected_file() {
         eprintln!("note: the key file is not protected by a passphrase; set SWITCHYARD_PASSPHRASE to wrap it");

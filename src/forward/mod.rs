@@ -43,6 +43,36 @@ pub struct Inbound {
     pub caller: Option<Arc<crate::access::ClientKey>>,
     /// The client's dialect (`anthropic`, `openai`): the body is an Anthropic request either way.
     pub dialect: &'static str,
+    /// When the request's head arrived, and how long of that was spent waiting for the client (its
+    /// body): with the upstream waits counted here, the rest is Switchyard's own time.
+    pub clock: Clock,
+}
+
+/// Time spent on one request, split into waiting (for the client, the upstream, a back-off pause)
+/// and the rest, which is Switchyard's own work (`switchyard_overhead_seconds`).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub arrived: Instant,
+    pub waited: Duration,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Self { arrived: Instant::now(), waited: Duration::ZERO }
+    }
+
+    /// Await `f`, counting the time as waiting.
+    pub async fn wait<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let started = Instant::now();
+        let out = f.await;
+        self.waited += started.elapsed();
+        out
+    }
+
+    /// Switchyard's own time so far.
+    pub fn own(&self) -> Duration {
+        self.arrived.elapsed().saturating_sub(self.waited)
+    }
 }
 
 #[derive(Debug)]
@@ -241,9 +271,15 @@ fn upstream_client(config: &Config) -> Result<UpstreamClient, ApiError> {
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        // Idle HTTP/1.1 connections kept per thread: enough for a busy steady load; after a burst of
+        // thousands of streams the rest close, so their descriptors and buffers go back (HTTP/2 keeps one).
+        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_THREAD)
         .pool_timer(TokioTimer::new())
         .build(https))
 }
+
+/// Idle upstream connections one thread's pool keeps open.
+const UPSTREAM_IDLE_PER_THREAD: usize = 128;
 
 /// The innermost cause of a transport error (a TLS or pin failure reads better than "connect error").
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -321,6 +357,7 @@ impl Forwarder {
                 &req.body,
             );
             if let Some(answer) = cache.get(&key) {
+                crate::metrics::overhead(trace.clock.own());
                 return Ok(self.cached_count(trace, answer));
             }
             trace.count_key = Some(key);
@@ -332,6 +369,7 @@ impl Forwarder {
             Ok(peek) => tracing::Instrument::instrument(self.forward_inner(&req, peek, &mut trace), span).await,
             Err(error) => Err(error),
         };
+        crate::metrics::overhead(trace.clock.own());
         // A request that failed over to its end counts as one failed request of the last account tried
         // (each attempt counted as it failed).
         if !trace.answered
@@ -418,7 +456,7 @@ impl Forwarder {
                     };
                 }
             };
-            let credential = match self.pool.credential(&account).await {
+            let credential = match trace.clock.wait(self.pool.credential(&account)).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(account = %account.name, error = %e, "account skipped");
@@ -433,13 +471,13 @@ impl Forwarder {
             };
             attempts += 1;
             trace.tried(&account, attempts);
-            let mut sent = self.send(req, &credential, body.clone(), deadline).await;
+            let mut sent = trace.clock.wait(self.send(req, &credential, body.clone(), deadline)).await;
             if let (Ok(response), Credential::Bearer(rejected)) = (&sent, &credential)
                 && response.status() == StatusCode::UNAUTHORIZED
             {
                 tracing::info!(account = %account.name, "upstream refused the access token; refreshing");
-                match self.pool.refresh_rejected(&account, rejected).await {
-                    Ok(fresh) => sent = self.send(req, &fresh, body, deadline).await,
+                match trace.clock.wait(self.pool.refresh_rejected(&account, rejected)).await {
+                    Ok(fresh) => sent = trace.clock.wait(self.send(req, &fresh, body, deadline)).await,
                     Err(e) => {
                         reasons.push(e.to_string());
                         skipped.push(account.id.clone());
@@ -475,7 +513,7 @@ impl Forwarder {
                         return Err(error);
                     }
                     last = Some(Failure::Gateway(error));
-                    if !self.back_off(&mut delay, deadline).await {
+                    if !trace.clock.wait(self.back_off(&mut delay, deadline)).await {
                         return last.map_or_else(|| Err(self.timed_out()), |f| f.into_answer(self, trace));
                     }
                     continue;
@@ -487,7 +525,7 @@ impl Forwarder {
             // (extra usage or credits for long context) is no rate limit, and must not bench the account.
             let (response, entitlement) = if status == StatusCode::TOO_MANY_REQUESTS {
                 let (parts, body) = response.into_parts();
-                let bytes = read_body(body, ERROR_BODY_CAP, deadline).await;
+                let bytes = trace.clock.wait(read_body(body, ERROR_BODY_CAP, deadline)).await;
                 let entitlement = crate::anthropic::is_entitlement_error(&bytes)
                     && !matches!(
                         crate::anthropic::classify(429, &info),
@@ -495,9 +533,9 @@ impl Forwarder {
                     );
                 (hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes))), entitlement)
             } else if status.is_success() && self.lists_models(req) {
-                (self.with_aliases(response, deadline).await, false)
+                (trace.clock.wait(self.with_aliases(response, deadline)).await, false)
             } else if let (true, Some(key)) = (status == StatusCode::OK, trace.count_key) {
-                (self.kept_count(key, response, deadline).await, false)
+                (trace.clock.wait(self.kept_count(key, response, deadline)).await, false)
             } else {
                 (response.map(UpstreamBody::Live), false)
             };
@@ -517,7 +555,7 @@ impl Forwarder {
                 }
                 let transient = cause == Cause::Upstream;
                 last = Some(Failure::Upstream { response, transient, account: account.name.clone(), error_type });
-                if pause && !self.back_off(&mut delay, deadline).await {
+                if pause && !trace.clock.wait(self.back_off(&mut delay, deadline)).await {
                     return last.map_or_else(|| Err(self.timed_out()), |f| f.into_answer(self, trace));
                 }
                 continue;
@@ -805,6 +843,7 @@ struct Trace {
     answered: bool,
     /// A `count_tokens` request's key in the answer cache.
     count_key: Option<[u8; 32]>,
+    clock: Clock,
 }
 
 impl Trace {
@@ -821,7 +860,15 @@ impl Trace {
             dialect: Some(req.dialect.to_owned()),
             ..RequestRow::default()
         };
-        Self { row, started: Instant::now(), body: req.body.clone(), last: None, answered: false, count_key: None }
+        Self {
+            row,
+            started: Instant::now(),
+            body: req.body.clone(),
+            last: None,
+            answered: false,
+            count_key: None,
+            clock: req.clock,
+        }
     }
 
     fn tried(&mut self, account: &Arc<Account>, attempts: u32) {

@@ -253,6 +253,15 @@ const H2_MAX_STREAMS: u32 = 128;
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     let options = &shared.options;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // HTTP/1.1 connections (nearly all) are served by hyper's own HTTP/1 server, chosen by a peek at the
+    // first bytes or by ALPN: the auto-detecting builder replays its detection read, which makes hyper
+    // grow every connection's read buffer to 16 KiB, and detects on every connection.
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(256 * 1024)
+        .max_header_size(256 * 1024);
+    let h1 = Arc::new(h1);
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(256 * 1024);
     builder
@@ -313,15 +322,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         let front = shared.front.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let front = front.clone();
-            async move {
+            // Boxed: hyper keeps room for the service's future for the connection's whole life, and
+            // this one is kilobytes; boxed, it is freed as soon as the answer's head is out.
+            let answer: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 if super::is_api(req.method(), req.uri().path()) {
                     return Ok(front.api.serve(req, peer.ip()).await);
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
                 front.router.oneshot(req.map(axum::body::Body::new)).await
-            }
+            });
+            answer
         });
         let builder = builder.clone();
+        let h1 = h1.clone();
         let watcher = graceful.watcher();
         let acceptor = shared.acceptor.clone();
         let header_timeout = options.header_timeout;
@@ -331,7 +344,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
             let _slot = (slot, source_slot);
             match acceptor {
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => serve_connection(&builder, watcher, stopping, max_age, tls, service).await,
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                        Box::pin(drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown())).await;
+                    }
+                    Ok(Ok(tls)) => {
+                        let conn = h1.serve_connection(TokioIo::new(tls), service);
+                        drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown()).await;
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -340,14 +360,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
                     // (hyper's header timer starts only with the first byte).
                     // Shutdown does not wait for a connection that has sent nothing yet (its watcher would
                     // hold the drain open until the timeout).
-                    let mut first = [0u8; 1];
+                    let mut first = [0u8; 3];
                     let waited = tokio::select! {
                         waited = tokio::time::timeout(header_timeout, tcp.peek(&mut first)) => waited,
                         _ = stopping.wait_for(|stop| *stop) => return,
                     };
                     match waited {
+                        // No HTTP/1 request starts like HTTP/2's preface (`PRI * HTTP/2.0`).
+                        Ok(Ok(n)) if n > 0 && !b"PRI".starts_with(&first[..n]) => {
+                            let conn = h1.serve_connection(TokioIo::new(tcp), service);
+                            drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown()).await;
+                        }
+                        // HTTP/2 with prior knowledge, or too few bytes yet to tell: hyper's detection.
                         Ok(Ok(n)) if n > 0 => {
-                            serve_connection(&builder, watcher, stopping, max_age, tcp, service).await;
+                            let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+                            Box::pin(drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown())).await;
                         }
                         Ok(_) => {}
                         Err(_) => tracing::debug!(%peer, "connection sent nothing; closed"),
@@ -363,27 +390,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
     }
 }
 
-/// Serve one connection until it ends. Shutdown and old age both ask it to finish gracefully (running
+/// Drive one connection until it ends. Shutdown and old age both ask it to finish gracefully (running
 /// requests complete; HTTP/2 gets a GOAWAY); the watcher keeps the drain waiting until it is gone.
-async fn serve_connection<I, S>(
-    builder: &Builder<TokioExecutor>,
+async fn drive<C, E>(
     watcher: hyper_util::server::graceful::Watcher,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     max_age: Duration,
-    io: I,
-    service: S,
+    conn: C,
+    finish: impl Fn(std::pin::Pin<&mut C>),
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let _counted = watcher;
-    let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
     tokio::pin!(conn);
     let old = tokio::time::sleep(max_age);
     tokio::pin!(old);
@@ -398,11 +417,11 @@ async fn serve_connection<I, S>(
             }
             () = &mut old, if !asked => {
                 asked = true;
-                conn.as_mut().graceful_shutdown();
+                finish(conn.as_mut());
             }
             _ = stopping.wait_for(|stop| *stop), if !asked => {
                 asked = true;
-                conn.as_mut().graceful_shutdown();
+                finish(conn.as_mut());
             }
         }
     }

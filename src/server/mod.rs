@@ -30,7 +30,7 @@ use crate::accounts::Pool;
 use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::ApiError;
-use crate::forward::{Forwarder, Inbound};
+use crate::forward::{Clock, Forwarder, Inbound};
 use axum::http::HeaderValue;
 
 /// The proxied Anthropic endpoints behind the guard, the router for `/health`, `/metrics` and the admin
@@ -137,18 +137,20 @@ impl Api {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
+        // Switchyard's own time starts with the request's head (the key check and routing are part of it).
+        let clock = Clock::start();
         let (mut parts, body) = req.into_parts();
         if !self.hosts.allows(&parts.headers, &parts.uri) {
             return headers::Hosts::refusal().into_response();
         }
         guard::mark_sensitive(&mut parts.headers);
         let allowed = self.cors.allowed(&parts.headers);
-        let mut response = self.proxy(parts, body, peer).await;
+        let mut response = self.proxy(parts, body, peer, clock).await;
         headers::Cors::expose(allowed, &mut response);
         response
     }
 
-    async fn proxy<B>(&self, parts: axum::http::request::Parts, body: B, peer: IpAddr) -> Response
+    async fn proxy<B>(&self, parts: axum::http::request::Parts, body: B, peer: IpAddr, mut clock: Clock) -> Response
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
@@ -176,8 +178,8 @@ impl Api {
             Ok(admitted) => admitted,
             Err(refused) => return refuse(refused),
         };
-        let body = match tokio::time::timeout(self.body_timeout, read_body(body, &parts.headers, self.body_limit)).await
-        {
+        let reading = tokio::time::timeout(self.body_timeout, read_body(body, &parts.headers, self.body_limit));
+        let body = match clock.wait(reading).await {
             Ok(Ok(body)) => body,
             Ok(Err(error)) => return refuse(error),
             Err(_) => {
@@ -221,6 +223,7 @@ impl Api {
             body,
             caller: admitted.key,
             dialect: dialect.map_or("anthropic", |d| d.name()),
+            clock,
         };
         let response = match self.forwarder.forward(inbound).await {
             Ok(response) => response,
