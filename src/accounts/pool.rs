@@ -559,7 +559,9 @@ impl Pool {
                 if !state.unsaved && expires_at_ms.saturating_sub(crate::now_ms()) > self.margin_ms {
                     Ok(Credential::Bearer(access))
                 } else {
-                    self.refresh(account, &access).await
+                    // Boxed: the refresh (a token call) is kilobytes of state that every request's future
+                    // would otherwise carry, though nearly all of them never refresh.
+                    Box::pin(self.refresh(account, &access)).await
                 }
             }
         }
@@ -571,7 +573,7 @@ impl Pool {
         account: &Account,
         rejected: &Arc<SecretString>,
     ) -> Result<Credential, AccountError> {
-        self.refresh(account, rejected).await
+        Box::pin(self.refresh(account, rejected)).await
     }
 
     /// Refresh the account's token if it is still `seen`; callers that queued behind a refresh get its

@@ -56,17 +56,36 @@ pub struct Clock {
     pub waited: Duration,
 }
 
+pin_project_lite::pin_project! {
+    /// A future whose time until ready is counted as waiting on its clock.
+    pub struct Waiting<'a, F> {
+        clock: &'a mut Clock,
+        started: Instant,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Waiting<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let ready = std::task::ready!(this.inner.poll(cx));
+        this.clock.waited += this.started.elapsed();
+        std::task::Poll::Ready(ready)
+    }
+}
+
 impl Clock {
     pub fn start() -> Self {
         Self { arrived: Instant::now(), waited: Duration::ZERO }
     }
 
-    /// Await `f`, counting the time as waiting.
-    pub async fn wait<F: std::future::Future>(&mut self, f: F) -> F::Output {
-        let started = Instant::now();
-        let out = f.await;
-        self.waited += started.elapsed();
-        out
+    /// `f`, with the time until it is ready counted as waiting. A plain future rather than an `async fn`:
+    /// an `async fn` would hold `f` twice (as its argument and as the value it awaits).
+    pub fn wait<F: std::future::Future>(&mut self, f: F) -> Waiting<'_, F> {
+        Waiting { clock: self, started: Instant::now(), inner: f }
     }
 
     /// Switchyard's own time so far.
@@ -525,7 +544,7 @@ impl Forwarder {
             // (extra usage or credits for long context) is no rate limit, and must not bench the account.
             let (response, entitlement) = if status == StatusCode::TOO_MANY_REQUESTS {
                 let (parts, body) = response.into_parts();
-                let bytes = trace.clock.wait(read_body(body, ERROR_BODY_CAP, deadline)).await;
+                let bytes = trace.clock.wait(Box::pin(read_body(body, ERROR_BODY_CAP, deadline))).await;
                 let entitlement = crate::anthropic::is_entitlement_error(&bytes)
                     && !matches!(
                         crate::anthropic::classify(429, &info),
@@ -533,9 +552,9 @@ impl Forwarder {
                     );
                 (hyper::Response::from_parts(parts, UpstreamBody::Read(Some(bytes))), entitlement)
             } else if status.is_success() && self.lists_models(req) {
-                (trace.clock.wait(self.with_aliases(response, deadline)).await, false)
+                (trace.clock.wait(Box::pin(self.with_aliases(response, deadline))).await, false)
             } else if let (true, Some(key)) = (status == StatusCode::OK, trace.count_key) {
-                (trace.clock.wait(self.kept_count(key, response, deadline)).await, false)
+                (trace.clock.wait(Box::pin(self.kept_count(key, response, deadline))).await, false)
             } else {
                 (response.map(UpstreamBody::Live), false)
             };

@@ -343,18 +343,25 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
         tokio::spawn(async move {
             let _slot = (slot, source_slot);
             match acceptor {
-                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-                        Box::pin(drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown())).await;
-                    }
-                    Ok(Ok(tls)) => {
-                        let conn = h1.serve_connection(TokioIo::new(tls), service);
-                        drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown()).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                // Boxed: a TLS connection's state (the handshake, rustls' buffers) is kilobytes that a
+                // plain connection's task would otherwise reserve too.
+                Some(acceptor) => {
+                    Box::pin(async move {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                                let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                                drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown()).await;
+                            }
+                            Ok(Ok(tls)) => {
+                                let conn = h1.serve_connection(TokioIo::new(tls), service);
+                                drive(watcher, stopping, max_age, conn, |c| c.graceful_shutdown()).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    })
+                    .await;
+                }
                 None => {
                     // A connection that sends nothing at all is closed like one that stops mid-headers
                     // (hyper's header timer starts only with the first byte).

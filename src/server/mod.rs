@@ -233,8 +233,8 @@ impl Api {
             }
         };
         let response = match (dialect, &translated) {
-            (Some(d), Some(t)) => dialect_answer(d, response, t).await,
-            _ if openai_models => openai_model_list(response).await,
+            (Some(d), Some(t)) => Box::pin(dialect_answer(d, response, t)).await,
+            _ if openai_models => Box::pin(openai_model_list(response)).await,
             _ => response,
         };
         match admitted.slot {
