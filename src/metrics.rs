@@ -79,19 +79,26 @@ pub fn render_latency() -> String {
             if let Some(instance) = INSTANCE.get() {
                 let _ = write!(labels, ",instance=\"{instance}\"");
             }
-            let mut total = 0u64;
-            for (i, bucket) in h.buckets.iter().enumerate() {
-                total += bucket.load(Ordering::Relaxed);
-                let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
-            }
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+            render_histogram(&mut out, name, &labels, &BUCKETS, &h.buckets, sum);
         }
     }
     render_overhead(&mut out);
     out
+}
+
+/// One histogram's series: cumulative buckets (`counts` per bucket, the last one `+Inf`), sum and count.
+fn render_histogram(out: &mut String, name: &str, labels: &str, bounds: &[f64], counts: &[AtomicU64], sum: f64) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut total = 0u64;
+    for (i, bucket) in counts.iter().enumerate() {
+        total += bucket.load(Ordering::Relaxed);
+        let le = bounds.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
+    }
+    let braced = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braced} {sum}");
+    let _ = writeln!(out, "{name}_count{braced} {total}");
 }
 
 /// Upper bounds (seconds) of `switchyard_overhead_seconds`: Switchyard's own time is microseconds.
@@ -117,23 +124,14 @@ pub fn overhead(own: std::time::Duration) {
 
 fn render_overhead(out: &mut String) {
     let name = "switchyard_overhead_seconds";
-    let labels = INSTANCE.get().map(|i| format!("instance=\"{i}\",")).unwrap_or_default();
+    let labels = INSTANCE.get().map(|i| format!("instance=\"{i}\"")).unwrap_or_default();
     let _ = writeln!(
         out,
         "# HELP {name} Time spent in Switchyard per request, without waiting for the client or the upstream"
     );
     let _ = writeln!(out, "# TYPE {name} histogram");
-    let mut total = 0u64;
-    for (i, bucket) in OVERHEAD.buckets.iter().enumerate() {
-        total += bucket.load(Ordering::Relaxed);
-        let le = OVERHEAD_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {total}");
-    }
     let sum = OVERHEAD.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-    let bare = labels.trim_end_matches(',');
-    let bare = if bare.is_empty() { String::new() } else { format!("{{{bare}}}") };
-    let _ = writeln!(out, "{name}_sum{bare} {sum}");
-    let _ = writeln!(out, "{name}_count{bare} {total}");
+    render_histogram(out, name, &labels, &OVERHEAD_BUCKETS, &OVERHEAD.buckets, sum);
 }
 
 /// The handles one (account, model, status) records into.
