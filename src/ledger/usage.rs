@@ -84,12 +84,34 @@ pub struct SseTap {
     skipping: bool,
     /// The current event's `event:` name, when it had one: only a few names are worth parsing.
     named: Option<bool>,
+    /// The current event is named `message_start` or `message_delta`: only its `usage` is read.
+    tokens_event: bool,
     pub usage: Usage,
 }
 
 /// Events that carry tokens or an error.
 fn wanted(name: &[u8]) -> bool {
     matches!(name.trim_ascii(), b"message_start" | b"message_delta" | b"error")
+}
+
+/// The first `usage` object of an event, parsed alone. `message_start` and `message_delta` carry exactly
+/// one, and nothing before it in either holds a key of that name (a `"` inside a JSON string is escaped,
+/// so an unescaped `"usage"` is a key), so the rest of the event need not be read: a stream's two parses
+/// were a twelfth of a proxied request's instructions. `None` when there is none or it does not parse; the
+/// caller then reads the whole event.
+fn first_usage(data: &[u8]) -> Option<Tokens> {
+    use serde::Deserialize;
+    let mut from = 0;
+    while let Some(at) = memchr::memmem::find(&data[from..], b"\"usage\"") {
+        let at = from + at;
+        from = at + b"\"usage\"".len();
+        if at > 0 && data[at - 1] == b'\\' {
+            continue;
+        }
+        let value = data[from..].trim_ascii_start().strip_prefix(b":")?;
+        return Tokens::deserialize(&mut serde_json::Deserializer::from_slice(value)).ok();
+    }
+    None
 }
 
 impl SseTap {
@@ -123,10 +145,12 @@ impl SseTap {
     fn line_done(&mut self, line: &[u8]) {
         if line.is_empty() || line == b"\r" {
             self.named = None;
+            self.tokens_event = false;
             return;
         }
         if let Some(name) = line.strip_prefix(b"event:") {
             self.named = Some(wanted(name));
+            self.tokens_event = matches!(name.trim_ascii(), b"message_start" | b"message_delta");
             return;
         }
         let Some(data) = line.strip_prefix(b"data:") else { return };
@@ -137,6 +161,12 @@ impl SseTap {
                 || memchr::memmem::find(data, b"\"error\"").is_some()
         });
         if !interesting {
+            return;
+        }
+        if self.tokens_event
+            && let Some(tokens) = first_usage(data)
+        {
+            self.usage.absorb(&tokens);
             return;
         }
         let Ok(event) = serde_json::from_slice::<Event<'_>>(data) else { return };
@@ -159,9 +189,24 @@ impl SseTap {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":40,\"output_tokens\":1}}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":57}}\n\n";
+
+    #[test]
+    fn only_the_usage_object_is_read_and_an_escaped_one_is_not_it() {
+        let start = br#"{"type":"message_start","message":{"id":"m","model":"claude \"usage\": {\"input_tokens\": 999}","content":[],"usage" : {"input_tokens":12,"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":1}}}"#;
+        let tokens = first_usage(start).unwrap();
+        assert_eq!((tokens.input_tokens, tokens.output_tokens), (Some(12), Some(1)));
+        assert!(first_usage(br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#).is_none());
+        assert!(first_usage(br#"{"usage": [1, 2]}"#).is_none(), "not an object: the whole event is read");
+        let mut tap = SseTap::default();
+        tap.feed(b"event: message_start\ndata: ");
+        tap.feed(start);
+        tap.feed(b"\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n");
+        assert_eq!((tap.usage.input, tap.usage.output), (12, 7));
+    }
 
     #[test]
     fn usage_from_a_stream_split_anywhere() {
