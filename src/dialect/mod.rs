@@ -73,3 +73,10 @@ pub trait Dialect: Send + Sync {
     /// An error in the client's shape, from an HTTP status, an Anthropic error type and a message.
     fn error(&self, status: u16, kind: &str, message: &str) -> Vec<u8>;
 }
+
+/// A request through `dialect`, read back as the Anthropic JSON it becomes (for the dialects' tests).
+#[cfg(test)]
+pub(crate) fn translated(dialect: &dyn Dialect, req: &serde_json::Value) -> Result<serde_json::Value, DialectError> {
+    let t = dialect.request(req.to_string().as_bytes())?;
+    serde_json::from_slice(&t.body).map_err(|e| DialectError::new(format!("not JSON: {e}"), None))
+}

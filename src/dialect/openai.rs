@@ -700,8 +700,7 @@ mod tests {
     use super::*;
 
     fn translate(req: Value) -> Result<Value, DialectError> {
-        let t = OpenAiChat::default().request(req.to_string().as_bytes())?;
-        Ok(serde_json::from_slice(&t.body).unwrap())
+        crate::dialect::translated(&OpenAiChat::default(), &req)
     }
 
     #[test]

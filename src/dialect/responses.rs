@@ -446,8 +446,7 @@ mod tests {
     use super::*;
 
     fn translate(req: Value) -> Result<Value, DialectError> {
-        let t = OpenAiResponses::default().request(req.to_string().as_bytes())?;
-        Ok(serde_json::from_slice(&t.body).unwrap())
+        crate::dialect::translated(&OpenAiResponses::default(), &req)
     }
 
     #[test]
