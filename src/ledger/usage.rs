@@ -82,16 +82,29 @@ const MAX_LINE: usize = 256 * 1024;
 pub struct SseTap {
     line: Vec<u8>,
     skipping: bool,
-    /// The current event's `event:` name, when it had one: only a few names are worth parsing.
-    named: Option<bool>,
-    /// The current event is named `message_start` or `message_delta`: only its `usage` is read.
-    tokens_event: bool,
+    /// What the current event's `event:` name says, when it had one: only a few names are worth parsing.
+    named: Option<Named>,
     pub usage: Usage,
 }
 
-/// Events that carry tokens or an error.
-fn wanted(name: &[u8]) -> bool {
-    matches!(name.trim_ascii(), b"message_start" | b"message_delta" | b"error")
+/// An SSE event by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// `message_start`, `message_delta`: only their `usage` is read.
+    Tokens,
+    Error,
+    /// Deltas, pings and the rest: skipped.
+    Other,
+}
+
+impl Named {
+    fn of(name: &[u8]) -> Self {
+        match name.trim_ascii() {
+            b"message_start" | b"message_delta" => Self::Tokens,
+            b"error" => Self::Error,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// The first `usage` object of an event, parsed alone. `message_start` and `message_delta` carry exactly
@@ -145,25 +158,26 @@ impl SseTap {
     fn line_done(&mut self, line: &[u8]) {
         if line.is_empty() || line == b"\r" {
             self.named = None;
-            self.tokens_event = false;
             return;
         }
         if let Some(name) = line.strip_prefix(b"event:") {
-            self.named = Some(wanted(name));
-            self.tokens_event = matches!(name.trim_ascii(), b"message_start" | b"message_delta");
+            self.named = Some(Named::of(name));
             return;
         }
         let Some(data) = line.strip_prefix(b"data:") else { return };
         // Anthropic names every event, so deltas are skipped by name; an unnamed event is looked into.
-        let interesting = self.named.unwrap_or_else(|| {
-            memchr::memmem::find(data, b"message_start").is_some()
-                || memchr::memmem::find(data, b"message_delta").is_some()
-                || memchr::memmem::find(data, b"\"error\"").is_some()
-        });
+        let interesting = self.named.map_or_else(
+            || {
+                memchr::memmem::find(data, b"message_start").is_some()
+                    || memchr::memmem::find(data, b"message_delta").is_some()
+                    || memchr::memmem::find(data, b"\"error\"").is_some()
+            },
+            |named| named != Named::Other,
+        );
         if !interesting {
             return;
         }
-        if self.tokens_event
+        if self.named == Some(Named::Tokens)
             && let Some(tokens) = first_usage(data)
         {
             self.usage.absorb(&tokens);
