@@ -75,7 +75,11 @@ pub fn generate_key() -> SecretString {
 
 /// Hex SHA-256 of a key: what the store keeps. The key has 256 bits of entropy, so a fast hash suffices.
 pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(key.as_bytes()).into())
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `30d`, `12h`, `90m` → epoch ms from now.
@@ -288,7 +292,8 @@ impl ClientKeys {
     pub async fn check_or_lookup(&self, store: &dyn Store, presented: Option<&str>, now_ms: i64) -> KeyCheck {
         let checked = self.check(presented, now_ms);
         let (KeyCheck::Unknown, Some(presented)) = (&checked, presented) else { return checked };
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // `check` just hashed it: this thread remembers the digest.
+        let digest = digest_of(presented);
         {
             let mut misses = self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if misses.get(&digest).is_some_and(|at| now_ms - at < MISS_TTL_MS) {
@@ -303,7 +308,7 @@ impl ClientKeys {
             }
             misses.insert(digest, now_ms);
         }
-        let Ok(Some(record)) = store.find_client_key_by_hash(&hash_key(presented)).await else {
+        let Ok(Some(record)) = store.find_client_key_by_hash(&hex(&digest)).await else {
             return KeyCheck::Unknown;
         };
         let Some(key) = ClientKey::from_record(&record, self.share()).map(Arc::new) else {
