@@ -249,6 +249,9 @@ impl Drop for SourceSlot {
 /// Concurrent HTTP/2 streams one connection may hold open.
 const H2_MAX_STREAMS: u32 = 128;
 
+/// Request headers above this are refused (HTTP/1 and HTTP/2 alike).
+const HEADER_LIMIT: usize = 256 * 1024;
+
 /// Accept and serve connections until `shutdown`, then give running requests `drain` to finish.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     let options = &shared.options;
@@ -259,15 +262,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: impl 
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
-        .max_buf_size(256 * 1024)
-        .max_header_size(256 * 1024);
+        .max_buf_size(HEADER_LIMIT)
+        .max_header_size(HEADER_LIMIT);
     let h1 = Arc::new(h1);
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(256 * 1024);
+    // HTTP/1 connections hyper's detection serves (first bytes too few to tell) meet the same limit
+    // through the buffer bound; hyper's own HTTP/1 server above needs it said as a header limit too.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(HEADER_LIMIT);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024)
+        .max_header_list_size(HEADER_LIMIT as u32)
         // One connection may not open more streams than a client needs: each holds memory and a request.
         .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Duration::from_secs(30))
