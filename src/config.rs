@@ -395,6 +395,13 @@ impl Config {
         Self::load_with(flags, &|k| std::env::var(k).ok())
     }
 
+    /// The settings a config file's `text` gives, with no environment and no flags (the fuzz target's
+    /// entry: the same parse and validation as `load`).
+    pub fn from_file_text(text: &str, home: PathBuf) -> Result<Self, ConfigError> {
+        let raw = parse_file(Path::new("config.toml"), text)?;
+        Self::assemble(&Overrides::default(), &|_| None, home, raw)
+    }
+
     /// Load with an injected environment, so precedence can be tested without touching the process.
     pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let home = match flags.home.clone() {
@@ -770,7 +777,11 @@ impl Config {
 
 fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<RawFile, ConfigError> {
+    toml::from_str(text).map_err(|e| {
         // One line: where, then what (toml's own text draws the line with a caret over several lines).
         let at = e.span().map(|span| {
             let before = &text[..span.start.min(text.len())];

@@ -12,6 +12,8 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ledger;
 pub mod metrics;
 pub mod oauth;

@@ -1,12 +1,11 @@
 //! Client API keys and what they may do.
 
+use super::MinuteWindow;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -115,8 +114,8 @@ pub struct ClientKey {
     updated_at_ms: i64,
     /// This instance's part of the limits below when they were built.
     share: Share,
-    rpm: Option<DefaultDirectRateLimiter>,
-    tpm: Option<DefaultDirectRateLimiter>,
+    rpm: Option<MinuteWindow>,
+    tpm: Option<MinuteWindow>,
     pub concurrency: Option<Arc<Semaphore>>,
     pub budgets: Budgets,
 }
@@ -127,9 +126,8 @@ impl std::fmt::Debug for ClientKey {
     }
 }
 
-fn per_minute(n: Option<i64>) -> Option<DefaultDirectRateLimiter> {
-    let n = NonZeroU32::new(u32::try_from(n?).ok()?)?;
-    Some(RateLimiter::direct(Quota::per_minute(n)))
+fn per_minute(n: Option<i64>) -> Option<MinuteWindow> {
+    MinuteWindow::new(n?)
 }
 
 /// A per-minute `limit` divided among the live instances, rounded up (a share is never zero): together
@@ -181,28 +179,14 @@ impl ClientKey {
         })
     }
 
-    /// Seconds to wait when the request rate is over the key's limit.
-    pub fn check_rpm(&self) -> Result<(), u64> {
-        check(self.rpm.as_ref(), 1)
+    /// Seconds to wait when one more request at `now_ms` is over the key's per-minute limit.
+    pub fn check_rpm(&self, now_ms: i64) -> Result<(), u64> {
+        self.rpm.as_ref().map_or(Ok(()), |w| w.take(1, now_ms))
     }
 
     /// Seconds to wait when `tokens` more input tokens this minute are over the key's limit.
-    pub fn check_tpm(&self, tokens: u32) -> Result<(), u64> {
-        check(self.tpm.as_ref(), tokens.max(1))
-    }
-}
-
-fn check(limiter: Option<&DefaultDirectRateLimiter>, n: u32) -> Result<(), u64> {
-    let Some(limiter) = limiter else { return Ok(()) };
-    let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
-    match limiter.check_n(n) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(not_until)) => {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            Err(wait.as_secs() + 1)
-        }
-        // More than a whole minute's budget in one request: it can never pass.
-        Err(_) => Err(60),
+    pub fn check_tpm(&self, tokens: u32, now_ms: i64) -> Result<(), u64> {
+        self.tpm.as_ref().map_or(Ok(()), |w| w.take(u64::from(tokens.max(1)), now_ms))
     }
 }
 
@@ -738,12 +722,58 @@ mod tests {
 
     #[test]
     fn limits_refuse_then_name_a_wait() {
-        let rpm = per_minute(Some(2));
-        assert!(check(rpm.as_ref(), 1).is_ok());
-        assert!(check(rpm.as_ref(), 1).is_ok());
-        let wait = check(rpm.as_ref(), 1).unwrap_err();
-        assert!((1..=31).contains(&wait), "{wait}");
-        assert!(check(per_minute(Some(10)).as_ref(), 11).is_err());
-        assert!(check(None, 1000).is_ok());
+        let rpm = per_minute(Some(2)).unwrap();
+        let t0 = 1_700_000_000_500;
+        assert!(rpm.take(1, t0).is_ok());
+        assert!(rpm.take(1, t0 + 10_000).is_ok());
+        assert_eq!(rpm.take(1, t0 + 20_000), Err(41), "the first request leaves the window 41 s later");
+        assert!(per_minute(Some(10)).unwrap().take(11, t0).is_err());
+        assert!(per_minute(None).is_none() && per_minute(Some(0)).is_none());
+    }
+
+    proptest::proptest! {
+        /// Budgets are checked when a request starts and charged when it ends: the spend never passes the
+        /// budget by more than what the requests already running (at most the key's concurrency) cost.
+        #[test]
+        fn a_budget_is_passed_by_at_most_the_requests_in_flight(
+            budget in 0.01f64..5.0,
+            concurrency in 1usize..8,
+            costs in proptest::collection::vec(0.0f64..0.5, 1..300),
+            finish_first in proptest::collection::vec(proptest::bool::ANY, 300),
+        ) {
+            let record = crate::store::ClientKeyRecord {
+                id: "k".into(),
+                name: "k".into(),
+                hash: hash_key("sy-test"),
+                role: "user".into(),
+                budget_usd_day: Some(budget),
+                ..crate::store::ClientKeyRecord::default()
+            };
+            let key = ClientKey::from_record(&record, Share { rank: 0, of: 1 }).unwrap();
+            let book = SpendBook::default();
+            let now = 1_800_000_000_000i64;
+            let mut running: Vec<f64> = Vec::new();
+            let mut spent = 0.0;
+            for (cost, finish) in costs.iter().zip(&finish_first) {
+                if (*finish || running.len() == concurrency) && !running.is_empty() {
+                    let done = running.remove(0);
+                    book.add("k", done, 1, now);
+                    spent += done;
+                }
+                if running.len() < concurrency && book.over_budget(&key, now).is_none() {
+                    running.push(*cost);
+                }
+                let worst = spent + running.iter().sum::<f64>();
+                proptest::prop_assert!(worst < budget + concurrency as f64 * 0.5 + 1e-9, "{worst} against {budget}");
+            }
+            for done in running.drain(..) {
+                book.add("k", done, 1, now);
+                spent += done;
+            }
+            proptest::prop_assert!(spent < budget + concurrency as f64 * 0.5 + 1e-9);
+            if spent >= budget {
+                proptest::prop_assert!(book.over_budget(&key, now).is_some(), "over its budget but still admitted");
+            }
+        }
     }
 }

@@ -5,6 +5,9 @@
 pub mod admin;
 mod keys;
 pub mod totp;
+mod window;
+
+pub use window::MinuteWindow;
 
 /// The source a connection or attempt counts against: all of loopback is one machine (any local program
 /// can pick any 127.x address), an IPv6 client owns its /64.

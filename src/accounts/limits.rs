@@ -193,16 +193,19 @@ impl Limits {
                 self.warning = *warning;
                 self.bare_429_streak = 0;
             }
+            // A later rejection never shortens a bench: answers of concurrent requests arrive out of order,
+            // and an earlier reset may be another window's.
             Verdict::AccountLimited { until } => {
-                self.limited_until_ms = bench_until(*until, info.retry_after, now_ms);
+                self.limited_until_ms = self.limited_until_ms.max(bench_until(*until, info.retry_after, now_ms));
                 self.bare_429_streak = 0;
             }
             Verdict::ModelLimited { until } => {
+                let until = bench_until(*until, info.retry_after, now_ms);
                 if let Some(family) = family {
-                    self.model_limited_until_ms
-                        .insert(family.to_owned(), bench_until(*until, info.retry_after, now_ms));
+                    let slot = self.model_limited_until_ms.entry(family.to_owned()).or_default();
+                    *slot = (*slot).max(until);
                 } else {
-                    self.limited_until_ms = bench_until(*until, info.retry_after, now_ms);
+                    self.limited_until_ms = self.limited_until_ms.max(until);
                 }
             }
             Verdict::RequestScoped => {

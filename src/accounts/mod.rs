@@ -4,6 +4,8 @@
 mod limits;
 pub mod login;
 mod pool;
+#[cfg(test)]
+mod properties;
 mod registry;
 mod router;
 pub mod shared_keys;

@@ -66,6 +66,32 @@ pub struct Account {
 }
 
 impl Account {
+    /// An active API-key account outside any pool, for routing tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, priority: i64) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            kind: AccountKind::ApiKey,
+            state: RwLock::new(State {
+                status: AccountStatus::Active,
+                priority,
+                weight: 1,
+                plan: None,
+                creds: Creds::ApiKey(Arc::new(SecretString::from("sk-ant-test"))),
+                updated_at_ms: 0,
+                unsaved: false,
+                refresh_blocked_until_ms: 0,
+                token_version: 0,
+            }),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            limits: Mutex::new(Limits::default()),
+            dirty: AtomicBool::new(false),
+            usage_poll: Mutex::new((0, Duration::ZERO)),
+            benched: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
     fn state(&self) -> State {
         match self.state.read() {
             Ok(s) => s.clone(),
@@ -149,7 +175,11 @@ impl Account {
 
     /// Take in an upstream answer's status and rate-limit headers.
     pub fn observe(&self, status: u16, info: &RateLimitInfo, family: Option<&str>) -> Verdict {
-        let now = crate::now_ms();
+        self.observe_at(status, info, family, crate::now_ms())
+    }
+
+    /// [`Account::observe`] at a given time (the clock is injected so routing can be tested without waiting).
+    pub fn observe_at(&self, status: u16, info: &RateLimitInfo, family: Option<&str>, now: i64) -> Verdict {
         let verdict = self.change_limits(|l| l.observe(status, info, family, now));
         for window in ["5h", "7d"] {
             if let Some(value) = info.utilization(window) {

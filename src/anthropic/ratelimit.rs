@@ -96,7 +96,10 @@ impl RateLimitInfo {
                             match field {
                                 0 => w.status = Some(value.to_owned()),
                                 1 => w.reset = value.parse().ok(),
-                                _ => w.utilization = value.parse().ok(),
+                                // `1e999` parses as infinity and `NaN` as NaN: neither is a fraction, and
+                                // either would poison least-used ordering and the saved state (JSON has
+                                // no infinity). Found by the `ratelimit_headers` fuzz target.
+                                _ => w.utilization = value.parse().ok().filter(|u: &f64| u.is_finite() && *u >= 0.0),
                             }
                         }
                     }
@@ -259,6 +262,13 @@ mod tests {
         ]));
         assert!(info.present);
         assert_eq!(info.utilization("5h"), Some(0.42));
+        let odd = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("anthropic-ratelimit-unified-5h-utilization", axum::http::HeaderValue::from_static(v));
+            RateLimitInfo::parse(&h).utilization("5h")
+        };
+        assert_eq!((odd("1e999"), odd("NaN"), odd("-0.5"), odd("inf")), (None, None, None, None));
+        assert_eq!(odd("1.25"), Some(1.25), "over 100 % is a real reading");
         assert_eq!(classify(200, &info), Verdict::Allowed { warning: false });
         let warned = RateLimitInfo::parse(&headers(&[("anthropic-ratelimit-unified-status", "allowed_warning")]));
         assert_eq!(classify(200, &warned), Verdict::Allowed { warning: true });

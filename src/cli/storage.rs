@@ -11,11 +11,9 @@ use super::{format_ms, open_data};
 use crate::accounts::{PlainAccount, Registry};
 use crate::config::Config;
 use crate::secrets::{
-    Backend, Cipher, ExposeSecret, KdfCost, SecretString, StoreChoice, loose_permissions, open_with_passphrase,
-    private_dir, seal_with_passphrase, write_private_atomic,
+    BACKUP_FORMAT, Backend, Cipher, ExposeSecret, KdfCost, SecretString, StoreChoice, loose_permissions,
+    open_with_passphrase, private_dir, seal_with_passphrase, write_private_atomic,
 };
-
-const BACKUP_FORMAT: &str = "switchyard-backup-v1";
 
 pub async fn run(config: &Config, command: StorageCommand) -> anyhow::Result<()> {
     match command {

@@ -13,7 +13,9 @@ pub use envelope::{Cipher, CryptoError};
 pub use fs::{
     LoosePermission, fix_permissions, loose_permissions, private_dir, private_file, shred, write_private_atomic,
 };
-pub use keyset::{KdfCost, KeySet, KeySetError, open_with_passphrase, seal_with_passphrase};
+pub use keyset::{
+    BACKUP_FORMAT, KdfCost, KeySet, KeySetError, envelope_ok, open_with_passphrase, seal_with_passphrase,
+};
 pub use keystore::{Backend, KeyError, KeyStore, SecretSettings, StoreChoice};
 pub use secrecy::{ExposeSecret, SecretString};
 

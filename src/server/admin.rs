@@ -117,7 +117,7 @@ async fn body_in_time(
 
 /// The session cookie's value; an error when there are several (another program on this host can set a
 /// cookie for our name: browsers do not isolate cookies by port, so neither may win).
-pub(super) fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn cookie_value(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
@@ -926,4 +926,21 @@ async fn instances(State(admin): State<Shared>, headers: HeaderMap) -> Response 
         })
         .collect();
     axum::Json(serde_json::json!({ "instances": rows, "now_ms": now })).into_response()
+}
+
+/// Every admin API body and query, read from hostile bytes as the handlers read them (the fuzz target's
+/// entry): JSON bodies with serde_json, queries as axum's `Query` extractor parses them.
+pub(crate) fn read_any_input(data: &[u8]) {
+    let _ = serde_json::from_slice::<LoginBody>(data);
+    let _ = serde_json::from_slice::<AddApiKey>(data);
+    let _ = serde_json::from_slice::<Routing>(data);
+    let _ = serde_json::from_slice::<OAuthStart>(data);
+    let _ = serde_json::from_slice::<OAuthFinish>(data);
+    let _ = serde_json::from_slice::<CreateKey>(data);
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(uri) = format!("/admin/api/x?{text}").parse::<axum::http::Uri>() else { return };
+    let _ = Query::<TokenQuery>::try_from_uri(&uri);
+    let _ = Query::<RequestQuery>::try_from_uri(&uri);
+    let _ = Query::<SeriesQuery>::try_from_uri(&uri);
+    let _ = Query::<Since>::try_from_uri(&uri);
 }

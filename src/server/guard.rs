@@ -87,7 +87,7 @@ impl Guard {
 }
 
 /// The key a client presents: `x-api-key`, or `Authorization: Bearer` (the newer SDKs send that).
-pub(super) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim());
     }
@@ -149,7 +149,7 @@ impl Guard {
             return Err(self.deny(req, Some(&key.name), error));
         }
         if self.counts_per_minute(req.path)
-            && let Err(wait) = key.check_rpm()
+            && let Err(wait) = key.check_rpm(crate::now_ms())
         {
             let error =
                 ApiError::client_limited(format!("API key {:?} is over its requests-per-minute limit", key.name), wait);

@@ -21,8 +21,10 @@ mod headers;
 mod listen;
 
 pub use admin::Admin;
+pub(crate) use admin::{cookie_value, read_any_input as read_any_admin_input};
 use guard::Asking;
 pub use guard::Guard;
+pub(crate) use guard::presented_key;
 pub use listen::{ListenOptions, parse_allowed_ips, tls_config};
 
 use crate::access::ClientKeys;
@@ -192,7 +194,7 @@ impl Api {
         {
             // Input tokens are known only upstream; a quarter of the body's bytes is the usual estimate.
             let estimate = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
-            if let Err(wait) = key.check_tpm(estimate) {
+            if let Err(wait) = key.check_tpm(estimate, crate::now_ms()) {
                 let message = format!("API key {:?} is over its input-tokens-per-minute limit", key.name);
                 return refuse(ApiError::client_limited(message, wait));
             }

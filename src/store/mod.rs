@@ -155,7 +155,7 @@ pub struct Resealed {
 }
 
 /// A client API key: only the SHA-256 of the key is stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientKeyRecord {
     pub id: String,
     pub name: String,
