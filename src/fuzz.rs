@@ -143,14 +143,19 @@ pub fn config_file(data: &[u8]) {
     }
 }
 
+/// Both OpenAI dialects, with default settings.
+fn openai_dialects() -> [Box<dyn crate::dialect::Dialect>; 2] {
+    let settings = crate::dialect::openai::OpenAiSettings::default();
+    [
+        Box::new(crate::dialect::openai::OpenAiChat::new(settings.clone())),
+        Box::new(crate::dialect::responses::OpenAiResponses::new(settings)),
+    ]
+}
+
 /// OpenAI requests (Chat Completions and Responses) into Anthropic's: what comes out is a JSON object the
 /// forwarder's own peek reads.
 pub fn openai_request(data: &[u8]) {
-    use crate::dialect::Dialect;
-    let settings = crate::dialect::openai::OpenAiSettings::default();
-    let chat = crate::dialect::openai::OpenAiChat::new(settings.clone());
-    let responses = crate::dialect::responses::OpenAiResponses::new(settings);
-    for dialect in [&chat as &dyn Dialect, &responses] {
+    for dialect in openai_dialects() {
         if let Ok(t) = dialect.request(data) {
             crate::anthropic::Peek::parse(&t.body).unwrap_or_else(|e| {
                 panic!("{} made a body the forwarder cannot read: {e}", dialect.name());
@@ -161,13 +166,9 @@ pub fn openai_request(data: &[u8]) {
 
 /// Anthropic answers back into OpenAI's: a JSON answer, and the same bytes as a stream, cut or finished.
 pub fn openai_answer(data: &[u8]) {
-    use crate::dialect::Dialect;
-    let settings = crate::dialect::openai::OpenAiSettings::default();
-    let chat = crate::dialect::openai::OpenAiChat::new(settings.clone());
-    let responses = crate::dialect::responses::OpenAiResponses::new(settings);
     let request = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let input = br#"{"model":"gpt-4o","stream":true,"input":"hi"}"#;
-    for (dialect, body) in [(&chat as &dyn Dialect, &request[..]), (&responses, &input[..])] {
+    for (dialect, body) in openai_dialects().into_iter().zip([&request[..], &input[..]]) {
         let Ok(translated) = dialect.request(body) else { panic!("{}: the fixed request is refused", dialect.name()) };
         if let Ok(answer) = dialect.answer(data, &translated) {
             serde_json::from_slice::<serde_json::Value>(&answer)

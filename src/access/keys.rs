@@ -1,6 +1,5 @@
 //! Client API keys and what they may do.
 
-use super::MinuteWindow;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -12,6 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use super::MinuteWindow;
 use crate::store::{AuditEntry, Budgets, ClientKeyRecord, Store, StoreError};
 
 /// What a key may do.

@@ -48,9 +48,9 @@ fn rejected_until(reset_secs: i64) -> RateLimitInfo {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// A rejected account is never offered before its reset; when every account is out, the answer says
-    /// when the first one is back (never earlier than the earliest reset); and a conversation stays on its
-    /// account for as long as that account is usable.
+    /// A rejected account is never offered before its reset; a request is refused only when no account is
+    /// usable, with a time in the future to come back; and a conversation stays on its account for as long
+    /// as that account is usable.
     #[test]
     fn benched_accounts_wait_for_their_reset_and_conversations_stay(
         n in 1usize..6,
@@ -106,8 +106,8 @@ proptest! {
                         }
                         Err(Unavailable::AllLimited { until_ms, .. }) => {
                             prop_assert!(until_ms > now, "all limited, but until the past");
-                            let earliest_usable = accounts.iter().all(|a| a.unusable(want.family.as_deref(), now).is_some());
-                            prop_assert!(earliest_usable, "refused while an account was usable");
+                            let none_usable = accounts.iter().all(|a| a.unusable(want.family.as_deref(), now).is_some());
+                            prop_assert!(none_usable, "refused while an account was usable");
                         }
                         Err(other) => prop_assert!(false, "unexpected refusal {other:?}"),
                     }

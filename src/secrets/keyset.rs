@@ -179,10 +179,9 @@ pub fn envelope_ok(text: &str, format: &str) -> bool {
     read_wrapped(text, format).is_ok()
 }
 
+/// Argon2id under `kdf`. Parameters read from a file are bounded by [`read_wrapped`] before they get here;
+/// the ones this program writes come from [`KdfCost`].
 fn derive(passphrase: &SecretString, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, KeySetError> {
-    if kdf.m_cost > MAX_M_COST || kdf.t_cost > MAX_T_COST || kdf.p_cost > MAX_P_COST {
-        return Err(KeySetError::KdfBounds { m_cost: kdf.m_cost, t_cost: kdf.t_cost, p_cost: kdf.p_cost });
-    }
     let salt = STANDARD.decode(&kdf.salt).map_err(|_| KeySetError::Malformed)?;
     let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32)).map_err(|_| KeySetError::Kdf)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
